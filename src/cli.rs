@@ -1,0 +1,96 @@
+//! Command-line definitions (clap derive). Flags override environment variables, which override
+//! defaults; `config.rs` turns these raw values into validated settings.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::output::Format;
+use crate::period::Month;
+
+/// meterbook: a usage ledger for Omnistrate exports, reported to Clazar exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "meterbook", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The ledger file (SQLite). Created and migrated on first use.
+    #[arg(long, global = true, env = "METERBOOK_LEDGER", default_value = "meterbook.sqlite")]
+    pub ledger: PathBuf,
+
+    /// More log output (-v debug, -vv trace). METERBOOK_LOG=<filter> overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only warnings and errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read usage files from a folder or S3 into the ledger.
+    Ingest(IngestArgs),
+    /// Run one read-only SQL statement against the ledger.
+    Sql(SqlArgs),
+}
+
+/// Which service key and months a command covers.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ScopeArgs {
+    /// Only this service (path segment SERVICE_NAME).
+    #[arg(long, env = "SERVICE_NAME")]
+    pub service: Option<String>,
+
+    /// Only this environment type (path segment ENVIRONMENT_TYPE), e.g. PROD.
+    #[arg(long, env = "ENVIRONMENT_TYPE")]
+    pub environment: Option<String>,
+
+    /// Only this plan (product tier id, path segment PLAN_ID), e.g. pt-HJSv20iWX0.
+    #[arg(long, env = "PLAN_ID")]
+    pub plan: Option<String>,
+
+    /// First month to include, YYYY-MM.
+    #[arg(long, value_name = "YYYY-MM")]
+    pub from_month: Option<Month>,
+
+    /// Last month to include, YYYY-MM.
+    #[arg(long, value_name = "YYYY-MM")]
+    pub to_month: Option<Month>,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Where the export is: a folder laid out like the bucket, or s3://BUCKET[/PREFIX].
+    /// Defaults to s3://$S3_BUCKET_NAME (or $AWS_S3_BUCKET_NAME).
+    #[arg(long, env = "METERBOOK_SOURCE")]
+    pub source: Option<String>,
+
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+
+    /// How many files to read at once.
+    #[arg(long, env = "METERBOOK_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+
+    /// Files per ledger transaction (each file is always all-or-nothing).
+    #[arg(long, default_value_t = 1000)]
+    pub batch_files: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// The SQL statement, e.g. "SELECT * FROM monthly_usage".
+    pub query: String,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}

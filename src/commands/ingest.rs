@@ -1,0 +1,50 @@
+//! `meterbook ingest`: read usage files into the ledger and say what happened.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use crate::cli::{GlobalArgs, IngestArgs};
+use crate::config::SourceSpec;
+use crate::error::{Fatal, Outcome};
+use crate::ingest::{ingest, IngestOptions};
+use crate::source::local::LocalSource;
+use crate::source::Source;
+
+pub async fn run(global: &GlobalArgs, args: &IngestArgs) -> Result<Outcome> {
+    let scope = args.scope.resolve()?;
+    let source = open_source(&SourceSpec::resolve(args.source.as_deref())?).await?;
+    let opts = IngestOptions {
+        concurrency: args.concurrency,
+        batch_files: args.batch_files,
+        progress: !global.quiet,
+    };
+    tracing::info!("ingesting {} ({scope}) into {}", source.describe(), global.ledger.display());
+    let summary = ingest(&global.ledger, &source, &scope, &opts).await?;
+    if summary.needs_attention() {
+        tracing::warn!("{}", summary.line());
+        if summary.problems > 0 {
+            tracing::warn!("see: meterbook sql \"SELECT * FROM usage_problems\"");
+        }
+        if summary.unattributed_records > 0 {
+            tracing::warn!(
+                "records without externalPayerId are not billed; see: meterbook sql \"SELECT * FROM unattributed_usage\""
+            );
+        }
+        Ok(Outcome::NeedsAttention)
+    } else {
+        tracing::info!("{}", summary.line());
+        Ok(Outcome::Success)
+    }
+}
+
+/// Opens the source a spec names.
+pub async fn open_source(spec: &SourceSpec) -> Result<Source> {
+    match spec {
+        SourceSpec::Local(dir) => Ok(Source::Local(Arc::new(LocalSource::new(dir)?))),
+        SourceSpec::S3 { bucket, .. } => Err(Fatal::Config(format!(
+            "s3://{bucket}: reading from S3 is not built yet"
+        ))
+        .into()),
+    }
+}

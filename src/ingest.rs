@@ -1,0 +1,310 @@
+//! The ingest engine: list a source, skip what the ledger already has, read and parse the rest
+//! concurrently, and store them in batches from one writer thread (one transaction per batch,
+//! each file all-or-nothing). Memory is bounded by the channel sizes, not by the number of files.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+use crate::error::Fatal;
+use crate::ledger::{FileVersion, Ledger, RunCounts, StoreOutcome};
+use crate::progress::IngestProgress;
+use crate::source::parse::{parse_usage_body, Problem};
+use crate::source::{classify_key, KeyKind, ObjectMeta, Scope, Source};
+
+/// How an ingest runs.
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    /// Reads in flight at once.
+    pub concurrency: usize,
+    /// Files per ledger transaction.
+    pub batch_files: usize,
+    /// Show a progress bar on a terminal.
+    pub progress: bool,
+}
+
+/// What an ingest did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestSummary {
+    /// Usage files in scope found by listing.
+    pub files_seen: u64,
+    /// Keys under the export that are not usage files (ignored).
+    pub files_ignored: u64,
+    pub files_new: u64,
+    pub files_replaced: u64,
+    /// Already in the ledger: skipped by listing metadata, or read and found identical.
+    pub files_unchanged: u64,
+    /// Could not be read (logged; tried again next run).
+    pub files_unreadable: u64,
+    /// Files stored with at least one problem.
+    pub files_with_problems: u64,
+    pub records: u64,
+    pub problems: u64,
+    /// Records stored without a contract id.
+    pub unattributed_records: u64,
+    pub elapsed: Duration,
+}
+
+impl IngestSummary {
+    pub fn needs_attention(&self) -> bool {
+        self.problems > 0 || self.unattributed_records > 0 || self.files_unreadable > 0
+    }
+
+    /// The one summary line.
+    pub fn line(&self) -> String {
+        if self.files_new + self.files_replaced == 0 && self.files_unreadable == 0 {
+            return format!(
+                "nothing new: {} usage files in scope, all unchanged ({:.1}s)",
+                self.files_seen,
+                self.elapsed.as_secs_f64()
+            );
+        }
+        let secs = self.elapsed.as_secs_f64().max(0.001);
+        format!(
+            "ingested {} new and {} replaced files ({} records, {:.0} records/s), {} unchanged, \
+             {} unreadable; {} problems in {} files; {} unattributed records ({:.1}s)",
+            self.files_new,
+            self.files_replaced,
+            self.records,
+            self.records as f64 / secs,
+            self.files_unchanged,
+            self.files_unreadable,
+            self.problems,
+            self.files_with_problems,
+            self.unattributed_records,
+            secs
+        )
+    }
+}
+
+/// Ingests every usage file of `source` in `scope` into the ledger at `ledger_path`.
+pub async fn ingest(
+    ledger_path: &Path,
+    source: &Source,
+    scope: &Scope,
+    opts: &IngestOptions,
+) -> Result<IngestSummary> {
+    let started = Instant::now();
+    let ledger = Ledger::open(ledger_path)?;
+    let source_name = source.describe();
+    let run_id = ledger.begin_ingest_run(&source_name, &scope.to_string())?;
+    let reader = Ledger::open_read_only(ledger_path)?;
+
+    let (file_tx, file_rx) = crossbeam_channel::bounded::<FileVersion>(opts.batch_files.max(1));
+    let batch_files = opts.batch_files.max(1);
+    let writer = std::thread::Builder::new()
+        .name("ledger-writer".into())
+        .spawn(move || write_batches(ledger, file_rx, batch_files))?;
+
+    let (list_tx, mut list_rx) = tokio::sync::mpsc::channel::<ObjectMeta>(4096);
+    let lister = {
+        let (source, scope) = (source.clone(), scope.clone());
+        tokio::spawn(async move { source.list(&scope, list_tx).await })
+    };
+
+    let progress = IngestProgress::new(opts.progress);
+    let mut summary = IngestSummary::default();
+    let mut ignored = 0u64;
+    let mut skipped = 0u64;
+    let mut lookup_error: Option<anyhow::Error> = None;
+    let listed = futures::stream::poll_fn(|cx| list_rx.poll_recv(cx));
+    let candidates = listed.filter_map(|meta| {
+        let kind = classify_key(&meta.key);
+        let wanted = if !scope.admits(&kind) {
+            ignored += 1;
+            None
+        } else {
+            progress.listed();
+            match reader.known_file(&meta.key) {
+                Ok(Some(known))
+                    if known.matches(meta.etag.as_deref(), meta.size, meta.last_modified) =>
+                {
+                    skipped += 1;
+                    progress.skipped();
+                    None
+                }
+                Ok(_) => Some((meta, kind)),
+                Err(e) => {
+                    lookup_error.get_or_insert(e);
+                    None
+                }
+            }
+        };
+        futures::future::ready(wanted)
+    });
+    let mut fetched = candidates
+        .map(|(meta, kind)| async move {
+            let body = source
+                .fetch(&meta)
+                .await
+                .with_context(|| format!("reading {}", meta.key));
+            (meta, kind, body)
+        })
+        .buffer_unordered(opts.concurrency.max(1));
+
+    let mut failure: Option<anyhow::Error> = None;
+    while let Some((meta, kind, body)) = fetched.next().await {
+        match body {
+            Ok(body) => {
+                let version = file_version(&source_name, meta, kind, &body);
+                progress.fetched(version.records.len());
+                if file_tx.send(version).is_err() {
+                    break; // the writer stopped; its error is reported below
+                }
+            }
+            Err(e) if is_fatal(&e) => {
+                failure = Some(e);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!("{e:#}; will try again next run");
+                summary.files_unreadable += 1;
+            }
+        }
+    }
+    drop(fetched);
+    progress.finish();
+    drop(file_tx);
+    let written = writer.join().expect("the ledger writer does not panic");
+    if failure.is_none() {
+        failure = lookup_error;
+    }
+    if failure.is_none() {
+        failure = match lister.await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(e) => Some(e.into()),
+        };
+    } else {
+        lister.abort();
+    }
+    let (ledger, w) = written?;
+    summary.files_ignored = ignored;
+    summary.files_new = w.new;
+    summary.files_replaced = w.replaced;
+    summary.files_unchanged = skipped + w.unchanged;
+    summary.files_seen = summary.files_unchanged
+        + summary.files_new
+        + summary.files_replaced
+        + summary.files_unreadable;
+    summary.records = w.records;
+    summary.problems = w.problems;
+    summary.files_with_problems = w.files_with_problems;
+    summary.unattributed_records = w.unattributed;
+    summary.elapsed = started.elapsed();
+    ledger.finish_ingest_run(
+        run_id,
+        &RunCounts {
+            files_seen: summary.files_seen,
+            files_new: summary.files_new,
+            files_replaced: summary.files_replaced,
+            files_unchanged: summary.files_unchanged,
+            records: summary.records,
+            problems: summary.problems,
+        },
+    )?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
+}
+
+fn is_fatal(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<Fatal>().is_some())
+}
+
+/// Hashes and parses one body into the version the ledger stores.
+pub fn file_version(source: &str, meta: ObjectMeta, kind: KeyKind, body: &[u8]) -> FileVersion {
+    let sha256 = hex::encode(Sha256::digest(body));
+    let (service_key, hour, parsed) = match kind {
+        KeyKind::Usage(u) => (
+            Some(u.service_key.to_string()),
+            Some(u.hour),
+            parse_usage_body(body),
+        ),
+        KeyKind::BadLayout {
+            service_key,
+            reason,
+        } => (
+            Some(service_key.to_string()),
+            None,
+            crate::source::parse::ParsedBody {
+                records: Vec::new(),
+                problems: vec![Problem::file(reason)],
+            },
+        ),
+        KeyKind::Other => unreachable!("only usage keys are fetched"),
+    };
+    FileVersion {
+        key: meta.key,
+        source: source.to_string(),
+        service_key,
+        hour,
+        sha256,
+        etag: meta.etag,
+        size: meta.size,
+        last_modified: meta.last_modified,
+        records: parsed.records,
+        problems: parsed.problems,
+    }
+}
+
+#[derive(Default)]
+struct Written {
+    new: u64,
+    replaced: u64,
+    unchanged: u64,
+    records: u64,
+    problems: u64,
+    files_with_problems: u64,
+    unattributed: u64,
+}
+
+/// The writer thread: commits a batch when it is full or a moment after its first file.
+fn write_batches(
+    mut ledger: Ledger,
+    rx: crossbeam_channel::Receiver<FileVersion>,
+    batch_files: usize,
+) -> Result<(Ledger, Written)> {
+    const MAX_WAIT: Duration = Duration::from_millis(500);
+    let mut w = Written::default();
+    let mut batch = Vec::with_capacity(batch_files);
+    while let Ok(first) = rx.recv() {
+        let deadline = Instant::now() + MAX_WAIT;
+        batch.push(first);
+        while batch.len() < batch_files {
+            match rx.recv_deadline(deadline) {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        let outcomes = ledger.store_files(&batch)?;
+        for (file, outcome) in batch.drain(..).zip(outcomes) {
+            match outcome {
+                StoreOutcome::Unchanged => {
+                    w.unchanged += 1;
+                    continue;
+                }
+                StoreOutcome::New => w.new += 1,
+                StoreOutcome::Replaced => {
+                    tracing::info!("{} was rewritten; replaced its records", file.key);
+                    w.replaced += 1
+                }
+            }
+            w.records += file.records.len() as u64;
+            w.problems += file.problems.len() as u64;
+            w.files_with_problems += u64::from(!file.problems.is_empty());
+            w.unattributed += file.records.iter().filter(|r| r.contract_id.is_none()).count() as u64;
+            for p in &file.problems {
+                match p.record_index {
+                    Some(i) => tracing::warn!("{}: record {i}: {}", file.key, p.reason),
+                    None => tracing::warn!("{}: {}", file.key, p.reason),
+                }
+            }
+        }
+    }
+    Ok((ledger, w))
+}

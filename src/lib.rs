@@ -1,0 +1,15 @@
+//! meterbook: a usage ledger for Omnistrate exports, reported to Clazar exactly once.
+//!
+//! The binary (`main.rs`) is a thin shell over this library, which the integration tests also use.
+//! Start at [`commands`] for what each subcommand does.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod ingest;
+pub mod ledger;
+pub mod output;
+pub mod period;
+pub mod progress;
+pub mod source;

@@ -1,0 +1,137 @@
+//! Calendar periods in UTC: a month (`YYYY-MM`) and an hour, the units usage is counted in.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+
+/// A calendar month in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Month {
+    pub year: i32,
+    pub month: u32,
+}
+
+impl Month {
+    pub fn new(year: i32, month: u32) -> Option<Month> {
+        ((1..=12).contains(&month) && (1970..=9999).contains(&year)).then_some(Month { year, month })
+    }
+
+    pub fn of(t: DateTime<Utc>) -> Month {
+        Month {
+            year: t.year(),
+            month: t.month(),
+        }
+    }
+
+    pub fn next(self) -> Month {
+        if self.month == 12 {
+            Month {
+                year: self.year + 1,
+                month: 1,
+            }
+        } else {
+            Month {
+                year: self.year,
+                month: self.month + 1,
+            }
+        }
+    }
+
+    pub fn prev(self) -> Month {
+        if self.month == 1 {
+            Month {
+                year: self.year - 1,
+                month: 12,
+            }
+        } else {
+            Month {
+                year: self.year,
+                month: self.month - 1,
+            }
+        }
+    }
+
+    /// The first instant of the month.
+    pub fn start(self) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(self.year, self.month, 1, 0, 0, 0)
+            .single()
+            .expect("a valid month has a first instant")
+    }
+
+    /// The first instant after the month.
+    pub fn end(self) -> DateTime<Utc> {
+        self.next().start()
+    }
+
+    pub fn last_day(self) -> u32 {
+        let first_next = self.next();
+        NaiveDate::from_ymd_opt(first_next.year, first_next.month, 1)
+            .and_then(|d| d.pred_opt())
+            .map(|d| d.day())
+            .expect("a valid month has a last day")
+    }
+
+    /// Every month from `self` to `last`, both included.
+    pub fn through(self, last: Month) -> impl Iterator<Item = Month> {
+        std::iter::successors(Some(self), |m| Some(m.next())).take_while(move |m| *m <= last)
+    }
+}
+
+impl fmt::Display for Month {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04}-{:02}", self.year, self.month)
+    }
+}
+
+impl FromStr for Month {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Month, String> {
+        let bad = || format!("'{s}' is not a month; expected YYYY-MM, e.g. 2025-06");
+        let (y, m) = s.trim().split_once('-').ok_or_else(bad)?;
+        if y.len() != 4 || m.len() != 2 {
+            return Err(bad());
+        }
+        Month::new(y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?).ok_or_else(bad)
+    }
+}
+
+/// Formats an instant as the ledger stores it: RFC 3339, UTC, whole seconds, `Z`.
+pub fn format_utc(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_months() {
+        let m: Month = "2025-06".parse().unwrap();
+        assert_eq!(m, Month::new(2025, 6).unwrap());
+        assert_eq!(m.to_string(), "2025-06");
+        assert!("2025-13".parse::<Month>().is_err());
+        assert!("2025-6".parse::<Month>().is_err());
+        assert!("june".parse::<Month>().is_err());
+    }
+
+    #[test]
+    fn month_boundaries_cross_years_and_leap_days() {
+        let dec = Month::new(2024, 12).unwrap();
+        assert_eq!(dec.next(), Month::new(2025, 1).unwrap());
+        assert_eq!(Month::new(2025, 1).unwrap().prev(), dec);
+        assert_eq!(Month::new(2024, 2).unwrap().last_day(), 29);
+        assert_eq!(Month::new(2025, 2).unwrap().last_day(), 28);
+        assert_eq!(format_utc(dec.end()), "2025-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn through_lists_every_month_inclusive() {
+        let a = Month::new(2024, 11).unwrap();
+        let b = Month::new(2025, 2).unwrap();
+        let all: Vec<String> = a.through(b).map(|m| m.to_string()).collect();
+        assert_eq!(all, ["2024-11", "2024-12", "2025-01", "2025-02"]);
+        assert_eq!(b.through(a).count(), 0);
+    }
+}

@@ -1,0 +1,295 @@
+//! Where usage comes from: the export layout (which keys are usage files, for which service key and
+//! hour), the scope of a run, and the sources themselves (a local folder laid out like the bucket).
+
+pub mod local;
+pub mod parse;
+
+use std::fmt;
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use crate::period::Month;
+
+/// Every usage file and the completion marker live under this prefix.
+pub const EXPORT_PREFIX: &str = "omnistrate-metering/";
+/// Omnistrate's completion marker.
+pub const MARKER_KEY: &str = "omnistrate-metering/last_success_export.json";
+
+/// `SERVICE:ENVIRONMENT:PLAN`, the unit Omnistrate exports and marks complete.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub service: String,
+    pub environment: String,
+    pub plan: String,
+}
+
+impl ServiceKey {
+    /// The key prefix under which this service key's files live, ending in `/`.
+    pub fn prefix(&self) -> String {
+        format!(
+            "{EXPORT_PREFIX}{}/{}/{}/",
+            self.service, self.environment, self.plan
+        )
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.service, self.environment, self.plan)
+    }
+}
+
+/// Where a usage file's records belong: its service key and usage hour (from the path, in UTC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageKey {
+    pub service_key: ServiceKey,
+    pub hour: DateTime<Utc>,
+}
+
+/// What a key in the export is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A usage file in the export layout.
+    Usage(UsageKey),
+    /// A `.json` under a service key's prefix whose path does not follow the layout.
+    BadLayout {
+        service_key: ServiceKey,
+        reason: String,
+    },
+    /// Anything else: not a usage file, ignored.
+    Other,
+}
+
+/// Classifies an object key relative to the source root.
+pub fn classify_key(key: &str) -> KeyKind {
+    let Some(rest) = key.strip_prefix(EXPORT_PREFIX) else {
+        return KeyKind::Other;
+    };
+    if !key.ends_with(".json") || key == MARKER_KEY {
+        return KeyKind::Other;
+    }
+    let parts: Vec<&str> = rest.split('/').collect();
+    if parts.len() < 4 || parts[..3].iter().any(|p| p.is_empty()) {
+        return KeyKind::Other;
+    }
+    let service_key = ServiceKey {
+        service: parts[0].to_string(),
+        environment: parts[1].to_string(),
+        plan: parts[2].to_string(),
+    };
+    if parts.len() != 8 || parts[7] == ".json" {
+        return KeyKind::BadLayout {
+            service_key,
+            reason: format!(
+                "path does not follow {EXPORT_PREFIX}SERVICE/ENVIRONMENT/PLAN/YYYY/MM/DD/HH/SUBSCRIPTION.json"
+            ),
+        };
+    }
+    match parse_hour(&parts[3..7]) {
+        Some(hour) => KeyKind::Usage(UsageKey { service_key, hour }),
+        None => KeyKind::BadLayout {
+            service_key,
+            reason: format!(
+                "hour folder '{}' is not a valid UTC hour YYYY/MM/DD/HH",
+                parts[3..7].join("/")
+            ),
+        },
+    }
+}
+
+fn parse_hour(parts: &[&str]) -> Option<DateTime<Utc>> {
+    let widths = [4, 2, 2, 2];
+    let mut numbers = [0u32; 4];
+    for ((part, width), n) in parts.iter().zip(widths).zip(numbers.iter_mut()) {
+        if part.len() != width || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *n = part.parse().ok()?;
+    }
+    let [y, m, d, h] = numbers;
+    Utc.with_ymd_and_hms(y as i32, m, d, h, 0, 0).single()
+}
+
+/// Which service keys and months a run covers. Empty fields mean "all".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub service: Option<String>,
+    pub environment: Option<String>,
+    pub plan: Option<String>,
+    pub from_month: Option<Month>,
+    pub to_month: Option<Month>,
+}
+
+impl Scope {
+    /// Does a service key path segment at `depth` (0 service, 1 environment, 2 plan) match?
+    pub fn admits_segment(&self, depth: usize, segment: &str) -> bool {
+        let wanted = match depth {
+            0 => &self.service,
+            1 => &self.environment,
+            2 => &self.plan,
+            _ => return true,
+        };
+        wanted.as_deref().is_none_or(|w| w == segment)
+    }
+
+    pub fn admits_service_key(&self, key: &ServiceKey) -> bool {
+        self.admits_segment(0, &key.service)
+            && self.admits_segment(1, &key.environment)
+            && self.admits_segment(2, &key.plan)
+    }
+
+    pub fn admits_month(&self, month: Month) -> bool {
+        self.from_month.is_none_or(|f| month >= f) && self.to_month.is_none_or(|t| month <= t)
+    }
+
+    /// Could any month of `year` be in scope?
+    pub fn admits_year(&self, year: i32) -> bool {
+        self.from_month.is_none_or(|f| year >= f.year) && self.to_month.is_none_or(|t| year <= t.year)
+    }
+
+    /// Is this key in scope? Keys that are not usage files never are.
+    pub fn admits(&self, kind: &KeyKind) -> bool {
+        match kind {
+            KeyKind::Usage(u) => {
+                self.admits_service_key(&u.service_key) && self.admits_month(Month::of(u.hour))
+            }
+            KeyKind::BadLayout { service_key, .. } => self.admits_service_key(service_key),
+            KeyKind::Other => false,
+        }
+    }
+
+    /// The service key, when all three parts are fixed.
+    pub fn service_key(&self) -> Option<ServiceKey> {
+        Some(ServiceKey {
+            service: self.service.clone()?,
+            environment: self.environment.clone()?,
+            plan: self.plan.clone()?,
+        })
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let part = |p: &Option<String>| p.clone().unwrap_or_else(|| "*".into());
+        write!(
+            f,
+            "{}:{}:{}",
+            part(&self.service),
+            part(&self.environment),
+            part(&self.plan)
+        )?;
+        match (self.from_month, self.to_month) {
+            (None, None) => Ok(()),
+            (from, to) => write!(
+                f,
+                " months {}..{}",
+                from.map(|m| m.to_string()).unwrap_or_default(),
+                to.map(|m| m.to_string()).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// An object (or file) found by listing, before its body is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Relative to the source root, `/`-separated.
+    pub key: String,
+    pub size: u64,
+    /// S3's ETag (quotes removed); `None` for local files.
+    pub etag: Option<String>,
+    pub last_modified: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_usage_key_gives_service_key_and_hour() {
+        let kind = classify_key("omnistrate-metering/pg/PROD/pt-HJSv20iWX0/2025/07/23/21/sub-I8Q.json");
+        let KeyKind::Usage(u) = kind else {
+            panic!("expected a usage key, got {kind:?}")
+        };
+        assert_eq!(u.service_key.to_string(), "pg:PROD:pt-HJSv20iWX0");
+        assert_eq!(crate::period::format_utc(u.hour), "2025-07-23T21:00:00Z");
+    }
+
+    #[test]
+    fn non_usage_keys_are_other() {
+        for key in [
+            "omnistrate-metering/last_success_export.json",
+            "omnistrate-metering/pg/PROD/pt-1/2025/07/23/21/readme.txt",
+            "elsewhere/pg/PROD/pt-1/2025/07/23/21/sub.json",
+            "omnistrate-metering/notes.json",
+        ] {
+            assert_eq!(classify_key(key), KeyKind::Other, "{key}");
+        }
+    }
+
+    #[test]
+    fn a_bad_hour_folder_is_a_layout_problem() {
+        for key in [
+            "omnistrate-metering/pg/PROD/pt-1/2025/07/23/24/sub.json",
+            "omnistrate-metering/pg/PROD/pt-1/2025/02/30/01/sub.json",
+            "omnistrate-metering/pg/PROD/pt-1/2025/7/23/01/sub.json",
+            "omnistrate-metering/pg/PROD/pt-1/2025/07/23/sub.json",
+        ] {
+            assert!(
+                matches!(classify_key(key), KeyKind::BadLayout { .. }),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn scope_filters_service_key_and_months() {
+        let scope = Scope {
+            plan: Some("pt-1".into()),
+            from_month: Some("2025-06".parse().unwrap()),
+            to_month: Some("2025-07".parse().unwrap()),
+            ..Scope::default()
+        };
+        let key = |p: &str| classify_key(p);
+        assert!(scope.admits(&key("omnistrate-metering/pg/PROD/pt-1/2025/07/31/23/s.json")));
+        assert!(!scope.admits(&key("omnistrate-metering/pg/PROD/pt-1/2025/08/01/00/s.json")));
+        assert!(!scope.admits(&key("omnistrate-metering/pg/PROD/pt-2/2025/07/01/00/s.json")));
+        assert!(scope.admits_year(2025) && !scope.admits_year(2024));
+    }
+}
+
+/// A place usage files are read from. Cheap to clone.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Local(std::sync::Arc<local::LocalSource>),
+}
+
+impl Source {
+    /// Where the files come from, as stored in the ledger's `source` column.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Local(l) => l.root().display().to_string(),
+        }
+    }
+
+    /// Sends every object that could be in `scope` to `tx`, then returns.
+    pub async fn list(&self, scope: &Scope, tx: tokio::sync::mpsc::Sender<ObjectMeta>) -> anyhow::Result<()> {
+        match self {
+            Source::Local(l) => {
+                let (l, scope) = (l.clone(), scope.clone());
+                tokio::task::spawn_blocking(move || l.list(&scope, |m| tx.blocking_send(m).is_ok()))
+                    .await?
+            }
+        }
+    }
+
+    /// Reads one object's body. Errors that must stop the run are [`crate::error::Fatal`].
+    pub async fn fetch(&self, meta: &ObjectMeta) -> anyhow::Result<Vec<u8>> {
+        match self {
+            Source::Local(l) => {
+                let (l, key) = (l.clone(), meta.key.clone());
+                Ok(tokio::task::spawn_blocking(move || l.read(&key)).await??)
+            }
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! Parsing a usage file's body (a JSON array of records) into ledger records and problems.
+//! Pure: no I/O. A problem with one record never loses the others.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+/// A usage quantity as written: integers stay exact, fractions are floats.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Quantity {
+    Int(i64),
+    Real(f64),
+}
+
+impl Quantity {
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Quantity::Int(i) => i as f64,
+            Quantity::Real(r) => r,
+        }
+    }
+}
+
+/// One record of a usage file, ready for the ledger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRecord {
+    pub record_index: usize,
+    /// `externalPayerId`, the marketplace contract id; `None` when missing or empty.
+    pub contract_id: Option<String>,
+    pub dimension: String,
+    pub value: Quantity,
+    pub price_per_unit: Option<f64>,
+    pub subscription_id: Option<String>,
+    pub customer_id: Option<String>,
+    pub instance_id: Option<String>,
+    pub pod_name: Option<String>,
+    pub host_name: Option<String>,
+    pub instance_type: Option<String>,
+    pub timestamp: Option<String>,
+}
+
+/// Something wrong with the input, for the problems table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The record's position in the array; `None` when the whole file is at fault.
+    pub record_index: Option<usize>,
+    pub reason: String,
+    /// The record was still stored (e.g. without its price).
+    pub record_kept: bool,
+}
+
+impl Problem {
+    pub fn file(reason: impl Into<String>) -> Problem {
+        Problem {
+            record_index: None,
+            reason: reason.into(),
+            record_kept: false,
+        }
+    }
+
+    fn record(index: usize, reason: impl Into<String>) -> Problem {
+        Problem {
+            record_index: Some(index),
+            reason: reason.into(),
+            record_kept: false,
+        }
+    }
+}
+
+/// The records and problems found in one body.
+#[derive(Debug, Default, PartialEq)]
+pub struct ParsedBody {
+    pub records: Vec<UsageRecord>,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawRecord {
+    timestamp: Option<Value>,
+    customer_id: Option<Value>,
+    subscription_id: Option<Value>,
+    external_payer_id: Option<Value>,
+    instance_id: Option<Value>,
+    pod_name: Option<Value>,
+    instance_type: Option<Value>,
+    host_name: Option<Value>,
+    dimension: Option<Value>,
+    value: Option<Value>,
+    price_per_unit: Option<Value>,
+}
+
+/// Parses a usage file body. Never fails: what cannot be used becomes a [`Problem`].
+pub fn parse_usage_body(body: &[u8]) -> ParsedBody {
+    let mut parsed = ParsedBody::default();
+    let text = match std::str::from_utf8(body) {
+        Ok(t) => t,
+        Err(e) => {
+            parsed.problems.push(Problem::file(format!(
+                "body is not UTF-8 (invalid byte at offset {})",
+                e.valid_up_to()
+            )));
+            return parsed;
+        }
+    };
+    let trimmed = text.trim_start_matches('\u{feff}').trim();
+    if trimmed.is_empty() {
+        parsed.problems.push(Problem::file("empty body"));
+        return parsed;
+    }
+    if !trimmed.starts_with('[') {
+        let found = match serde_json::from_str::<Value>(trimmed) {
+            Ok(v) => format!("a JSON {}", json_kind(&v)),
+            Err(e) => format!("invalid JSON: {e}"),
+        };
+        parsed.problems.push(Problem::file(format!(
+            "body is not a JSON array of records (found {found})"
+        )));
+        return parsed;
+    }
+    let items: Vec<&RawValue> = match serde_json::from_str(trimmed) {
+        Ok(items) => items,
+        Err(e) => {
+            parsed
+                .problems
+                .push(Problem::file(format!("invalid JSON: {e}")));
+            return parsed;
+        }
+    };
+    for (index, raw) in items.into_iter().enumerate() {
+        parse_record(index, raw.get(), &mut parsed);
+    }
+    parsed
+}
+
+fn parse_record(index: usize, raw: &str, out: &mut ParsedBody) {
+    if !raw.starts_with('{') {
+        let kind = serde_json::from_str::<Value>(raw)
+            .map(|v| json_kind(&v))
+            .unwrap_or("value");
+        out.problems.push(Problem::record(
+            index,
+            format!("record is not a JSON object (found a JSON {kind})"),
+        ));
+        return;
+    }
+    let rec: RawRecord = match serde_json::from_str(raw) {
+        Ok(r) => r,
+        Err(e) => {
+            out.problems
+                .push(Problem::record(index, format!("invalid record: {e}")));
+            return;
+        }
+    };
+    let dimension = match rec.dimension {
+        None | Some(Value::Null) => {
+            out.problems
+                .push(Problem::record(index, "record has no dimension"));
+            return;
+        }
+        Some(Value::String(s)) if !s.trim().is_empty() => s,
+        Some(other) => {
+            out.problems.push(Problem::record(
+                index,
+                format!("dimension is not a non-empty string: {other}"),
+            ));
+            return;
+        }
+    };
+    let value = match rec.value {
+        None | Some(Value::Null) => {
+            out.problems
+                .push(Problem::record(index, "record has no value"));
+            return;
+        }
+        Some(v) => match quantity(&v) {
+            Ok(q) => q,
+            Err(why) => {
+                out.problems.push(Problem::record(
+                    index,
+                    format!("value {v} is {why} (dimension {dimension})"),
+                ));
+                return;
+            }
+        },
+    };
+    let price_per_unit = match rec.price_per_unit {
+        None | Some(Value::Null) => None,
+        Some(v) => match quantity(&v) {
+            Ok(q) => Some(q.as_f64()),
+            Err(why) => {
+                out.problems.push(Problem {
+                    record_index: Some(index),
+                    reason: format!("pricePerUnit {v} is {why}; record kept without a price"),
+                    record_kept: true,
+                });
+                None
+            }
+        },
+    };
+    let contract_id = match rec.external_payer_id {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.trim().to_string()).filter(|s| !s.is_empty()),
+        Some(other) => {
+            out.problems.push(Problem {
+                record_index: Some(index),
+                reason: format!(
+                    "externalPayerId {other} is not a string; record kept as unattributed"
+                ),
+                record_kept: true,
+            });
+            None
+        }
+    };
+    out.records.push(UsageRecord {
+        record_index: index,
+        contract_id,
+        dimension,
+        value,
+        price_per_unit,
+        subscription_id: text_field(rec.subscription_id),
+        customer_id: text_field(rec.customer_id),
+        instance_id: text_field(rec.instance_id),
+        pod_name: text_field(rec.pod_name),
+        host_name: text_field(rec.host_name),
+        instance_type: text_field(rec.instance_type),
+        timestamp: text_field(rec.timestamp),
+    });
+}
+
+/// A finite, non-negative JSON number.
+fn quantity(v: &Value) -> Result<Quantity, &'static str> {
+    let Value::Number(n) = v else {
+        return Err("not a number");
+    };
+    let q = if let Some(i) = n.as_i64() {
+        Quantity::Int(i)
+    } else {
+        Quantity::Real(n.as_f64().ok_or("not a finite number")?)
+    };
+    match q {
+        Quantity::Int(i) if i < 0 => Err("negative"),
+        Quantity::Real(r) if !r.is_finite() => Err("not a finite number"),
+        Quantity::Real(r) if r < 0.0 => Err("negative"),
+        q => Ok(q),
+    }
+}
+
+/// Identity fields are informational: keep whatever is there, as text.
+fn text_field(v: Option<Value>) -> Option<String> {
+    match v? {
+        Value::Null => None,
+        Value::String(s) if s.is_empty() => None,
+        Value::String(s) => Some(s),
+        other => Some(other.to_string()),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reasons(p: &ParsedBody) -> Vec<(Option<usize>, String)> {
+        p.problems
+            .iter()
+            .map(|p| (p.record_index, p.reason.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_real_record_is_parsed_with_its_identity_fields() {
+        let body = br#"[{"timestamp":"2025-11-14T03:01:59Z","customerId":"user-1","subscriptionId":"sub-3",
+            "externalPayerId":"ae641bd1","instanceId":"instance-8","podName":"postgres-0",
+            "instanceType":"t4g.small","hostName":"ip-172","dimension":"storage_allocated_byte_hours",
+            "value":10737418240,"pricePerUnit":0.05,"somethingNew":{"x":1}}]"#;
+        let p = parse_usage_body(body);
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+        let r = &p.records[0];
+        assert_eq!(r.contract_id.as_deref(), Some("ae641bd1"));
+        assert_eq!(r.value, Quantity::Int(10737418240));
+        assert_eq!(r.price_per_unit, Some(0.05));
+        assert_eq!(r.pod_name.as_deref(), Some("postgres-0"));
+        assert_eq!(r.timestamp.as_deref(), Some("2025-11-14T03:01:59Z"));
+    }
+
+    #[test]
+    fn bad_records_become_problems_and_the_rest_is_kept() {
+        let body = br#"[
+            {"dimension":"cpu_core_hours","value":2,"externalPayerId":"c1"},
+            {"value":1,"externalPayerId":"c1"},
+            {"dimension":"cpu_core_hours","externalPayerId":"c1"},
+            {"dimension":"cpu_core_hours","value":-1,"externalPayerId":"c1"},
+            {"dimension":"cpu_core_hours","value":"7","externalPayerId":"c1"},
+            42,
+            {"dimension":"cpu_core_hours","value":1.5,"externalPayerId":"","pricePerUnit":"x"}
+        ]"#;
+        let p = parse_usage_body(body);
+        assert_eq!(p.records.len(), 2);
+        assert_eq!(p.records[1].value, Quantity::Real(1.5));
+        assert_eq!(p.records[1].contract_id, None);
+        assert_eq!(p.records[1].price_per_unit, None);
+        let r = reasons(&p);
+        assert_eq!(r[0], (Some(1), "record has no dimension".into()));
+        assert_eq!(r[1], (Some(2), "record has no value".into()));
+        assert!(r[2].1.contains("negative"), "{r:?}");
+        assert!(r[3].1.contains("not a number"), "{r:?}");
+        assert!(r[4].1.contains("not a JSON object"), "{r:?}");
+        assert!(r[5].1.contains("pricePerUnit"), "{r:?}");
+        assert!(p.problems[5].record_kept);
+    }
+
+    #[test]
+    fn whole_file_problems_are_named() {
+        let cases: [(&[u8], &str); 5] = [
+            (b"", "empty body"),
+            (b"  \n", "empty body"),
+            (b"[{\"dimension\":", "invalid JSON"),
+            (b"{\"records\":[]}", "not a JSON array of records (found a JSON object)"),
+            (b"[\xff\xfe]", "not UTF-8"),
+        ];
+        for (body, expected) in cases {
+            let p = parse_usage_body(body);
+            assert!(p.records.is_empty());
+            assert_eq!(p.problems.len(), 1);
+            assert_eq!(p.problems[0].record_index, None);
+            assert!(
+                p.problems[0].reason.contains(expected),
+                "{:?} -> {}",
+                String::from_utf8_lossy(body),
+                p.problems[0].reason
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_array_is_valid_and_empty() {
+        assert_eq!(parse_usage_body(b"[]"), ParsedBody::default());
+    }
+}
