@@ -22,7 +22,12 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// The ledger file (SQLite). Created and migrated on first use.
-    #[arg(long, global = true, env = "METERBOOK_LEDGER", default_value = "meterbook.sqlite")]
+    #[arg(
+        long,
+        global = true,
+        env = "METERBOOK_LEDGER",
+        default_value = "meterbook.sqlite"
+    )]
     pub ledger: PathBuf,
 
     /// More log output (-v debug, -vv trace). METERBOOK_LOG=<filter> overrides.
@@ -32,6 +37,38 @@ pub struct GlobalArgs {
     /// Only warnings and errors on stderr.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+/// How to reach S3 or an S3-compatible store. Credentials come from aws-config's default chain
+/// (environment, profile, SSO, instance and container roles), never from flags.
+#[derive(Debug, Args, Clone, Default)]
+pub struct S3Args {
+    /// S3 endpoint for S3-compatible stores, e.g. http://127.0.0.1:9000 (AWS_ENDPOINT_URL is also read).
+    #[arg(
+        long = "s3-endpoint-url",
+        global = true,
+        env = "METERBOOK_S3_ENDPOINT_URL"
+    )]
+    pub endpoint_url: Option<String>,
+
+    /// AWS region (otherwise AWS_REGION, AWS_DEFAULT_REGION, the profile, or us-east-1).
+    #[arg(long = "s3-region", global = true, env = "METERBOOK_S3_REGION")]
+    pub region: Option<String>,
+
+    /// Use path-style addressing (http://host/bucket/key), which most S3-compatible stores need.
+    #[arg(long = "s3-path-style", global = true, env = "METERBOOK_S3_PATH_STYLE")]
+    pub path_style: bool,
+
+    /// Send and check checksums only when an operation requires them (for Garage, older Ceph).
+    #[arg(
+        long = "s3-checksums-when-required",
+        global = true,
+        env = "METERBOOK_S3_CHECKSUMS_WHEN_REQUIRED"
+    )]
+    pub checksums_when_required: bool,
 }
 
 #[derive(Debug, Subcommand)]

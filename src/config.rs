@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::cli::ScopeArgs;
+use crate::cli::{S3Args, ScopeArgs};
 use crate::error::Fatal;
+use crate::s3::S3Settings;
 use crate::source::Scope;
 
 /// Where usage files are read from.
@@ -26,7 +27,8 @@ impl SourceSpec {
         };
         let Some(spec) = flag.map(str::to_string).or_else(from_env) else {
             return Err(Fatal::Config(
-                "no source: pass --source DIR or --source s3://BUCKET, or set S3_BUCKET_NAME".into(),
+                "no source: pass --source DIR or --source s3://BUCKET, or set S3_BUCKET_NAME"
+                    .into(),
             )
             .into());
         };
@@ -55,6 +57,23 @@ impl SourceSpec {
     }
 }
 
+impl S3Args {
+    pub fn resolve(&self) -> S3Settings {
+        let clean = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        S3Settings {
+            endpoint_url: clean(&self.endpoint_url),
+            region: clean(&self.region),
+            force_path_style: self.path_style,
+            checksums_when_required: self.checksums_when_required,
+        }
+    }
+}
+
 impl ScopeArgs {
     pub fn resolve(&self) -> Result<Scope> {
         let clean = |v: &Option<String>| {
@@ -65,10 +84,9 @@ impl ScopeArgs {
         };
         if let (Some(from), Some(to)) = (self.from_month, self.to_month) {
             if from > to {
-                return Err(Fatal::Config(format!(
-                    "--from-month {from} is after --to-month {to}"
-                ))
-                .into());
+                return Err(
+                    Fatal::Config(format!("--from-month {from} is after --to-month {to}")).into(),
+                );
             }
         }
         for (name, v) in [

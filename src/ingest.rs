@@ -297,7 +297,11 @@ fn write_batches(
             w.records += file.records.len() as u64;
             w.problems += file.problems.len() as u64;
             w.files_with_problems += u64::from(!file.problems.is_empty());
-            w.unattributed += file.records.iter().filter(|r| r.contract_id.is_none()).count() as u64;
+            w.unattributed += file
+                .records
+                .iter()
+                .filter(|r| r.contract_id.is_none())
+                .count() as u64;
             for p in &file.problems {
                 match p.record_index {
                     Some(i) => tracing::warn!("{}: record {i}: {}", file.key, p.reason),

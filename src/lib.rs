@@ -12,4 +12,5 @@ pub mod ledger;
 pub mod output;
 pub mod period;
 pub mod progress;
+pub mod s3;
 pub mod source;

@@ -1,16 +1,20 @@
 //! The `meterbook` binary: parse, set up logging, run, map the result to an exit code.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 use meterbook::cli::Cli;
-use meterbook::error::{exit_code_for, exit};
+use meterbook::error::{exit, exit_code_for};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.verbose, cli.global.quiet);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("meterbook: starting the async runtime: {e}");
@@ -34,11 +38,16 @@ fn init_logging(verbose: u8, quiet: bool) {
         (false, 1) => "debug",
         (false, _) => "trace",
     };
-    let filter = EnvFilter::try_from_env("METERBOOK_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("{default},aws=warn,hyper=warn,h2=warn,rustls=warn")));
+    let wanted = std::env::var("METERBOOK_LOG").unwrap_or_else(|_| default.to_string());
+    // Libraries stay quiet unless asked for by name.
+    let filter = EnvFilter::try_new(format!(
+        "refinery_core=warn,aws_config=warn,aws_smithy_runtime=warn,hyper=warn,{wanted}"
+    ))
+    .unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }

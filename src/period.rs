@@ -14,7 +14,8 @@ pub struct Month {
 
 impl Month {
     pub fn new(year: i32, month: u32) -> Option<Month> {
-        ((1..=12).contains(&month) && (1970..=9999).contains(&year)).then_some(Month { year, month })
+        ((1..=12).contains(&month) && (1970..=9999).contains(&year))
+            .then_some(Month { year, month })
     }
 
     pub fn of(t: DateTime<Utc>) -> Month {

@@ -19,7 +19,11 @@ pub async fn run(global: &GlobalArgs, args: &IngestArgs) -> Result<Outcome> {
         batch_files: args.batch_files,
         progress: !global.quiet,
     };
-    tracing::info!("ingesting {} ({scope}) into {}", source.describe(), global.ledger.display());
+    tracing::info!(
+        "ingesting {} ({scope}) into {}",
+        source.describe(),
+        global.ledger.display()
+    );
     let summary = ingest(&global.ledger, &source, &scope, &opts).await?;
     if summary.needs_attention() {
         tracing::warn!("{}", summary.line());
@@ -42,9 +46,8 @@ pub async fn run(global: &GlobalArgs, args: &IngestArgs) -> Result<Outcome> {
 pub async fn open_source(spec: &SourceSpec) -> Result<Source> {
     match spec {
         SourceSpec::Local(dir) => Ok(Source::Local(Arc::new(LocalSource::new(dir)?))),
-        SourceSpec::S3 { bucket, .. } => Err(Fatal::Config(format!(
-            "s3://{bucket}: reading from S3 is not built yet"
-        ))
-        .into()),
+        SourceSpec::S3 { bucket, .. } => {
+            Err(Fatal::Config(format!("s3://{bucket}: reading from S3 is not built yet")).into())
+        }
     }
 }

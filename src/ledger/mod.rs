@@ -41,8 +41,8 @@ impl Ledger {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating folder {}", parent.display()))?;
         }
-        let mut conn = Connection::open(path)
-            .with_context(|| format!("opening ledger {}", path.display()))?;
+        let mut conn =
+            Connection::open(path).with_context(|| format!("opening ledger {}", path.display()))?;
         check_schema_version(&conn, path)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;

@@ -57,7 +57,12 @@ pub struct KnownFile {
 impl KnownFile {
     /// Is a listed object the version already stored? S3 objects compare by ETag; local files by
     /// size and modification time.
-    pub fn matches(&self, etag: Option<&str>, size: u64, last_modified: Option<DateTime<Utc>>) -> bool {
+    pub fn matches(
+        &self,
+        etag: Option<&str>,
+        size: u64,
+        last_modified: Option<DateTime<Utc>>,
+    ) -> bool {
         match etag {
             Some(e) => self.etag.as_deref() == Some(e),
             None => {
@@ -86,9 +91,9 @@ fn format_mtime(t: DateTime<Utc>) -> String {
 
 impl Ledger {
     pub fn known_file(&self, key: &str) -> Result<Option<KnownFile>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT etag, size, last_modified FROM usage_files WHERE key = ?1",
-        )?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT etag, size, last_modified FROM usage_files WHERE key = ?1")?;
         Ok(stmt
             .query_row([key], |r| {
                 Ok(KnownFile {
@@ -242,7 +247,13 @@ fn store_file(tx: &Transaction, f: &FileVersion, now: &str) -> Result<StoreOutco
          VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
     for p in &f.problems {
-        problem.execute(params![file_id, p.record_index, p.reason, p.record_kept, now])?;
+        problem.execute(params![
+            file_id,
+            p.record_index,
+            p.reason,
+            p.record_kept,
+            now
+        ])?;
     }
     Ok(outcome)
 }

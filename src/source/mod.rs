@@ -144,7 +144,8 @@ impl Scope {
 
     /// Could any month of `year` be in scope?
     pub fn admits_year(&self, year: i32) -> bool {
-        self.from_month.is_none_or(|f| year >= f.year) && self.to_month.is_none_or(|t| year <= t.year)
+        self.from_month.is_none_or(|f| year >= f.year)
+            && self.to_month.is_none_or(|t| year <= t.year)
     }
 
     /// Is this key in scope? Keys that are not usage files never are.
@@ -207,7 +208,8 @@ mod tests {
 
     #[test]
     fn a_usage_key_gives_service_key_and_hour() {
-        let kind = classify_key("omnistrate-metering/pg/PROD/pt-HJSv20iWX0/2025/07/23/21/sub-I8Q.json");
+        let kind =
+            classify_key("omnistrate-metering/pg/PROD/pt-HJSv20iWX0/2025/07/23/21/sub-I8Q.json");
         let KeyKind::Usage(u) = kind else {
             panic!("expected a usage key, got {kind:?}")
         };
@@ -251,9 +253,15 @@ mod tests {
             ..Scope::default()
         };
         let key = |p: &str| classify_key(p);
-        assert!(scope.admits(&key("omnistrate-metering/pg/PROD/pt-1/2025/07/31/23/s.json")));
-        assert!(!scope.admits(&key("omnistrate-metering/pg/PROD/pt-1/2025/08/01/00/s.json")));
-        assert!(!scope.admits(&key("omnistrate-metering/pg/PROD/pt-2/2025/07/01/00/s.json")));
+        assert!(scope.admits(&key(
+            "omnistrate-metering/pg/PROD/pt-1/2025/07/31/23/s.json"
+        )));
+        assert!(!scope.admits(&key(
+            "omnistrate-metering/pg/PROD/pt-1/2025/08/01/00/s.json"
+        )));
+        assert!(!scope.admits(&key(
+            "omnistrate-metering/pg/PROD/pt-2/2025/07/01/00/s.json"
+        )));
         assert!(scope.admits_year(2025) && !scope.admits_year(2024));
     }
 }
@@ -273,7 +281,11 @@ impl Source {
     }
 
     /// Sends every object that could be in `scope` to `tx`, then returns.
-    pub async fn list(&self, scope: &Scope, tx: tokio::sync::mpsc::Sender<ObjectMeta>) -> anyhow::Result<()> {
+    pub async fn list(
+        &self,
+        scope: &Scope,
+        tx: tokio::sync::mpsc::Sender<ObjectMeta>,
+    ) -> anyhow::Result<()> {
         match self {
             Source::Local(l) => {
                 let (l, scope) = (l.clone(), scope.clone());

@@ -326,7 +326,10 @@ mod tests {
             (b"", "empty body"),
             (b"  \n", "empty body"),
             (b"[{\"dimension\":", "invalid JSON"),
-            (b"{\"records\":[]}", "not a JSON array of records (found a JSON object)"),
+            (
+                b"{\"records\":[]}",
+                "not a JSON array of records (found a JSON object)",
+            ),
             (b"[\xff\xfe]", "not UTF-8"),
         ];
         for (body, expected) in cases {

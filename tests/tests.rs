@@ -1,0 +1,7 @@
+//! Integration tests: the real `meterbook` binary over real SQLite files, a real S3-compatible
+//! server and the Clazar emulator on 127.0.0.1. One test binary, one module per area.
+
+mod util;
+
+mod ingest;
+mod sql;
