@@ -10,10 +10,12 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::error::Fatal;
-use crate::ledger::{FileVersion, Ledger, RunCounts, StoreOutcome};
+use crate::ledger::{FileVersion, Ledger, MarkerRead, RunCounts, StoreOutcome};
+use crate::period::format_utc;
 use crate::progress::IngestProgress;
+use crate::source::marker::parse_marker;
 use crate::source::parse::{parse_usage_body, Problem};
-use crate::source::{classify_key, KeyKind, ObjectMeta, Scope, Source};
+use crate::source::{classify_key, KeyKind, ObjectMeta, Scope, Source, MARKER_KEY};
 
 /// How an ingest runs.
 #[derive(Debug, Clone)]
@@ -88,9 +90,11 @@ pub async fn ingest(
     opts: &IngestOptions,
 ) -> Result<IngestSummary> {
     let started = Instant::now();
-    let ledger = Ledger::open(ledger_path)?;
+    let mut ledger = Ledger::open(ledger_path)?;
     let source_name = source.describe();
     let run_id = ledger.begin_ingest_run(&source_name, &scope.to_string())?;
+    let marker = read_marker(source).await?;
+    ledger.record_marker_read(&source_name, &marker)?;
     let reader = Ledger::open_read_only(ledger_path)?;
 
     let (file_tx, file_rx) = crossbeam_channel::bounded::<FileVersion>(opts.batch_files.max(1));
@@ -210,6 +214,40 @@ pub async fn ingest(
         Some(e) => Err(e),
         None => Ok(summary),
     }
+}
+
+/// Reads and parses the completion marker; only errors that must stop the run are returned.
+async fn read_marker(source: &Source) -> Result<MarkerRead> {
+    let read = match source.read_marker().await {
+        Ok(Some(body)) => match parse_marker(&body) {
+            Ok(marker) => MarkerRead::Parsed(marker),
+            Err(why) => MarkerRead::Malformed(why),
+        },
+        Ok(None) => MarkerRead::Missing,
+        Err(e) if is_fatal(&e) => return Err(e),
+        Err(e) => MarkerRead::Unreadable(format!("{e:#}")),
+    };
+    match &read {
+        MarkerRead::Parsed(m) => {
+            for e in &m.entries {
+                tracing::info!(
+                    "{MARKER_KEY}: {} complete to {}",
+                    e.service_key,
+                    format_utc(e.last_processed_to)
+                );
+            }
+            for p in &m.problems {
+                tracing::warn!("{MARKER_KEY}: {p}");
+            }
+        }
+        MarkerRead::Missing => {
+            tracing::warn!("no completion marker {MARKER_KEY}; periods cannot be proven complete")
+        }
+        MarkerRead::Malformed(why) | MarkerRead::Unreadable(why) => {
+            tracing::warn!("{MARKER_KEY}: {why}")
+        }
+    }
+    Ok(read)
 }
 
 fn is_fatal(e: &anyhow::Error) -> bool {

@@ -136,3 +136,49 @@ mod tests {
         assert_eq!(b.through(a).count(), 0);
     }
 }
+
+/// Parses a timestamp leniently: RFC 3339, a naive date-time taken as UTC, and the predecessor's
+/// quirk of an offset followed by `Z` (`2025-07-25T20:15:37.123456+00:00Z`).
+pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    if let Some(stripped) = s.strip_suffix('Z').or_else(|| s.strip_suffix('z')) {
+        if let Ok(t) = DateTime::parse_from_rfc3339(stripped) {
+            return Some(t.with_timezone(&Utc));
+        }
+    }
+    let naive = s.trim_end_matches(['Z', 'z']);
+    [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+    ]
+    .iter()
+    .find_map(|f| chrono::NaiveDateTime::parse_from_str(naive, f).ok())
+    .map(|t| t.and_utc())
+}
+
+#[cfg(test)]
+mod timestamp_tests {
+    use super::*;
+
+    #[test]
+    fn parses_timestamps_leniently() {
+        let want = Utc.with_ymd_and_hms(2025, 7, 25, 20, 15, 37).unwrap();
+        for s in [
+            "2025-07-25T20:15:37Z",
+            "2025-07-25T20:15:37+00:00",
+            "2025-07-25T22:15:37+02:00",
+            "2025-07-25T20:15:37.123456+00:00Z",
+            "2025-07-25T20:15:37",
+            "2025-07-25 20:15:37",
+        ] {
+            let got = parse_timestamp(s).unwrap_or_else(|| panic!("{s}"));
+            assert_eq!(got.timestamp(), want.timestamp(), "{s}");
+        }
+        assert_eq!(parse_timestamp("yesterday"), None);
+        assert_eq!(parse_timestamp(""), None);
+    }
+}

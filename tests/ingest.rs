@@ -386,3 +386,84 @@ fn a_ledger_from_a_newer_meterbook_is_refused_and_left_unchanged() {
     let out = env.cmd().args(["sql", "SELECT 1"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn the_completion_marker_is_recorded_with_history() {
+    let env = TestEnv::new();
+    let marker = "omnistrate-metering/last_success_export.json";
+    env.write_usage(
+        marker,
+        br#"{"pg:PROD:pt-1": {"last_processed_to": "2025-06-30T23:59:59Z", "last_updated_at": "2025-07-01T00:05:00Z"}}"#,
+    );
+    env.cmd()
+        .args(["ingest", "--source"])
+        .arg(env.export())
+        .assert()
+        .success();
+    env.write_usage(
+        marker,
+        br#"{"pg:PROD:pt-1": {"last_processed_to": "2025-07-31T23:59:59Z", "last_updated_at": "2025-08-01T00:05:00Z"}}"#,
+    );
+    env.cmd()
+        .args(["ingest", "--source"])
+        .arg(env.export())
+        .assert()
+        .success();
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM export_markers WHERE service_key = 'pg:PROD:pt-1'"),
+        2
+    );
+    let latest: String = env
+        .db()
+        .query_row("SELECT last_processed_to FROM export_completion", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(latest, "2025-07-31T23:59:59Z");
+
+    // A malformed marker is recorded and warned about; ingest still runs.
+    env.write_usage(marker, b"{not json");
+    let body = json!([record(Some("c1"), "cpu_core_hours", json!(1))]);
+    env.write_usage(
+        &usage_key("pt-1", "2025/06/01/00", "sub-1"),
+        body.to_string().as_bytes(),
+    );
+    let out = env
+        .cmd()
+        .args(["ingest", "--source"])
+        .arg(env.export())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("marker is not valid JSON"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 1);
+
+    std::fs::remove_file(env.export().join(marker)).unwrap();
+    let out = env
+        .cmd()
+        .args(["ingest", "--source"])
+        .arg(env.export())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        stderr_of(&out).contains("no completion marker"),
+        "{}",
+        stderr_of(&out)
+    );
+    let statuses: Vec<String> = env
+        .db()
+        .prepare("SELECT status FROM export_marker_reads ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(statuses, ["ok", "ok", "malformed", "missing"]);
+    // The last good value still stands.
+    assert_eq!(env.count("SELECT COUNT(*) FROM export_completion"), 1);
+}

@@ -2,6 +2,7 @@
 //! hour), the scope of a run, and the sources themselves (a local folder laid out like the bucket).
 
 pub mod local;
+pub mod marker;
 pub mod parse;
 
 use std::fmt;
@@ -291,6 +292,20 @@ impl Source {
                 let (l, scope) = (l.clone(), scope.clone());
                 tokio::task::spawn_blocking(move || l.list(&scope, |m| tx.blocking_send(m).is_ok()))
                     .await?
+            }
+        }
+    }
+
+    /// Reads the completion marker; `None` when there is none.
+    pub async fn read_marker(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        match self {
+            Source::Local(l) => {
+                let l = l.clone();
+                match tokio::task::spawn_blocking(move || l.read(MARKER_KEY)).await? {
+                    Ok(body) => Ok(Some(body)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e.into()),
+                }
             }
         }
     }
