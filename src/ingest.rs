@@ -299,7 +299,11 @@ struct Written {
     problems: u64,
     files_with_problems: u64,
     unattributed: u64,
+    problems_logged: u64,
 }
+
+/// Problems are all stored; only the first few are logged, so a bad batch cannot flood the log.
+const MAX_PROBLEMS_LOGGED: u64 = 20;
 
 /// The writer thread: commits a batch when it is full or a moment after its first file.
 fn write_batches(
@@ -341,9 +345,16 @@ fn write_batches(
                 .filter(|r| r.contract_id.is_none())
                 .count() as u64;
             for p in &file.problems {
+                w.problems_logged += 1;
+                if w.problems_logged > MAX_PROBLEMS_LOGGED {
+                    continue;
+                }
                 match p.record_index {
                     Some(i) => tracing::warn!("{}: record {i}: {}", file.key, p.reason),
                     None => tracing::warn!("{}: {}", file.key, p.reason),
+                }
+                if w.problems_logged == MAX_PROBLEMS_LOGGED {
+                    tracing::warn!("further problems are not logged; all are in usage_problems");
                 }
             }
         }
