@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod ledger;
 pub mod output;
 pub mod period;
+pub mod predecessor;
 pub mod progress;
 pub mod s3;
 pub mod source;
