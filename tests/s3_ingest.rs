@@ -440,6 +440,25 @@ fn a_missing_bucket_ends_the_run_with_one_line_and_the_config_exit_code() {
 }
 
 #[test]
+fn missing_credentials_end_the_run_with_one_line_and_the_config_exit_code() {
+    let env = TestEnv::new();
+    let bucket = Bucket::new("nocreds");
+    let out = ingest(&env, &endpoint(), &format!("s3://{}", bucket.name))
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .assert()
+        .code(2);
+    let stderr = stderr_of(out.get_output());
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("meterbook:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains(&format!("s3://{}/", bucket.name))
+            && errors[0].contains("no usable AWS credentials; set AWS_ACCESS_KEY_ID"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn permanent_errors_end_the_run_with_one_line_naming_what_to_check() {
     let cases = [
         (

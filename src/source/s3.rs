@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Result;
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::Client;
@@ -191,11 +192,23 @@ impl S3Source {
                  login, new AWS_SESSION_TOKEN)"
                     .to_string(),
             ),
-            (Some("PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException"), _)
+            (
+                Some(
+                    "PermanentRedirect"
+                    | "AuthorizationHeaderMalformed"
+                    | "IllegalLocationConstraintException",
+                ),
+                _,
+            )
             | (None, Some(301)) => Some(format!(
                 "the bucket is in another region{}; set --s3-region (or AWS_REGION)",
                 region.map(|r| format!(" ({r})")).unwrap_or_default()
             )),
+            _ if credentials_failed(&e) => Some(
+                "no usable AWS credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+                 AWS_PROFILE (run `aws sso login` for SSO), or run with an instance or container role"
+                    .to_string(),
+            ),
             _ => None,
         };
         match check {
@@ -216,6 +229,19 @@ impl S3Source {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}: no such key")]
 struct NoSuchKey(String);
+
+/// Did the request fail because no credentials could be loaded (the default chain found none, or
+/// a profile is broken)?
+fn credentials_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if err.downcast_ref::<CredentialsError>().is_some() {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
+}
 
 fn unquote(etag: &str) -> String {
     etag.trim_matches('"').to_string()
