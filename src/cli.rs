@@ -69,6 +69,37 @@ pub struct S3Args {
         env = "METERBOOK_S3_CHECKSUMS_WHEN_REQUIRED"
     )]
     pub checksums_when_required: bool,
+
+    /// Attempts per S3 request for transient errors (500, 503 SlowDown, timeouts, dropped
+    /// connections), with exponential backoff.
+    #[arg(
+        long = "s3-max-attempts",
+        global = true,
+        env = "METERBOOK_S3_MAX_ATTEMPTS",
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u32).range(1..=100)
+    )]
+    pub max_attempts: u32,
+
+    /// Seconds one S3 request attempt may take up to the response headers before it is retried.
+    #[arg(
+        long = "s3-attempt-timeout",
+        global = true,
+        env = "METERBOOK_S3_ATTEMPT_TIMEOUT",
+        default_value_t = 30.0,
+        value_name = "SECONDS",
+        value_parser = parse_seconds
+    )]
+    pub attempt_timeout: f64,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 && secs < 86_400.0 => Ok(secs),
+        _ => Err(format!(
+            "'{s}' is not a number of seconds between 0 and 86400"
+        )),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,6 +151,11 @@ pub struct IngestArgs {
     /// Files per ledger transaction (each file is always all-or-nothing).
     #[arg(long, default_value_t = 1000)]
     pub batch_files: usize,
+
+    /// On S3 without --from-month/--to-month, list every month instead of starting at the month
+    /// before the newest one already ingested for each service key.
+    #[arg(long, env = "METERBOOK_ALL_MONTHS")]
+    pub all_months: bool,
 }
 
 #[derive(Debug, Args)]

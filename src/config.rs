@@ -65,11 +65,23 @@ impl S3Args {
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)
         };
+        let defaults = S3Settings::default();
         S3Settings {
             endpoint_url: clean(&self.endpoint_url),
             region: clean(&self.region),
             force_path_style: self.path_style,
             checksums_when_required: self.checksums_when_required,
+            // Zero only from `S3Args::default()`; clap validates what a user passes.
+            max_attempts: if self.max_attempts > 0 {
+                self.max_attempts
+            } else {
+                defaults.max_attempts
+            },
+            attempt_timeout: if self.attempt_timeout > 0.0 {
+                std::time::Duration::from_secs_f64(self.attempt_timeout)
+            } else {
+                defaults.attempt_timeout
+            },
         }
     }
 }

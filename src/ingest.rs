@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
@@ -15,6 +15,7 @@ use crate::period::format_utc;
 use crate::progress::IngestProgress;
 use crate::source::marker::parse_marker;
 use crate::source::parse::{parse_usage_body, Problem};
+use crate::source::s3::MonthFloors;
 use crate::source::{classify_key, KeyKind, ObjectMeta, Scope, Source, MARKER_KEY};
 
 /// How an ingest runs.
@@ -26,6 +27,8 @@ pub struct IngestOptions {
     pub batch_files: usize,
     /// Show a progress bar on a terminal.
     pub progress: bool,
+    /// List every month even where the ledger allows starting at a recent one (S3 only).
+    pub all_months: bool,
 }
 
 /// What an ingest did.
@@ -92,7 +95,12 @@ pub async fn ingest(
     let started = Instant::now();
     let mut ledger = Ledger::open(ledger_path)?;
     let source_name = source.describe();
-    let run_id = ledger.begin_ingest_run(&source_name, &scope.to_string())?;
+    let floors = listing_floors(&ledger, &source_name, source, scope, opts)?;
+    let scope_text = match floors.is_empty() {
+        true => scope.to_string(),
+        false => format!("{scope} {RECENT_MONTHS}"),
+    };
+    let run_id = ledger.begin_ingest_run(&source_name, &scope_text)?;
     let marker = read_marker(source).await?;
     ledger.record_marker_read(&source_name, &marker)?;
     let reader = Ledger::open_read_only(ledger_path)?;
@@ -106,7 +114,7 @@ pub async fn ingest(
     let (list_tx, mut list_rx) = tokio::sync::mpsc::channel::<ObjectMeta>(4096);
     let lister = {
         let (source, scope) = (source.clone(), scope.clone());
-        tokio::spawn(async move { source.list(&scope, list_tx).await })
+        tokio::spawn(async move { source.list(&scope, floors, list_tx).await })
     };
 
     let progress = IngestProgress::new(opts.progress);
@@ -140,19 +148,13 @@ pub async fn ingest(
         futures::future::ready(wanted)
     });
     let mut fetched = candidates
-        .map(|(meta, kind)| async move {
-            let body = source
-                .fetch(&meta)
-                .await
-                .with_context(|| format!("reading {}", meta.key));
-            (meta, kind, body)
-        })
+        .map(|(meta, kind)| async move { (kind, source.fetch(meta).await) })
         .buffer_unordered(opts.concurrency.max(1));
 
     let mut failure: Option<anyhow::Error> = None;
-    while let Some((meta, kind, body)) = fetched.next().await {
-        match body {
-            Ok(body) => {
+    while let Some((kind, read)) = fetched.next().await {
+        match read {
+            Ok((meta, body)) => {
                 let version = file_version(&source_name, meta, kind, &body);
                 progress.fetched(version.records.len());
                 if file_tx.send(version).is_err() {
@@ -201,6 +203,7 @@ pub async fn ingest(
     summary.elapsed = started.elapsed();
     ledger.finish_ingest_run(
         run_id,
+        failure.is_none(),
         &RunCounts {
             files_seen: summary.files_seen,
             files_new: summary.files_new,
@@ -214,6 +217,47 @@ pub async fn ingest(
         Some(e) => Err(e),
         None => Ok(summary),
     }
+}
+
+/// Marks, in `ingest_runs.scope`, a run that listed only recent months; a run over every service
+/// key and month has the scope `*:*:*`.
+const RECENT_MONTHS: &str = "(recent months)";
+
+/// Where listing starts for each service key. Without a month range an S3 listing starts at the
+/// month before the newest one already ingested for that service key (a late rewrite of the
+/// previous month is still seen), unless `--all-months` asks for everything or an ingest of this
+/// source since the last complete listing did not finish cleanly (killed, stopped on an error, or
+/// left files unread): then a newer month may be stored while an older one is not, and only a
+/// complete listing finds what is missing.
+fn listing_floors(
+    ledger: &Ledger,
+    source_name: &str,
+    source: &Source,
+    scope: &Scope,
+    opts: &IngestOptions,
+) -> Result<MonthFloors> {
+    if !source.lists_from_floors()
+        || opts.all_months
+        || scope.from_month.is_some()
+        || scope.to_month.is_some()
+    {
+        return Ok(MonthFloors::new());
+    }
+    if ledger.unsettled_run_since_complete_listing(source_name, &Scope::default().to_string())? {
+        tracing::info!(
+            "an earlier ingest of {source_name} did not finish cleanly; listing every month"
+        );
+        return Ok(MonthFloors::new());
+    }
+    let floors: MonthFloors = ledger
+        .newest_months(source_name)?
+        .into_iter()
+        .map(|(key, newest)| (key, newest.prev()))
+        .collect();
+    for (key, from) in &floors {
+        tracing::info!("{key}: listing from {from} (the month before the newest ingested; --all-months lists every month)");
+    }
+    Ok(floors)
 }
 
 /// Reads and parses the completion marker; only errors that must stop the run are returned.

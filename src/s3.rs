@@ -2,12 +2,16 @@
 //! billing files): aws-config's default credential chain, region from the usual settings, and
 //! options for S3-compatible stores (endpoint, path-style addressing, checksums only when required).
 
+use std::time::Duration;
+
 use aws_config::meta::region::RegionProviderChain;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 
 /// Resolved S3 settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct S3Settings {
     /// A custom endpoint (S3-compatible store); `None` uses AWS_ENDPOINT_URL or AWS's own.
     pub endpoint_url: Option<String>,
@@ -16,14 +20,50 @@ pub struct S3Settings {
     pub force_path_style: bool,
     /// Ask for checksums only when an operation requires them (Garage, older Ceph).
     pub checksums_when_required: bool,
+    /// Attempts per request (the first one included) for transient errors, with exponential
+    /// backoff (the SDK's standard retry mode).
+    pub max_attempts: u32,
+    /// One attempt's time limit, up to the response headers.
+    pub attempt_timeout: Duration,
 }
 
-/// Builds a client. Region falls back to us-east-1 when nothing else names one.
+/// Connecting takes a few milliseconds on a working network; anything long is a dead endpoint.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Default for S3Settings {
+    fn default() -> S3Settings {
+        S3Settings {
+            endpoint_url: None,
+            region: None,
+            force_path_style: false,
+            checksums_when_required: false,
+            max_attempts: 8,
+            attempt_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Builds a client. Region falls back to us-east-1 when nothing else names one. Transient errors
+/// (500, 503 SlowDown, timeouts, dropped connections) are retried with exponential backoff; a
+/// whole operation may take every attempt's time limit plus the backoff between them.
 pub async fn client(settings: &S3Settings) -> aws_sdk_s3::Client {
     let region = RegionProviderChain::first_try(settings.region.clone().map(Region::new))
         .or_default_provider()
         .or_else(Region::new("us-east-1"));
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(region);
+    let attempts = settings.max_attempts.max(1);
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(settings.attempt_timeout)
+        .operation_timeout(settings.attempt_timeout * attempts + Duration::from_secs(60))
+        .build();
+    let retries = RetryConfig::standard()
+        .with_max_attempts(attempts)
+        .with_initial_backoff(Duration::from_millis(100))
+        .with_max_backoff(Duration::from_secs(10));
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(region)
+        .retry_config(retries)
+        .timeout_config(timeouts);
     if let Some(url) = &settings.endpoint_url {
         loader = loader.endpoint_url(url);
     }

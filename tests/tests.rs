@@ -4,4 +4,5 @@
 mod util;
 
 mod ingest;
+mod s3_ingest;
 mod sql;

@@ -6,18 +6,22 @@ use anyhow::Result;
 
 use crate::cli::{GlobalArgs, IngestArgs};
 use crate::config::SourceSpec;
-use crate::error::{Fatal, Outcome};
+use crate::error::Outcome;
 use crate::ingest::{ingest, IngestOptions};
+use crate::s3::S3Settings;
 use crate::source::local::LocalSource;
+use crate::source::s3::S3Source;
 use crate::source::Source;
 
 pub async fn run(global: &GlobalArgs, args: &IngestArgs) -> Result<Outcome> {
     let scope = args.scope.resolve()?;
-    let source = open_source(&SourceSpec::resolve(args.source.as_deref())?).await?;
+    let spec = SourceSpec::resolve(args.source.as_deref())?;
+    let source = open_source(&spec, &global.s3.resolve()).await?;
     let opts = IngestOptions {
         concurrency: args.concurrency,
         batch_files: args.batch_files,
         progress: !global.quiet,
+        all_months: args.all_months,
     };
     tracing::info!(
         "ingesting {} ({scope}) into {}",
@@ -43,11 +47,12 @@ pub async fn run(global: &GlobalArgs, args: &IngestArgs) -> Result<Outcome> {
 }
 
 /// Opens the source a spec names.
-pub async fn open_source(spec: &SourceSpec) -> Result<Source> {
+pub async fn open_source(spec: &SourceSpec, s3: &S3Settings) -> Result<Source> {
     match spec {
         SourceSpec::Local(dir) => Ok(Source::Local(Arc::new(LocalSource::new(dir)?))),
-        SourceSpec::S3 { bucket, .. } => {
-            Err(Fatal::Config(format!("s3://{bucket}: reading from S3 is not built yet")).into())
+        SourceSpec::S3 { bucket, prefix } => {
+            let client = crate::s3::client(s3).await;
+            Ok(Source::S3(Arc::new(S3Source::new(client, bucket, prefix))))
         }
     }
 }

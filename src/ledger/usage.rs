@@ -1,12 +1,14 @@
 //! Usage files and records: storing a batch of file versions, replacing rewritten files while
 //! keeping their history, and the lookups that let ingest skip what it already has.
 
+use std::collections::HashMap;
+
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::Ledger;
-use crate::period::format_utc;
+use crate::period::{format_utc, parse_timestamp, Month};
 use crate::source::parse::{Problem, Quantity, UsageRecord};
 
 /// One version of one usage file, as read and parsed, ready to be stored.
@@ -105,6 +107,47 @@ impl Ledger {
             .optional()?)
     }
 
+    /// The newest month with usage files per service key (`SERVICE:ENV:PLAN`) from `source`.
+    pub fn newest_months(&self, source: &str) -> Result<HashMap<String, Month>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT service_key, MAX(hour) FROM usage_files
+             WHERE source = ?1 AND service_key IS NOT NULL AND hour IS NOT NULL
+             GROUP BY service_key",
+        )?;
+        let rows = stmt.query_map([source], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut newest = HashMap::new();
+        for row in rows {
+            let (key, hour) = row?;
+            if let Some(month) = parse_timestamp(&hour).map(Month::of) {
+                newest.insert(key, month);
+            }
+        }
+        Ok(newest)
+    }
+
+    /// Has an ingest of `source` failed to finish cleanly (killed or stopped on an error, so
+    /// `finished_at` is NULL, or with files left unread) since the last clean run with scope
+    /// `complete_scope`, i.e. one that listed every service key and month?
+    pub fn unsettled_run_since_complete_listing(
+        &self,
+        source: &str,
+        complete_scope: &str,
+    ) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "WITH runs AS (
+                 SELECT id, scope, finished_at IS NOT NULL
+                     AND files_seen = files_new + files_replaced + files_unchanged AS clean
+                 FROM ingest_runs WHERE source = ?1)
+             SELECT EXISTS (
+                 SELECT 1 FROM runs WHERE NOT clean AND id > COALESCE(
+                     (SELECT MAX(id) FROM runs WHERE clean AND scope = ?2), 0))",
+            params![source, complete_scope],
+            |r| r.get(0),
+        )?)
+    }
+
     pub fn begin_ingest_run(&self, source: &str, scope: &str) -> Result<i64> {
         self.conn.execute(
             "INSERT INTO ingest_runs (source, scope, started_at) VALUES (?1, ?2, ?3)",
@@ -113,14 +156,15 @@ impl Ledger {
         Ok(self.conn.last_insert_rowid())
     }
 
-    pub fn finish_ingest_run(&self, run_id: i64, c: &RunCounts) -> Result<()> {
+    /// Records a run's counts; `finished_at` stays NULL for a run that stopped on an error.
+    pub fn finish_ingest_run(&self, run_id: i64, finished: bool, c: &RunCounts) -> Result<()> {
         self.conn.execute(
             "UPDATE ingest_runs SET finished_at = ?2, files_seen = ?3, files_new = ?4,
                  files_replaced = ?5, files_unchanged = ?6, records = ?7, problems = ?8
              WHERE id = ?1",
             params![
                 run_id,
-                format_utc(Utc::now()),
+                finished.then(|| format_utc(Utc::now())),
                 c.files_seen,
                 c.files_new,
                 c.files_replaced,

@@ -4,6 +4,7 @@
 pub mod local;
 pub mod marker;
 pub mod parse;
+pub mod s3;
 
 use std::fmt;
 
@@ -271,6 +272,7 @@ mod tests {
 #[derive(Debug, Clone)]
 pub enum Source {
     Local(std::sync::Arc<local::LocalSource>),
+    S3(std::sync::Arc<s3::S3Source>),
 }
 
 impl Source {
@@ -278,13 +280,21 @@ impl Source {
     pub fn describe(&self) -> String {
         match self {
             Source::Local(l) => l.root().display().to_string(),
+            Source::S3(s) => s.describe(),
         }
+    }
+
+    /// Does listing honour [`s3::MonthFloors`]? A folder walk is cheap and always complete; an S3
+    /// listing costs a request per 1,000 keys, so it starts at each service key's floor.
+    pub fn lists_from_floors(&self) -> bool {
+        matches!(self, Source::S3(_))
     }
 
     /// Sends every object that could be in `scope` to `tx`, then returns.
     pub async fn list(
         &self,
         scope: &Scope,
+        floors: s3::MonthFloors,
         tx: tokio::sync::mpsc::Sender<ObjectMeta>,
     ) -> anyhow::Result<()> {
         match self {
@@ -293,6 +303,7 @@ impl Source {
                 tokio::task::spawn_blocking(move || l.list(&scope, |m| tx.blocking_send(m).is_ok()))
                     .await?
             }
+            Source::S3(s) => s.clone().list(scope.clone(), floors, tx).await,
         }
     }
 
@@ -307,16 +318,22 @@ impl Source {
                     Err(e) => Err(e.into()),
                 }
             }
+            Source::S3(s) => s.read_marker().await,
         }
     }
 
-    /// Reads one object's body. Errors that must stop the run are [`crate::error::Fatal`].
-    pub async fn fetch(&self, meta: &ObjectMeta) -> anyhow::Result<Vec<u8>> {
+    /// Reads one object's body, with its metadata as of the read. Errors that must stop the run
+    /// are [`crate::error::Fatal`].
+    pub async fn fetch(&self, meta: ObjectMeta) -> anyhow::Result<(ObjectMeta, Vec<u8>)> {
         match self {
             Source::Local(l) => {
                 let (l, key) = (l.clone(), meta.key.clone());
-                Ok(tokio::task::spawn_blocking(move || l.read(&key)).await??)
+                let body = tokio::task::spawn_blocking(move || l.read(&key))
+                    .await?
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", meta.key))?;
+                Ok((meta, body))
             }
+            Source::S3(s) => s.fetch(&meta).await,
         }
     }
 }

@@ -1,0 +1,437 @@
+//! The export bucket on S3 (or an S3-compatible store): listing only the prefixes in scope,
+//! reading objects, and telling permanent errors (the operator must fix something) from transient
+//! ones (the SDK has already retried them; the next run tries again).
+//!
+//! Listing descends the layout `omnistrate-metering/SERVICE/ENV/PLAN/YYYY/MM/DD/` with delimiter
+//! listings, pruning service keys and months out of scope, and lists each day in full, several
+//! days at once. Every ListObjectsV2 call follows continuation tokens until S3 says there are no
+//! more (never inferring the end from a page's size).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Result;
+use aws_credential_types::provider::error::CredentialsError;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::get_object::GetObjectError;
+use aws_sdk_s3::Client;
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use tokio::sync::mpsc::Sender;
+
+use super::{ObjectMeta, Scope, EXPORT_PREFIX, MARKER_KEY};
+use crate::error::Fatal;
+use crate::period::Month;
+
+/// Delimiter listings and day listings in flight at once.
+const LIST_CONCURRENCY: usize = 16;
+/// Reading a body can fail after the response headers arrived (a dropped connection, a stalled
+/// stream), which the SDK does not retry; the whole request is tried again this often.
+const BODY_ATTEMPTS: u32 = 3;
+
+#[derive(Debug)]
+pub struct S3Source {
+    client: Client,
+    bucket: String,
+    /// Either empty or ending in `/`; keys in the ledger are relative to it.
+    prefix: String,
+}
+
+/// Per service key (`SERVICE:ENV:PLAN`), the first month to list.
+pub type MonthFloors = HashMap<String, Month>;
+
+/// What the folders below a prefix are, by how many segments below `omnistrate-metering/` the
+/// prefix is; below a month's days (the hours) everything is listed in full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Service,
+    Environment,
+    Plan,
+    Year,
+    Month,
+    Day,
+}
+
+fn children_level(depth: usize) -> Option<Level> {
+    [
+        Level::Service,
+        Level::Environment,
+        Level::Plan,
+        Level::Year,
+        Level::Month,
+        Level::Day,
+    ]
+    .get(depth)
+    .copied()
+}
+
+impl S3Source {
+    pub fn new(client: Client, bucket: &str, prefix: &str) -> S3Source {
+        S3Source {
+            client,
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// Sends every object under the export layout that could be in `scope` (and, per service key,
+    /// in a month at or after its floor) to `tx`.
+    pub async fn list(
+        self: Arc<Self>,
+        scope: Scope,
+        floors: MonthFloors,
+        tx: Sender<ObjectMeta>,
+    ) -> Result<()> {
+        let lister = Arc::new(Lister {
+            source: self,
+            scope,
+            floors,
+            tx,
+            permits: tokio::sync::Semaphore::new(LIST_CONCURRENCY),
+        });
+        lister.descend(Vec::new()).await
+    }
+
+    /// Reads one object; the metadata returned is the GET's own, so that the ETag recorded is the
+    /// one of the body read even when the object was rewritten after listing.
+    pub async fn fetch(&self, meta: &ObjectMeta) -> Result<(ObjectMeta, Vec<u8>)> {
+        let key = format!("{}{}", self.prefix, meta.key);
+        let mut attempt = 1;
+        loop {
+            let resp = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| self.get_error(&key, e))?;
+            let fresh = ObjectMeta {
+                key: meta.key.clone(),
+                size: resp.content_length().map_or(meta.size, |n| n as u64),
+                etag: resp.e_tag().map(unquote).or_else(|| meta.etag.clone()),
+                last_modified: resp.last_modified().and_then(to_utc).or(meta.last_modified),
+            };
+            match resp.body.collect().await {
+                Ok(body) => return Ok((fresh, body.into_bytes().to_vec())),
+                Err(e) if attempt < BODY_ATTEMPTS => {
+                    tracing::debug!("reading s3://{}/{key}: {e}; trying again", self.bucket);
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("reading the body of s3://{}/{key}", self.bucket)))
+                }
+            }
+        }
+    }
+
+    /// Reads the completion marker; `None` when there is none.
+    pub async fn read_marker(&self) -> Result<Option<Vec<u8>>> {
+        let meta = ObjectMeta {
+            key: MARKER_KEY.to_string(),
+            size: 0,
+            etag: None,
+            last_modified: None,
+        };
+        match self.fetch(&meta).await {
+            Ok((_, body)) => Ok(Some(body)),
+            Err(e) if e.chain().any(|c| c.downcast_ref::<NoSuchKey>().is_some()) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn get_error(&self, key: &str, e: SdkError<GetObjectError>) -> anyhow::Error {
+        if matches!(&e, SdkError::ServiceError(s) if s.err().is_no_such_key()) {
+            return NoSuchKey(format!("s3://{}/{key}", self.bucket)).into();
+        }
+        self.classify(&format!("s3://{}/{key}", self.bucket), e)
+    }
+
+    /// A permanent error becomes one [`Fatal::Config`] line naming what to check; anything else
+    /// (already retried by the SDK) stays an ordinary error.
+    fn classify<E>(&self, what: &str, e: SdkError<E>) -> anyhow::Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let status = e.raw_response().map(|r| r.status().as_u16());
+        let region = e
+            .raw_response()
+            .and_then(|r| r.headers().get("x-amz-bucket-region"))
+            .map(str::to_string);
+        let code = e.code().map(str::to_string);
+        let check = match (code.as_deref(), status) {
+            (Some("NoSuchBucket"), _) => Some(format!(
+                "bucket '{}' does not exist; check --source (or S3_BUCKET_NAME) and --s3-endpoint-url",
+                self.bucket
+            )),
+            (Some("AccessDenied" | "AllAccessDisabled"), _) | (None, Some(403)) => Some(
+                "access denied; check that the AWS credentials in use (AWS_PROFILE, \
+                 AWS_ACCESS_KEY_ID, or the instance role) may s3:ListBucket and s3:GetObject here"
+                    .to_string(),
+            ),
+            (Some("InvalidAccessKeyId"), _) => Some(
+                "the AWS access key id is not known to this endpoint; check AWS_ACCESS_KEY_ID or \
+                 AWS_PROFILE, and --s3-endpoint-url"
+                    .to_string(),
+            ),
+            (Some("SignatureDoesNotMatch"), _) => Some(
+                "the request signature does not match; check AWS_SECRET_ACCESS_KEY (or the \
+                 profile's secret) and --s3-region"
+                    .to_string(),
+            ),
+            (Some("ExpiredToken" | "InvalidToken" | "TokenRefreshRequired"), _) => Some(
+                "the AWS session credentials are expired or invalid; refresh them (aws sso \
+                 login, new AWS_SESSION_TOKEN)"
+                    .to_string(),
+            ),
+            (
+                Some(
+                    "PermanentRedirect"
+                    | "AuthorizationHeaderMalformed"
+                    | "IllegalLocationConstraintException",
+                ),
+                _,
+            )
+            | (None, Some(301)) => Some(format!(
+                "the bucket is in another region{}; set --s3-region (or AWS_REGION)",
+                region.map(|r| format!(" ({r})")).unwrap_or_default()
+            )),
+            _ if credentials_failed(&e) => Some(
+                "no usable AWS credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+                 AWS_PROFILE (run `aws sso login` for SSO), or run with an instance or container role"
+                    .to_string(),
+            ),
+            _ => None,
+        };
+        match check {
+            Some(check) => Fatal::Config(format!("{what}: {check}")).into(),
+            None => {
+                let detail = match (code, status) {
+                    (Some(c), Some(s)) => format!("{c} (HTTP {s})"),
+                    (None, Some(s)) => format!("HTTP {s}"),
+                    _ => format!("{}", aws_sdk_s3::error::DisplayErrorContext(&e)),
+                };
+                anyhow::anyhow!("{what}: {detail}, after retries")
+            }
+        }
+    }
+}
+
+/// The object does not exist (the marker is optional; a usage file may vanish after listing).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: no such key")]
+struct NoSuchKey(String);
+
+/// Did the request fail because no credentials could be loaded (the default chain found none, or
+/// a profile is broken)?
+fn credentials_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if err.downcast_ref::<CredentialsError>().is_some() {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
+}
+
+fn unquote(etag: &str) -> String {
+    etag.trim_matches('"').to_string()
+}
+
+fn to_utc(t: &aws_sdk_s3::primitives::DateTime) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.secs(), t.subsec_nanos())
+}
+
+/// One listing walk: the source, what is in scope, and where results go.
+struct Lister {
+    source: Arc<S3Source>,
+    scope: Scope,
+    floors: MonthFloors,
+    tx: Sender<ObjectMeta>,
+    permits: tokio::sync::Semaphore,
+}
+
+/// A page of a delimiter listing: objects at this level and the folders below it.
+struct Page {
+    objects: Vec<ObjectMeta>,
+    folders: Vec<String>,
+}
+
+impl Lister {
+    /// Lists the folder named by `segments` below `omnistrate-metering/`. Levels above the day are
+    /// listed with a delimiter to discover folders in scope; a day is listed in full.
+    fn descend(self: &Arc<Self>, segments: Vec<String>) -> BoxFuture<'static, Result<()>> {
+        let this = self.clone();
+        async move {
+            let prefix = format!("{EXPORT_PREFIX}{}", folder_path(&segments));
+            let Some(level) = children_level(segments.len()) else {
+                return this.list_all(&prefix).await;
+            };
+            let children = match this.fixed_segment(level) {
+                Some(fixed) => vec![fixed],
+                None => {
+                    let mut children = Vec::new();
+                    for page in this.list_level(&prefix).await? {
+                        for object in page.objects {
+                            this.send(object).await?;
+                        }
+                        children.extend(page.folders);
+                    }
+                    children
+                }
+            };
+            futures::stream::iter(children)
+                .filter(|child| futures::future::ready(this.wanted(level, &segments, child)))
+                .map(|child| {
+                    let mut below = segments.clone();
+                    below.push(child);
+                    this.descend(below)
+                })
+                .buffer_unordered(LIST_CONCURRENCY)
+                .try_collect::<()>()
+                .await
+        }
+        .boxed()
+    }
+
+    /// The folder name the scope fixes at a level, so that it needs no discovery.
+    fn fixed_segment(&self, level: Level) -> Option<String> {
+        match level {
+            Level::Service => self.scope.service.clone(),
+            Level::Environment => self.scope.environment.clone(),
+            Level::Plan => self.scope.plan.clone(),
+            _ => None,
+        }
+    }
+
+    /// Is the folder `child` below `segments` (at `level`) worth listing? Folders whose names do
+    /// not parse are listed so that their `.json` files are reported as layout problems.
+    fn wanted(&self, level: Level, segments: &[String], child: &str) -> bool {
+        match level {
+            Level::Service => self.scope.admits_segment(0, child),
+            Level::Environment => self.scope.admits_segment(1, child),
+            Level::Plan => self.scope.admits_segment(2, child),
+            Level::Year => child.parse::<i32>().map_or(true, |y| {
+                self.scope.admits_year(y) && self.floor(segments).is_none_or(|f| y >= f.year)
+            }),
+            Level::Month => format!("{}-{child}", segments[3])
+                .parse::<Month>()
+                .map_or(true, |m| {
+                    self.scope.admits_month(m) && self.floor(segments).is_none_or(|f| m >= f)
+                }),
+            Level::Day => true,
+        }
+    }
+
+    fn floor(&self, segments: &[String]) -> Option<Month> {
+        let key = segments.get(..3)?.join(":");
+        self.floors.get(&key).copied()
+    }
+
+    /// One delimiter listing of `prefix` (below the source's prefix), every page.
+    async fn list_level(&self, prefix: &str) -> Result<Vec<Page>> {
+        let mut pages = Vec::new();
+        self.pages(prefix, Some("/"), |page| {
+            pages.push(page);
+            futures::future::ready(Ok(()))
+        })
+        .await?;
+        Ok(pages)
+    }
+
+    /// Every object under `prefix`, sent on as each page arrives.
+    async fn list_all(&self, prefix: &str) -> Result<()> {
+        self.pages(prefix, None, |page| async move {
+            for object in page.objects {
+                self.send(object).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// ListObjectsV2 over `prefix`, following continuation tokens until S3 returns none.
+    async fn pages<F, Fut>(&self, prefix: &str, delimiter: Option<&str>, mut each: F) -> Result<()>
+    where
+        F: FnMut(Page) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let source = &self.source;
+        let full_prefix = format!("{}{prefix}", source.prefix);
+        let mut token: Option<String> = None;
+        loop {
+            let resp = {
+                let _permit = self.permits.acquire().await?;
+                source
+                    .client
+                    .list_objects_v2()
+                    .bucket(&source.bucket)
+                    .prefix(&full_prefix)
+                    .set_delimiter(delimiter.map(str::to_string))
+                    .set_continuation_token(token.take())
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        source.classify(&format!("listing s3://{}/{full_prefix}", source.bucket), e)
+                    })?
+            };
+            let objects = resp
+                .contents()
+                .iter()
+                .filter_map(|o| {
+                    Some(ObjectMeta {
+                        key: o.key()?.strip_prefix(&source.prefix)?.to_string(),
+                        size: o.size().unwrap_or(0).max(0) as u64,
+                        etag: o.e_tag().map(unquote),
+                        last_modified: o.last_modified().and_then(to_utc),
+                    })
+                })
+                .collect();
+            let folders = resp
+                .common_prefixes()
+                .iter()
+                .filter_map(|p| p.prefix()?.strip_prefix(&full_prefix))
+                .map(|p| p.trim_end_matches('/').to_string())
+                .filter(|p| !p.is_empty())
+                .collect();
+            token = resp.next_continuation_token().map(str::to_string);
+            each(Page { objects, folders }).await?;
+            if token.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn send(&self, object: ObjectMeta) -> Result<()> {
+        // A closed channel means the ingest stopped early; its own error says why.
+        let _ = self.tx.send(object).await;
+        Ok(())
+    }
+}
+
+fn folder_path(segments: &[String]) -> String {
+    segments.iter().map(|s| format!("{s}/")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folders_are_discovered_down_to_days_then_listed_in_full() {
+        assert_eq!(children_level(0), Some(Level::Service));
+        assert_eq!(children_level(3), Some(Level::Year));
+        assert_eq!(children_level(5), Some(Level::Day));
+        assert_eq!(children_level(6), None);
+        assert_eq!(folder_path(&["pg".into(), "PROD".into()]), "pg/PROD/");
+    }
+}

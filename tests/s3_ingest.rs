@@ -1,0 +1,590 @@
+//! `meterbook ingest --source s3://...` against the real S3-compatible server (moto) over HTTP:
+//! pagination, incremental re-runs, rewrites, what is not a usage file, the completion marker,
+//! permanent and transient errors (through `scripts/fault-proxy.py`), and a killed run.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command as StdCommand, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::primitives::ByteStream;
+use futures::StreamExt;
+use serde_json::json;
+
+use crate::util::{record, stderr_of, usage_key, TestEnv};
+
+fn endpoint() -> String {
+    std::env::var("METERBOOK_TEST_S3_ENDPOINT")
+        .expect("METERBOOK_TEST_S3_ENDPOINT is set; run the tests with scripts/test")
+}
+
+/// A fresh bucket of its own on the test server, and a client to fill it.
+struct Bucket {
+    rt: tokio::runtime::Runtime,
+    client: aws_sdk_s3::Client,
+    name: String,
+}
+
+impl Bucket {
+    fn new(label: &str) -> Bucket {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(endpoint())
+            .force_path_style(true)
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+            .build();
+        let client = aws_sdk_s3::Client::from_conf(config);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("mb-{label}-{}-{nanos}", std::process::id());
+        rt.block_on(client.create_bucket().bucket(&name).send())
+            .unwrap_or_else(|e| panic!("creating bucket {name}: {e:?}"));
+        Bucket { rt, client, name }
+    }
+
+    fn put(&self, key: &str, body: &[u8]) {
+        self.put_many(vec![(key.to_string(), body.to_vec())]);
+    }
+
+    fn put_many(&self, objects: Vec<(String, Vec<u8>)>) {
+        let client = &self.client;
+        let bucket = &self.name;
+        self.rt.block_on(async {
+            let puts = futures::stream::iter(objects).map(|(key, body)| async move {
+                client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(&key)
+                    .body(ByteStream::from(body))
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("putting {key}: {e:?}"));
+            });
+            puts.buffer_unordered(32).collect::<Vec<()>>().await;
+        });
+    }
+
+    /// Uploads every file under `dir` with its relative path after `prefix`; returns the number
+    /// of records in the usage files uploaded (read here, independently of meterbook).
+    fn upload_tree(&self, dir: &Path, prefix: &str) -> i64 {
+        let mut objects = Vec::new();
+        let mut records = 0;
+        for path in files_under(dir) {
+            let body = std::fs::read(&path).unwrap();
+            let rel = path
+                .strip_prefix(dir)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
+            if !rel.ends_with("last_success_export.json") {
+                let parsed: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+                records += parsed.len() as i64;
+            }
+            objects.push((format!("{prefix}{rel}"), body));
+        }
+        self.put_many(objects);
+        records
+    }
+
+    fn etag(&self, key: &str) -> String {
+        let head = self
+            .rt
+            .block_on(self.client.head_object().bucket(&self.name).key(key).send())
+            .unwrap();
+        head.e_tag().unwrap().trim_matches('"').to_string()
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `meterbook ingest --source s3://BUCKET/PREFIX` through `endpoint`.
+fn ingest(env: &TestEnv, endpoint: &str, source: &str) -> assert_cmd::Command {
+    let mut cmd = env.cmd();
+    cmd.args(["--s3-endpoint-url", endpoint, "--s3-path-style"])
+        .args(["ingest", "--source", source]);
+    cmd
+}
+
+/// `scripts/fault-proxy.py` in front of the test server; stopped by its process id when dropped.
+struct FaultProxy {
+    child: Child,
+    url: String,
+}
+
+impl FaultProxy {
+    fn start(args: &[&str]) -> FaultProxy {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fault-proxy.py");
+        let mut child = StdCommand::new("python3")
+            .arg(script)
+            .args(["--upstream", &endpoint()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs the fault proxy");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("fault proxy said {line:?}"))
+            .to_string();
+        FaultProxy { child, url }
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        let addr = self.url.strip_prefix("http://").unwrap();
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            conn,
+            "GET /__fault-proxy/stats HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        let body = answer.split_once("\r\n\r\n").unwrap().1;
+        serde_json::from_str(body).unwrap()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every stored file holds exactly `record_count` records.
+fn assert_files_whole(env: &TestEnv) {
+    assert_eq!(
+        env.count(
+            "SELECT COUNT(*) FROM usage_files f
+             WHERE f.record_count != (SELECT COUNT(*) FROM usage_records r WHERE r.file_id = f.id)"
+        ),
+        0,
+        "a file is stored with a different number of records than it holds"
+    );
+}
+
+#[test]
+fn more_than_1000_keys_in_one_day_are_all_ingested_once_and_a_rerun_fetches_nothing() {
+    let env = TestEnv::new();
+    // 46 subscriptions x 24 hours: 1,104 usage files in one day, more than one listing page.
+    env.generate(&["--subscriptions", "46", "--hours", "24"]);
+    let bucket = Bucket::new("pages");
+    let records = bucket.upload_tree(&env.export(), "exports/acme/");
+    let source = format!("s3://{}/exports/acme", bucket.name);
+
+    let out = ingest(&env, &endpoint(), &source).assert().success();
+    let stderr = stderr_of(out.get_output());
+    assert!(stderr.contains("ingested 1104 new"), "{stderr}");
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 1104);
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_records"), records);
+    assert_files_whole(&env);
+    // Keys are relative to the source root; ETag (without quotes), size and time are kept.
+    let key = "omnistrate-metering/pg/PROD/pt-HJSv20iWX0/2025/06/01/00";
+    let (stored_key, etag, size, modified): (String, String, i64, String) = env
+        .db()
+        .query_row(
+            "SELECT key, etag, size, last_modified FROM usage_files
+             WHERE key LIKE ?1 || '/%' ORDER BY key LIMIT 1",
+            [key],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!(etag, bucket.etag(&format!("exports/acme/{stored_key}")));
+    let local = std::fs::metadata(env.export().join(&stored_key)).unwrap();
+    assert_eq!(size as u64, local.len());
+    assert!(modified.starts_with("20"), "{modified}");
+    let stored_source: String = env
+        .db()
+        .query_row("SELECT DISTINCT source FROM usage_files", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored_source, source);
+
+    // A re-run through a counting proxy: listings only, not one GET of a usage file.
+    let proxy = FaultProxy::start(&[]);
+    let out = ingest(&env, &proxy.url, &source).assert().success();
+    let stderr = stderr_of(out.get_output());
+    assert!(stderr.contains("nothing new: 1104 usage files"), "{stderr}");
+    let stats = proxy.stats();
+    let lists = stats["list_prefixes"].as_array().unwrap().len() as i64;
+    // The marker, then listings: a few delimiter listings and the day's pages.
+    assert_eq!(stats["requests"].as_i64().unwrap(), 1 + lists);
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 1104);
+}
+
+#[test]
+fn listing_covers_only_the_months_in_scope_and_recent_months_by_default() {
+    let env = TestEnv::new();
+    let bucket = Bucket::new("months");
+    let body =
+        serde_json::to_vec(&json!([record(Some("c-1"), "cpu_core_hours", json!(2))])).unwrap();
+    for hour in ["2025/03/10/00", "2025/05/31/23", "2025/06/01/00"] {
+        bucket.put(&usage_key("pt-1", hour, "sub-a"), &body);
+    }
+    let source = format!("s3://{}", bucket.name);
+    let proxy = FaultProxy::start(&[]);
+
+    ingest(&env, &proxy.url, &source)
+        .args(["--from-month", "2025-05"])
+        .assert()
+        .success();
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 2);
+    let listed: Vec<String> =
+        serde_json::from_value(proxy.stats()["list_prefixes"].clone()).unwrap();
+    assert!(
+        listed.iter().all(|p| !p.contains("2025/03")),
+        "March is out of scope but was listed: {listed:?}"
+    );
+
+    // Without a month range, listing starts at the month before the newest ingested (May), so
+    // a late file in March is not seen; --all-months sees it.
+    bucket.put(&usage_key("pt-1", "2025/03/11/00", "sub-a"), &body);
+    ingest(&env, &endpoint(), &source).assert().success();
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 2);
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM ingest_runs WHERE scope = '*:*:* (recent months)'"),
+        1
+    );
+    ingest(&env, &endpoint(), &source)
+        .arg("--all-months")
+        .assert()
+        .success();
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 4);
+}
+
+#[test]
+fn a_rewritten_object_replaces_its_records_and_keeps_the_earlier_version() {
+    let env = TestEnv::new();
+    let bucket = Bucket::new("rewrite");
+    let key = usage_key("pt-1", "2025/06/01/00", "sub-a");
+    let first = json!([record(Some("c-1"), "cpu_core_hours", json!(2))]);
+    bucket.put(&key, &serde_json::to_vec(&first).unwrap());
+    let source = format!("s3://{}", bucket.name);
+    ingest(&env, &endpoint(), &source).assert().success();
+    let first_etag = bucket.etag(&key);
+
+    let second = json!([
+        record(Some("c-1"), "cpu_core_hours", json!(3)),
+        record(Some("c-1"), "replica_hours", json!(1))
+    ]);
+    bucket.put(&key, &serde_json::to_vec(&second).unwrap());
+    let out = ingest(&env, &endpoint(), &source).assert().success();
+    assert!(
+        stderr_of(out.get_output()).contains("0 new and 1 replaced"),
+        "{}",
+        stderr_of(out.get_output())
+    );
+    let db = env.db();
+    let (etag, version, records): (String, i64, i64) = db
+        .query_row(
+            "SELECT etag, version, record_count FROM usage_files WHERE key = ?1",
+            [&key],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((etag, version, records), (bucket.etag(&key), 2, 2));
+    let (old_etag, old_value): (String, f64) = db
+        .query_row(
+            "SELECT v.etag, t.value FROM usage_file_versions v
+             JOIN usage_file_version_totals t ON t.version_id = v.id",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((old_etag, old_value), (first_etag, 2.0));
+    assert_eq!(
+        env.count("SELECT SUM(value) FROM usage_records WHERE dimension = 'cpu_core_hours'"),
+        3
+    );
+}
+
+#[test]
+fn objects_that_are_not_usage_files_are_ignored() {
+    let env = TestEnv::new();
+    let bucket = Bucket::new("other");
+    let body =
+        serde_json::to_vec(&json!([record(Some("c-1"), "cpu_core_hours", json!(2))])).unwrap();
+    bucket.put(&usage_key("pt-1", "2025/06/01/00", "sub-a"), &body);
+    for key in [
+        "omnistrate-metering/pg/PROD/pt-1/2025/06/01/00/readme.txt",
+        "omnistrate-metering/notes.json",
+        "elsewhere/pg/PROD/pt-1/2025/06/01/00/sub-b.json",
+        "top.json",
+    ] {
+        bucket.put(key, &body);
+    }
+    ingest(&env, &endpoint(), &format!("s3://{}", bucket.name))
+        .assert()
+        .success();
+    let keys: Vec<String> = env
+        .db()
+        .prepare("SELECT key FROM usage_files")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(keys, [usage_key("pt-1", "2025/06/01/00", "sub-a")]);
+}
+
+#[test]
+fn an_empty_prefix_ingests_nothing_and_records_the_missing_marker() {
+    let env = TestEnv::new();
+    let bucket = Bucket::new("empty");
+    bucket.put(
+        "other-prefix/omnistrate-metering/last_success_export.json",
+        b"{}",
+    );
+    let out = ingest(
+        &env,
+        &endpoint(),
+        &format!("s3://{}/nothing-here", bucket.name),
+    )
+    .assert()
+    .success();
+    let stderr = stderr_of(out.get_output());
+    assert!(stderr.contains("nothing new: 0 usage files"), "{stderr}");
+    assert!(stderr.contains("no completion marker"), "{stderr}");
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 0);
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM export_marker_reads WHERE status = 'missing'"),
+        1
+    );
+}
+
+#[test]
+fn a_malformed_marker_is_recorded_and_warned_about_and_ingest_goes_on() {
+    let env = TestEnv::new();
+    let bucket = Bucket::new("marker");
+    let body =
+        serde_json::to_vec(&json!([record(Some("c-1"), "cpu_core_hours", json!(2))])).unwrap();
+    bucket.put(&usage_key("pt-1", "2025/06/01/00", "sub-a"), &body);
+    bucket.put("omnistrate-metering/last_success_export.json", b"{not json");
+    let source = format!("s3://{}", bucket.name);
+    let out = ingest(&env, &endpoint(), &source).assert().success();
+    assert!(
+        stderr_of(out.get_output()).contains("last_success_export.json"),
+        "{}",
+        stderr_of(out.get_output())
+    );
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 1);
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM export_marker_reads WHERE status = 'malformed'"),
+        1
+    );
+
+    let marker = json!({"pg:PROD:pt-1": {
+        "last_processed_to": "2025-06-01T00:59:59Z",
+        "last_updated_at": "2025-06-01T01:05:00Z"}});
+    bucket.put(
+        "omnistrate-metering/last_success_export.json",
+        &serde_json::to_vec(&marker).unwrap(),
+    );
+    ingest(&env, &endpoint(), &source).assert().success();
+    let to: String = env
+        .db()
+        .query_row(
+            "SELECT last_processed_to FROM export_completion WHERE service_key = 'pg:PROD:pt-1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(to, "2025-06-01T00:59:59Z");
+}
+
+#[test]
+fn a_missing_bucket_ends_the_run_with_one_line_and_the_config_exit_code() {
+    let env = TestEnv::new();
+    let out = ingest(&env, &endpoint(), "s3://mb-no-such-bucket-here")
+        .assert()
+        .code(2);
+    let stderr = stderr_of(out.get_output());
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("meterbook:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("bucket 'mb-no-such-bucket-here' does not exist")
+            && errors[0].contains("check --source"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_credentials_end_the_run_with_one_line_and_the_config_exit_code() {
+    let env = TestEnv::new();
+    let bucket = Bucket::new("nocreds");
+    let out = ingest(&env, &endpoint(), &format!("s3://{}", bucket.name))
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .assert()
+        .code(2);
+    let stderr = stderr_of(out.get_output());
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("meterbook:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains(&format!("s3://{}/", bucket.name))
+            && errors[0].contains("no usable AWS credentials; set AWS_ACCESS_KEY_ID"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn permanent_errors_end_the_run_with_one_line_naming_what_to_check() {
+    let cases = [
+        (
+            "403:AccessDenied",
+            "access denied; check that the AWS credentials",
+        ),
+        ("403:InvalidAccessKeyId", "check AWS_ACCESS_KEY_ID"),
+        ("403:SignatureDoesNotMatch", "check AWS_SECRET_ACCESS_KEY"),
+        (
+            "301:PermanentRedirect",
+            "another region (eu-west-3); set --s3-region",
+        ),
+    ];
+    for (answer, expected) in cases {
+        let env = TestEnv::new();
+        let bucket = Bucket::new("denied");
+        let proxy = FaultProxy::start(&["--answer", answer]);
+        let out = ingest(&env, &proxy.url, &format!("s3://{}", bucket.name))
+            .env("AWS_SECRET_ACCESS_KEY", "secret-that-must-not-be-printed")
+            .assert()
+            .code(2);
+        let stderr = stderr_of(out.get_output());
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("meterbook:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{answer}: {stderr}");
+        assert!(
+            errors[0].contains(&format!("s3://{}/", bucket.name)) && errors[0].contains(expected),
+            "{answer}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("secret-that-must-not-be-printed"),
+            "{stderr}"
+        );
+        // A permanent error is not retried.
+        assert_eq!(proxy.stats()["requests"], 1, "{answer}");
+    }
+}
+
+#[test]
+fn transient_errors_are_retried_and_the_ingest_ends_complete_and_exactly_once() {
+    let env = TestEnv::new();
+    env.generate(&["--subscriptions", "10", "--hours", "30"]);
+    let bucket = Bucket::new("faults");
+    let records = bucket.upload_tree(&env.export(), "");
+    let proxy = FaultProxy::start(&[
+        "--error-rate",
+        "0.15",
+        "--drop-rate",
+        "0.05",
+        "--stall-rate",
+        "0.02",
+        "--stall-secs",
+        "3",
+    ]);
+    ingest(&env, &proxy.url, &format!("s3://{}", bucket.name))
+        .args(["--s3-attempt-timeout", "1", "--concurrency", "16"])
+        .assert()
+        .success();
+    let faults = &proxy.stats()["faults"];
+    for kind in ["error", "drop", "stall"] {
+        assert!(
+            faults[kind].as_i64().unwrap() > 0,
+            "no {kind} injected: {faults}"
+        );
+    }
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 300);
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_records"), records);
+    // Exactly once: no file stored twice, none replaced by a retried read.
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_file_versions"), 0);
+    assert_files_whole(&env);
+}
+
+#[test]
+fn a_killed_ingest_leaves_only_whole_files_and_the_next_run_completes_it() {
+    let env = TestEnv::new();
+    env.generate(&["--subscriptions", "40", "--hours", "48"]);
+    let bucket = Bucket::new("killed");
+    let records = bucket.upload_tree(&env.export(), "");
+    let source = format!("s3://{}", bucket.name);
+
+    let mut run = StdCommand::new(assert_cmd::cargo::cargo_bin("meterbook"));
+    run.env_clear()
+        .envs(env.cmd().get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .args(["--s3-endpoint-url", &endpoint(), "--s3-path-style"])
+        .args([
+            "ingest",
+            "--source",
+            &source,
+            "--concurrency",
+            "2",
+            "--batch-files",
+            "50",
+        ])
+        .stderr(Stdio::null());
+    let mut child = run.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if env.ledger.exists()
+            && rusqlite::Connection::open(&env.ledger)
+                .and_then(|c| {
+                    c.query_row("SELECT COUNT(*) FROM usage_files", [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                })
+                .is_ok_and(|n| n >= 100)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let stored = env.count("SELECT COUNT(*) FROM usage_files");
+    assert!((100..1920).contains(&stored), "killed after {stored} files");
+    assert_files_whole(&env);
+
+    let out = ingest(&env, &endpoint(), &source).assert().success();
+    assert!(
+        stderr_of(out.get_output()).contains("did not finish cleanly; listing every month"),
+        "{}",
+        stderr_of(out.get_output())
+    );
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 1920);
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_records"), records);
+    assert_eq!(env.count("SELECT MAX(version) FROM usage_files"), 1);
+    assert_files_whole(&env);
+}
