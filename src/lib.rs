@@ -14,3 +14,4 @@ pub mod period;
 pub mod progress;
 pub mod s3;
 pub mod source;
+pub mod sync;

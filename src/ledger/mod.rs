@@ -2,6 +2,7 @@
 //! (refinery, migrations embedded from `migrations/`), and refuses a ledger from a newer meterbook.
 
 mod query;
+mod snapshot;
 mod usage;
 
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use crate::error::Fatal;
 
 pub use query::{QueryResult, SqlValue};
+pub use snapshot::{check_snapshot, DiskFull, SnapshotProblem};
 pub use usage::{FileVersion, KnownFile, RunCounts, StoreOutcome};
 
 mod embedded {
