@@ -211,12 +211,13 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_parent(path)
 }
 
-/// An empty temporary file beside `path`, named after it.
+/// An empty temporary file beside `path`, named after it (creating the folder if needed).
 pub fn temp_beside(path: &Path, what: &str) -> Result<TempPath> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| io_error(e, dir, "creating folder"))?;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let file = tempfile::Builder::new()
         .prefix(&format!(".{name}.{what}-"))
