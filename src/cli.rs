@@ -141,7 +141,12 @@ pub struct SqlArgs {
 pub struct StateArgs {
     /// The state object: s3://BUCKET/KEY. Defaults to
     /// s3://$S3_BUCKET_NAME/meterbook/state/ledger.sqlite (or $AWS_S3_BUCKET_NAME).
-    #[arg(long, global = true, env = "METERBOOK_STATE_URL", value_name = "S3_URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "METERBOOK_STATE_URL",
+        value_name = "S3_URL"
+    )]
     pub state_url: Option<String>,
 
     /// How many generations to keep as copies on S3 for `sync restore` (at least 1).

@@ -83,7 +83,13 @@ impl Store {
 
     fn metadata(&self, key: &str) -> HashMap<String, String> {
         self.rt
-            .block_on(self.client.head_object().bucket(&self.bucket).key(key).send())
+            .block_on(
+                self.client
+                    .head_object()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .send(),
+            )
             .expect("head object")
             .metadata()
             .cloned()
@@ -92,7 +98,13 @@ impl Store {
 
     fn delete(&self, key: &str) {
         self.rt
-            .block_on(self.client.delete_object().bucket(&self.bucket).key(key).send())
+            .block_on(
+                self.client
+                    .delete_object()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .send(),
+            )
             .expect("delete object");
     }
 
@@ -242,17 +254,17 @@ fn racing_pushes_one_wins_and_the_other_exits_4_keeping_its_ledger() {
     assert_eq!(&dump(&c), winner_dump);
 }
 
+/// A corrupted state: name, uncompressed body, claimed SHA-256, claimed schema version, and the
+/// exit code and message `pull` must give.
+type BadState<'a> = (&'a str, Vec<u8>, String, &'a str, i32, &'a str);
+
 /// Replaces the state object with `snapshot` compressed, under metadata that claims `sha256`.
 fn put_state(s3: &Store, snapshot: &[u8], sha256: &str, schema_version: &str) {
     let mut meta = s3.metadata(STATE_KEY);
     meta.insert("meterbook-generation".into(), "2".into());
     meta.insert("meterbook-sha256".into(), sha256.into());
     meta.insert("meterbook-schema-version".into(), schema_version.into());
-    s3.put(
-        STATE_KEY,
-        zstd::encode_all(snapshot, 3).unwrap(),
-        meta,
-    );
+    s3.put(STATE_KEY, zstd::encode_all(snapshot, 3).unwrap(), meta);
 }
 
 /// A copy of `env`'s ledger, changed by `sql`, as bytes.
@@ -283,10 +295,31 @@ fn a_state_failing_a_check_is_refused_and_the_local_ledger_is_untouched() {
     );
     let not_sqlite = b"this is not a database, but long enough to be read as one".repeat(100);
     let sha = |b: &[u8]| hex::encode(Sha256::digest(b));
-    let cases: [(&str, Vec<u8>, String, &str, i32, &str); 3] = [
-        ("bad checksum", good.clone(), sha(b"something else"), "1", 1, "SHA-256"),
-        ("not sqlite", not_sqlite.clone(), sha(&not_sqlite), "1", 1, "not a readable SQLite database"),
-        ("newer schema", newer.clone(), sha(&newer), "999", 2, "schema version 999"),
+    let cases: [BadState; 3] = [
+        (
+            "bad checksum",
+            good.clone(),
+            sha(b"something else"),
+            "1",
+            1,
+            "SHA-256",
+        ),
+        (
+            "not sqlite",
+            not_sqlite.clone(),
+            sha(&not_sqlite),
+            "1",
+            1,
+            "not a readable SQLite database",
+        ),
+        (
+            "newer schema",
+            newer.clone(),
+            sha(&newer),
+            "999",
+            2,
+            "schema version 999",
+        ),
     ];
     for (name, body, claimed, schema, code, says) in cases {
         put_state(&s3, &body, &claimed, schema);
@@ -296,13 +329,20 @@ fn a_state_failing_a_check_is_refused_and_the_local_ledger_is_untouched() {
         assert!(err.contains("refusing the state"), "{name}: {err}");
         assert!(err.contains(says), "{name}: {err}");
         assert!(err.contains("left unchanged"), "{name}: {err}");
-        assert_eq!(file_sha(&b.ledger), before, "{name}: the ledger file changed");
+        assert_eq!(
+            file_sha(&b.ledger),
+            before,
+            "{name}: the ledger file changed"
+        );
         let leftovers: Vec<_> = std::fs::read_dir(b.dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|n| n.starts_with(".ledger.sqlite."))
             .collect();
-        assert!(leftovers.is_empty(), "{name}: temporary files left: {leftovers:?}");
+        assert!(
+            leftovers.is_empty(),
+            "{name}: temporary files left: {leftovers:?}"
+        );
     }
 
     // Metadata that is not a meterbook state's is refused too.
@@ -428,7 +468,10 @@ fn wait_for_lease(s3: &Store, env: &TestEnv, wanted: &str, limit: Duration) {
         if shown.contains(wanted) {
             return;
         }
-        assert!(Instant::now() < deadline, "lease never said '{wanted}': {shown}");
+        assert!(
+            Instant::now() < deadline,
+            "lease never said '{wanted}': {shown}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -449,7 +492,7 @@ fn a_second_acquirer_is_refused_naming_the_holder_and_takes_over_once_expired() 
     let second = lease_cmd(&s3, &b, &["acquire"]);
     assert_eq!(second.status.code(), Some(4));
     let err = stderr_of(&second);
-    assert!(err.contains(&format!("held until")), "{err}");
+    assert!(err.contains("held until"), "{err}");
     assert!(err.contains(&holder), "{err}");
 
     // Nobody renews the first lease (its process ended): it expires and the next one takes over.
@@ -466,7 +509,18 @@ fn a_held_lease_is_renewed_while_working_and_released_at_the_end() {
     let (a, b) = (TestEnv::new(), TestEnv::new());
     // Held for 5 s with a 2 s lease: only renewals keep it.
     let holder = s3
-        .std_cmd(&a, &["sync", "lease", "acquire", "--hold", "5", "--lease-seconds", "2"])
+        .std_cmd(
+            &a,
+            &[
+                "sync",
+                "lease",
+                "acquire",
+                "--hold",
+                "5",
+                "--lease-seconds",
+                "2",
+            ],
+        )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -492,7 +546,17 @@ fn a_waiting_acquirer_gets_the_lease_when_it_is_released() {
     let (a, b) = (TestEnv::new(), TestEnv::new());
     assert!(lease_cmd(&s3, &a, &["acquire"]).status.success());
     let waiter = s3
-        .std_cmd(&b, &["sync", "lease", "acquire", "--wait", "--lease-seconds", "30"])
+        .std_cmd(
+            &b,
+            &[
+                "sync",
+                "lease",
+                "acquire",
+                "--wait",
+                "--lease-seconds",
+                "30",
+            ],
+        )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -508,8 +572,11 @@ fn a_waiting_acquirer_gets_the_lease_when_it_is_released() {
 fn doctor_on_a_good_setup_says_ok_to_every_check() {
     let s3 = Store::new("doctor");
     let env = host_with_usage("2");
-    let marker = std::fs::read(env.export().join("omnistrate-metering/last_success_export.json"))
-        .unwrap();
+    let marker = std::fs::read(
+        env.export()
+            .join("omnistrate-metering/last_success_export.json"),
+    )
+    .unwrap();
     s3.put(
         "omnistrate-metering/last_success_export.json",
         marker,
@@ -559,7 +626,11 @@ fn doctor_names_the_failing_check_and_exits_2() {
         .unwrap();
     assert!(marker.starts_with("FAIL"), "{marker}");
     assert!(marker.contains("fix: "), "{marker}");
-    assert!(stderr_of(&out).contains("1 of 8 checks failed"), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("1 of 8 checks failed"),
+        "{}",
+        stderr_of(&out)
+    );
 }
 
 /// A tmpfs of `size` mounted for the test's lifetime (root only).
@@ -583,7 +654,13 @@ impl Tmpfs {
             .arg(&self.0)
             .output()
             .unwrap();
-        let avail: u64 = stdout_of(&stat).lines().nth(1).unwrap().trim().parse().unwrap();
+        let avail: u64 = stdout_of(&stat)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         let filler = vec![0u8; avail.saturating_sub(leave) as usize];
         let _ = std::fs::write(self.0.join("filler"), filler);
     }
@@ -622,7 +699,11 @@ fn a_full_disk_while_writing_the_snapshot_is_a_clear_error_and_keeps_the_state()
 
     let out = s3.cmd(&env).args(["sync", "push"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
-    assert!(stderr_of(&out).contains("no space left"), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("no space left"),
+        "{}",
+        stderr_of(&out)
+    );
     assert_eq!(s3.metadata(STATE_KEY)["meterbook-generation"], "1");
     assert_eq!(dump(&env), before);
 
@@ -633,6 +714,10 @@ fn a_full_disk_while_writing_the_snapshot_is_a_clear_error_and_keeps_the_state()
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
-    assert!(stderr_of(&out).contains("no space left"), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("no space left"),
+        "{}",
+        stderr_of(&out)
+    );
     assert_eq!(dump(&env), before);
 }

@@ -25,7 +25,10 @@ pub enum Verdict {
     Ok(String),
     /// Works, but worth knowing.
     Warn(String),
-    Fail { problem: String, fix: String },
+    Fail {
+        problem: String,
+        fix: String,
+    },
 }
 
 fn fail(problem: impl Into<String>, fix: impl Into<String>) -> Verdict {
@@ -91,7 +94,8 @@ pub async fn run(global: &GlobalArgs, args: &DoctorArgs) -> Result<Outcome> {
     let setup = Setup {
         client: crate::s3::client(&global.s3.resolve()).await,
         source: SourceSpec::resolve(args.source.as_deref()).map_err(|e| format!("{e:#}")),
-        state: StateLocation::resolve(args.state.state_url.as_deref()).map_err(|e| format!("{e:#}")),
+        state: StateLocation::resolve(args.state.state_url.as_deref())
+            .map_err(|e| format!("{e:#}")),
         ledger: global.ledger.clone(),
     };
     let mut out = std::io::stdout().lock();
@@ -142,7 +146,10 @@ fn export_location(s: &Setup) -> std::result::Result<(String, String), Verdict> 
             "source is the local folder {}; not an S3 export",
             dir.display()
         ))),
-        Err(e) => Err(fail(e.clone(), "pass --source s3://BUCKET or set S3_BUCKET_NAME")),
+        Err(e) => Err(fail(
+            e.clone(),
+            "pass --source s3://BUCKET or set S3_BUCKET_NAME",
+        )),
     }
 }
 
@@ -255,7 +262,11 @@ async fn state_writable(s: &Setup) -> Verdict {
         .await;
     if let Err(e) = written {
         return fail(
-            format!("writing s3://{}/{key}: {}", loc.bucket, remote::describe(&e)),
+            format!(
+                "writing s3://{}/{key}: {}",
+                loc.bucket,
+                remote::describe(&e)
+            ),
             "allow s3:PutObject and s3:DeleteObject on the state location",
         );
     }
@@ -296,10 +307,9 @@ async fn conditional_writes(s: &Setup) -> Verdict {
         (Ok(Ok(_)), Ok(Err(Refused::Changed)), Ok(Err(Refused::Changed))) => {
             Verdict::Ok("If-None-Match and If-Match are honoured".to_string())
         }
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => fail(
-            format!("{e:#}"),
-            "allow s3:PutObject on the state location",
-        ),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            fail(format!("{e:#}"), "allow s3:PutObject on the state location")
+        }
         _ => fail(
             "THE STORE IGNORES CONDITIONAL WRITES (If-None-Match/If-Match): two hosts could \
              overwrite each other's state and the lease does not exclude anything",
@@ -372,7 +382,9 @@ async fn lease_state(s: &Setup) -> Verdict {
     let now = Utc::now();
     match lease::read(&s.client, loc).await {
         Ok(None) => Verdict::Ok("free (never taken)".to_string()),
-        Ok(Some(c)) if c.record.is_free(now) => Verdict::Ok(format!("free: {}", c.record.describe(now))),
+        Ok(Some(c)) if c.record.is_free(now) => {
+            Verdict::Ok(format!("free: {}", c.record.describe(now)))
+        }
         Ok(Some(c)) => Verdict::Warn(format!(
             "{}; a run is in progress, or a host died and the lease will expire",
             c.record.describe(now)
@@ -397,9 +409,11 @@ mod tests {
             Ok((2, "2025-11-15T00:00:00Z".to_string()))
         );
         assert!(parse_marker(b"[]").is_err());
-        assert!(parse_marker(br#"{"k": {"last_processed_to": "yesterday"}}"#)
-            .unwrap_err()
-            .contains("not a time"));
+        assert!(
+            parse_marker(br#"{"k": {"last_processed_to": "yesterday"}}"#)
+                .unwrap_err()
+                .contains("not a time")
+        );
         assert!(parse_marker(b"{}").is_err());
     }
 }

@@ -71,7 +71,12 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
                 ledger.display()
             )?
         }
-        SyncAction::Status => print_status(&mut out, &loc, ledger, &state::status(&client, &loc, ledger).await?)?,
+        SyncAction::Status => print_status(
+            &mut out,
+            &loc,
+            ledger,
+            &state::status(&client, &loc, ledger).await?,
+        )?,
         SyncAction::Lease(action) => {
             let duration = Duration::from_secs(args.state.lease_seconds);
             lease_action(&mut out, &client, &loc, action, duration).await?
@@ -98,7 +103,12 @@ fn print_status(
             writeln!(out, "remote etag: {}", r.info.etag)?;
             writeln!(out, "remote sha256: {}", m.sha256)?;
             writeln!(out, "remote schema version: {}", m.schema_version)?;
-            writeln!(out, "remote pushed: {} by {}", format_utc(m.pushed_at), m.pushed_by)?;
+            writeln!(
+                out,
+                "remote pushed: {} by {}",
+                format_utc(m.pushed_at),
+                m.pushed_by
+            )?;
             if let Some(n) = m.restored_from {
                 writeln!(out, "remote restored from generation: {n}")?;
             }
@@ -133,7 +143,11 @@ fn print_status(
         (Some(_), None) => true,
         _ => false,
     };
-    writeln!(out, "remote has newer generation: {}", if behind { "yes" } else { "no" })?;
+    writeln!(
+        out,
+        "remote has newer generation: {}",
+        if behind { "yes" } else { "no" }
+    )?;
     Ok(())
 }
 
@@ -150,8 +164,8 @@ async fn lease_action(
             let record = taken.record().clone();
             writeln!(
                 out,
-                "acquired the lease {}/{} as {} until {}",
-                format!("s3://{}", loc.bucket),
+                "acquired the lease s3://{}/{} as {} until {}",
+                loc.bucket,
                 loc.lease_key(),
                 record.holder,
                 format_utc(record.expires_at)
@@ -165,11 +179,7 @@ async fn lease_action(
             }
         }
         LeaseAction::Release => match lease::release_any(client, loc).await? {
-            Some(record) => writeln!(
-                out,
-                "released the lease {}",
-                record.describe(Utc::now())
-            )?,
+            Some(record) => writeln!(out, "released the lease {}", record.describe(Utc::now()))?,
             None => writeln!(out, "the lease is not held; nothing to release")?,
         },
         LeaseAction::Show => match lease::read(client, loc).await? {

@@ -13,7 +13,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use crate::error::Fatal;
 
 pub use query::{QueryResult, SqlValue};
-pub use snapshot::{check_snapshot, DiskFull, SnapshotProblem};
+pub use snapshot::{check_snapshot, checkpoint, DiskFull, SnapshotProblem};
 pub use usage::{FileVersion, KnownFile, RunCounts, StoreOutcome};
 
 mod embedded {

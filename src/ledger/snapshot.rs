@@ -51,22 +51,30 @@ impl Ledger {
             }),
         }
     }
+}
 
-    /// Empties the write-ahead log into the main file, so that the file alone is the whole ledger
-    /// and can be replaced. Fails when another process holds the ledger open.
-    pub fn checkpoint(&self) -> Result<()> {
-        let busy: i64 = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
-            .with_context(|| format!("checkpointing ledger {}", self.path.display()))?;
-        if busy != 0 {
-            anyhow::bail!(
-                "ledger {} is in use by another process; stop it and try again",
-                self.path.display()
-            );
+/// Empties the write-ahead log of the ledger at `path` into its main file, so that the file alone
+/// is the whole ledger and can be replaced. Opens it without migrating (it is about to be replaced).
+/// Fails when another process holds the ledger open; a ledger too damaged to open is left to the
+/// caller to replace.
+pub fn checkpoint(path: &Path) -> Result<()> {
+    let Ok(conn) = Connection::open(path) else {
+        return Ok(());
+    };
+    let busy: i64 = match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0)) {
+        Ok(busy) => busy,
+        Err(e) => {
+            tracing::warn!("could not checkpoint ledger {}: {e}", path.display());
+            return Ok(());
         }
-        Ok(())
+    };
+    if busy != 0 {
+        anyhow::bail!(
+            "ledger {} is in use by another process; stop it and try again",
+            path.display()
+        );
     }
+    Ok(())
 }
 
 /// Checks a snapshot file and returns its schema version.

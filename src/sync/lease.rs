@@ -68,7 +68,13 @@ pub struct Current {
 /// Reads the lease; `None` when there is none.
 pub async fn read(client: &Client, loc: &StateLocation) -> Result<Option<Current>> {
     let key = loc.lease_key();
-    let out = match client.get_object().bucket(&loc.bucket).key(&key).send().await {
+    let out = match client
+        .get_object()
+        .bucket(&loc.bucket)
+        .key(&key)
+        .send()
+        .await
+    {
         Ok(out) => out,
         Err(e) if remote::status_of(&e) == Some(404) => return Ok(None),
         Err(e) => {
@@ -142,10 +148,7 @@ pub async fn acquire(
             None => Condition::Create,
             Some(c) if c.record.is_free(now) => {
                 if !c.record.released {
-                    tracing::warn!(
-                        "taking over an expired lease: {}",
-                        c.record.describe(now)
-                    );
+                    tracing::warn!("taking over an expired lease: {}", c.record.describe(now));
                 }
                 Condition::Replace(c.etag)
             }
@@ -269,7 +272,8 @@ impl Lease {
                     _ = tokio::time::sleep(every) => {}
                 }
                 if let Err(e) = lease.renew().await {
-                    if exit_code_for(&e) == exit::CONFLICT || lease.record.expires_at <= Utc::now() {
+                    if exit_code_for(&e) == exit::CONFLICT || lease.record.expires_at <= Utc::now()
+                    {
                         return Err(e);
                     }
                     tracing::warn!("renewing the lease failed, will retry: {e:#}");

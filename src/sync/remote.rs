@@ -122,9 +122,7 @@ pub fn status_of<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
 }
 
 /// An S3 error as one readable line.
-pub fn describe<E: std::error::Error + 'static>(
-    err: &SdkError<E, HttpResponse>,
-) -> String {
+pub fn describe<E: std::error::Error + 'static>(err: &SdkError<E, HttpResponse>) -> String {
     DisplayErrorContext(err).to_string()
 }
 
@@ -252,11 +250,7 @@ pub async fn list_generations(client: &Client, loc: &StateLocation) -> Result<Ve
         .send();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| {
-            anyhow::anyhow!(
-                "listing s3://{}/{prefix}: {}",
-                loc.bucket,
-                describe(&e)
-            )
+            anyhow::anyhow!("listing s3://{}/{prefix}: {}", loc.bucket, describe(&e))
         })?;
         for object in page.contents() {
             if let Some(n) = object

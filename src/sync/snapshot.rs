@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use tempfile::TempPath;
 
-use crate::ledger::{check_snapshot, DiskFull, Ledger, SnapshotProblem};
+use crate::ledger::{check_snapshot, checkpoint, DiskFull, Ledger, SnapshotProblem};
 
 /// zstd level: level 3 compresses a ledger about 11:1 at several hundred MB/s.
 const ZSTD_LEVEL: i32 = 3;
@@ -139,7 +139,8 @@ pub fn unpack(
         return Ok(Err(Refusal::UnknownCompression(compression.to_string())));
     }
     let out = temp_beside(beside, "pulled")?;
-    let input = File::open(compressed).with_context(|| format!("reading {}", compressed.display()))?;
+    let input =
+        File::open(compressed).with_context(|| format!("reading {}", compressed.display()))?;
     let file = File::create(&out).with_context(|| format!("creating {}", out.display()))?;
     let mut writer = BufWriter::new(file);
     let decoded = zstd::Decoder::new(input).and_then(|mut d| std::io::copy(&mut d, &mut writer));
@@ -176,7 +177,7 @@ pub fn unpack(
 /// `-shm` files, and syncs the folder.
 pub fn install(snapshot: Snapshot, ledger: &Path) -> Result<()> {
     if ledger.exists() {
-        Ledger::open(ledger)?.checkpoint()?;
+        checkpoint(ledger)?;
     }
     File::open(&snapshot.path)
         .and_then(|f| f.sync_all())

@@ -218,7 +218,12 @@ pub async fn push(
     .await?
     {
         Ok(etag) => etag,
-        Err(Refused::Gone) => return Err(gone(loc, ledger, record.as_ref().expect("If-Match"))),
+        Err(Refused::Gone) => {
+            return Err(match &record {
+                Some(r) => gone(loc, ledger, r),
+                None => anyhow::anyhow!("{loc} disappeared during the push; try again"),
+            })
+        }
         Err(Refused::Changed) => {
             let current = head(client, loc).await.ok().flatten();
             let synced = match &record {
@@ -245,7 +250,12 @@ pub async fn push(
     })
 }
 
-fn moved_on(loc: &StateLocation, ledger: &Path, current: &StateMeta, synced: &str) -> anyhow::Error {
+fn moved_on(
+    loc: &StateLocation,
+    ledger: &Path,
+    current: &StateMeta,
+    synced: &str,
+) -> anyhow::Error {
     Fatal::Conflict(format!(
         "the state {loc} is at generation {} (pushed by {} at {}), but ledger {} {synced}: \
          another host wrote in between, so nothing was uploaded and the local ledger was kept \
@@ -261,7 +271,13 @@ fn moved_on(loc: &StateLocation, ledger: &Path, current: &StateMeta, synced: &st
 
 /// Copies the new generation to its own key (only if the state is still that version) and
 /// deletes copies older than the newest `keep`. Failures only warn: the state itself is pushed.
-async fn keep_generation(client: &Client, loc: &StateLocation, generation: u64, etag: &str, keep: u64) {
+async fn keep_generation(
+    client: &Client,
+    loc: &StateLocation,
+    generation: u64,
+    etag: &str,
+    keep: u64,
+) {
     let copied = client
         .copy_object()
         .bucket(&loc.bucket)
@@ -330,7 +346,13 @@ pub async fn pull(
             });
         }
     }
-    guard_local(ledger, record.as_ref(), &current.meta.content, discard_local).await?;
+    guard_local(
+        ledger,
+        record.as_ref(),
+        &current.meta.content,
+        discard_local,
+    )
+    .await?;
     let (snapshot, info, meta) = fetch(client, loc, &loc.key, ledger).await?;
     let generation = meta.generation;
     let size = snapshot.fingerprints.size;
@@ -355,8 +377,13 @@ async fn fetch(
         anyhow::bail!("{url} disappeared while it was being read; try again");
     };
     let meta = StateMeta::from_metadata(&info.metadata).map_err(|p| not_a_state(loc, &p))?;
-    let (compression, sha, beside) = (meta.compression.clone(), meta.sha256.clone(), ledger.to_path_buf());
-    let unpacked = blocking(move || snapshot::unpack(&download, &compression, &sha, &beside)).await?;
+    let (compression, sha, beside) = (
+        meta.compression.clone(),
+        meta.sha256.clone(),
+        ledger.to_path_buf(),
+    );
+    let unpacked =
+        blocking(move || snapshot::unpack(&download, &compression, &sha, &beside)).await?;
     let snapshot = unpacked.map_err(|refusal| refused(&format!("the state {url}"), refusal))?;
     Ok((snapshot, info, meta))
 }
@@ -407,14 +434,21 @@ pub async fn restore(
     let snapshot_path = snapshot.path.to_path_buf();
     let compressed = blocking(move || snapshot::compress(&snapshot_path)).await?;
     let body = remote::file_body(&compressed).await?;
-    let etag = remote::upload(client, &loc.bucket, &loc.key, body, meta.to_metadata(), &condition)
-        .await?
-        .map_err(|_| {
-            Fatal::Conflict(format!(
-                "another host wrote {loc} while restoring; nothing was restored. Look with \
+    let etag = remote::upload(
+        client,
+        &loc.bucket,
+        &loc.key,
+        body,
+        meta.to_metadata(),
+        &condition,
+    )
+    .await?
+    .map_err(|_| {
+        Fatal::Conflict(format!(
+            "another host wrote {loc} while restoring; nothing was restored. Look with \
                  `meterbook sync status` and try again"
-            ))
-        })?;
+        ))
+    })?;
     let prints = snapshot.fingerprints.clone();
     let target = ledger.to_path_buf();
     blocking(move || snapshot::install(snapshot, &target)).await?;
@@ -436,7 +470,11 @@ impl Status {
     /// Whether the local ledger holds changes not in the generation it was synced as.
     pub fn unpushed_changes(&self) -> Option<bool> {
         let local = self.local.as_ref()?;
-        Some(self.record.as_ref().is_none_or(|r| r.content != local.content))
+        Some(
+            self.record
+                .as_ref()
+                .is_none_or(|r| r.content != local.content),
+        )
     }
 }
 
