@@ -67,6 +67,15 @@ impl Store {
         cmd
     }
 
+    /// Starts `meterbook args` in the background, its output captured.
+    fn spawn(&self, env: &TestEnv, args: &[&str]) -> std::process::Child {
+        self.std_cmd(env, args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     fn put(&self, key: &str, body: Vec<u8>, metadata: HashMap<String, String>) {
         self.rt
             .block_on(
@@ -154,12 +163,7 @@ fn file_sha(path: &std::path::Path) -> String {
 /// A host with a ledger ingested from a small generated export.
 fn host_with_usage(hours: &str) -> TestEnv {
     let env = TestEnv::new();
-    env.generate(&["--subscriptions", "2", "--hours", hours]);
-    env.cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .assert()
-        .success();
+    ingest_more(&env, hours);
     env
 }
 
@@ -215,14 +219,10 @@ fn racing_pushes_one_wins_and_the_other_exits_4_keeping_its_ledger() {
     ingest_more(&b, "7");
     let (dump_a, dump_b) = (dump(&a), dump(&b));
 
-    let spawn = |env: &TestEnv| {
-        s3.std_cmd(env, &["sync", "push"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let (push_a, push_b) = (spawn(&a), spawn(&b));
+    let (push_a, push_b) = (
+        s3.spawn(&a, &["sync", "push"]),
+        s3.spawn(&b, &["sync", "push"]),
+    );
     let (out_a, out_b) = (
         push_a.wait_with_output().unwrap(),
         push_b.wait_with_output().unwrap(),
@@ -451,6 +451,37 @@ fn pull_refuses_to_drop_unpushed_changes_unless_told_to() {
     assert_eq!(dump(&b), dump(&a));
 }
 
+#[test]
+fn an_unreachable_store_fails_and_leaves_the_ledger_as_it_is() {
+    let s3 = Store::new("outage");
+    let a = host_with_usage("2");
+    s3.cmd(&a).args(["sync", "push"]).assert().success();
+    ingest_more(&a, "3");
+    let before = dump(&a);
+    for action in [&["sync", "push"][..], &["sync", "pull", "--discard-local"]] {
+        let out = a
+            .cmd()
+            .args(["--s3-endpoint-url", "http://127.0.0.1:1", "--s3-path-style"])
+            .env("METERBOOK_STATE_URL", s3.state_url())
+            .args(action)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{action:?}: {}",
+            stderr_of(&out)
+        );
+        assert!(
+            stderr_of(&out).contains(&s3.state_url()),
+            "{}",
+            stderr_of(&out)
+        );
+        assert_eq!(dump(&a), before, "{action:?}");
+    }
+    assert_eq!(s3.metadata(STATE_KEY)["meterbook-generation"], "1");
+}
+
 fn lease_cmd(s3: &Store, env: &TestEnv, args: &[&str]) -> Output {
     s3.cmd(env)
         .args(["sync", "lease"])
@@ -508,23 +539,18 @@ fn a_held_lease_is_renewed_while_working_and_released_at_the_end() {
     let s3 = Store::new("renew");
     let (a, b) = (TestEnv::new(), TestEnv::new());
     // Held for 5 s with a 2 s lease: only renewals keep it.
-    let holder = s3
-        .std_cmd(
-            &a,
-            &[
-                "sync",
-                "lease",
-                "acquire",
-                "--hold",
-                "5",
-                "--lease-seconds",
-                "2",
-            ],
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let holder = s3.spawn(
+        &a,
+        &[
+            "sync",
+            "lease",
+            "acquire",
+            "--hold",
+            "5",
+            "--lease-seconds",
+            "2",
+        ],
+    );
     wait_for_lease(&s3, &b, "held until", Duration::from_secs(10));
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(3) {
@@ -545,22 +571,17 @@ fn a_waiting_acquirer_gets_the_lease_when_it_is_released() {
     let s3 = Store::new("wait");
     let (a, b) = (TestEnv::new(), TestEnv::new());
     assert!(lease_cmd(&s3, &a, &["acquire"]).status.success());
-    let waiter = s3
-        .std_cmd(
-            &b,
-            &[
-                "sync",
-                "lease",
-                "acquire",
-                "--wait",
-                "--lease-seconds",
-                "30",
-            ],
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let waiter = s3.spawn(
+        &b,
+        &[
+            "sync",
+            "lease",
+            "acquire",
+            "--wait",
+            "--lease-seconds",
+            "30",
+        ],
+    );
     let released = lease_cmd(&s3, &a, &["release"]);
     assert!(stdout_of(&released).contains("released the lease held until"));
     let out = waiter.wait_with_output().unwrap();

@@ -159,7 +159,14 @@ pub async fn push(
         .into());
     }
     let record = local::read(ledger, &loc.to_string())?;
+    let started = std::time::Instant::now();
     let snapshot = take_snapshot(ledger).await?;
+    tracing::info!(
+        "snapshot of {} checked: {} bytes in {:.1}s",
+        ledger.display(),
+        snapshot.fingerprints.size,
+        started.elapsed().as_secs_f64()
+    );
     let prints = snapshot.fingerprints.clone();
     let (condition, generation) = match (head(client, loc).await?, &record) {
         (None, Some(r)) => return Err(gone(loc, ledger, r)),
@@ -203,20 +210,8 @@ pub async fn push(
         pushed_by: super::host_name(),
         restored_from: None,
     };
-    let snapshot_path = snapshot.path.to_path_buf();
-    let compressed = blocking(move || snapshot::compress(&snapshot_path)).await?;
-    let stored = std::fs::metadata(&compressed)?.len();
-    let body = remote::file_body(&compressed).await?;
-    let etag = match remote::upload(
-        client,
-        &loc.bucket,
-        &loc.key,
-        body,
-        meta.to_metadata(),
-        &condition,
-    )
-    .await?
-    {
+    let (uploaded, stored) = upload_snapshot(client, loc, &snapshot, &meta, &condition).await?;
+    let etag = match uploaded {
         Ok(etag) => etag,
         Err(Refused::Gone) => {
             return Err(match &record {
@@ -228,7 +223,7 @@ pub async fn push(
             let current = head(client, loc).await.ok().flatten();
             let synced = match &record {
                 Some(r) => format!("was synced as generation {}", r.generation),
-                None => "found no state".to_string(),
+                None => "found no state when this push began".to_string(),
             };
             return Err(match current {
                 Some(c) => moved_on(loc, ledger, &c.meta, &synced),
@@ -267,6 +262,37 @@ fn moved_on(
         ledger.display()
     ))
     .into()
+}
+
+/// Compresses a snapshot and uploads it as the state with `condition`; returns what the
+/// condition decided and the stored size.
+async fn upload_snapshot(
+    client: &Client,
+    loc: &StateLocation,
+    snapshot: &Snapshot,
+    meta: &StateMeta,
+    condition: &Condition,
+) -> Result<(std::result::Result<String, Refused>, u64)> {
+    let started = std::time::Instant::now();
+    let snapshot_path = snapshot.path.to_path_buf();
+    let compressed = blocking(move || snapshot::compress(&snapshot_path)).await?;
+    let stored = std::fs::metadata(&compressed)?.len();
+    tracing::info!(
+        "compressed to {stored} bytes in {:.1}s; uploading generation {}",
+        started.elapsed().as_secs_f64(),
+        meta.generation
+    );
+    let body = remote::file_body(&compressed).await?;
+    let uploaded = remote::upload(
+        client,
+        &loc.bucket,
+        &loc.key,
+        body,
+        meta.to_metadata(),
+        condition,
+    )
+    .await?;
+    Ok((uploaded, stored))
 }
 
 /// Copies the new generation to its own key (only if the state is still that version) and
@@ -353,7 +379,15 @@ pub async fn pull(
         discard_local,
     )
     .await?;
+    let started = std::time::Instant::now();
     let (snapshot, info, meta) = fetch(client, loc, &loc.key, ledger).await?;
+    tracing::info!(
+        "generation {} downloaded and verified: {} bytes stored, {} uncompressed, in {:.1}s",
+        meta.generation,
+        info.size,
+        snapshot.fingerprints.size,
+        started.elapsed().as_secs_f64()
+    );
     let generation = meta.generation;
     let size = snapshot.fingerprints.size;
     let prints = snapshot.fingerprints.clone();
@@ -431,19 +465,8 @@ pub async fn restore(
         Some(c) => Condition::Replace(c.etag.clone()),
         None => Condition::Create,
     };
-    let snapshot_path = snapshot.path.to_path_buf();
-    let compressed = blocking(move || snapshot::compress(&snapshot_path)).await?;
-    let body = remote::file_body(&compressed).await?;
-    let etag = remote::upload(
-        client,
-        &loc.bucket,
-        &loc.key,
-        body,
-        meta.to_metadata(),
-        &condition,
-    )
-    .await?
-    .map_err(|_| {
+    let (uploaded, _) = upload_snapshot(client, loc, &snapshot, &meta, &condition).await?;
+    let etag = uploaded.map_err(|_| {
         Fatal::Conflict(format!(
             "another host wrote {loc} while restoring; nothing was restored. Look with \
                  `meterbook sync status` and try again"
