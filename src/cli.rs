@@ -108,6 +108,10 @@ pub enum Command {
     Ingest(IngestArgs),
     /// Run one read-only SQL statement against the ledger.
     Sql(SqlArgs),
+    /// Keep the ledger on S3: pull, push, status, restore, and the lease.
+    Sync(SyncArgs),
+    /// Check everything a run needs, one line per check with what to fix.
+    Doctor(DoctorArgs),
 }
 
 /// Which service key and months a command covers.
@@ -166,4 +170,100 @@ pub struct SqlArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+}
+
+/// Where the ledger's state lives on S3, and how sync keeps it.
+#[derive(Debug, Args, Clone)]
+pub struct StateArgs {
+    /// The state object: s3://BUCKET/KEY. Defaults to
+    /// s3://$S3_BUCKET_NAME/meterbook/state/ledger.sqlite (or $AWS_S3_BUCKET_NAME).
+    #[arg(
+        long,
+        global = true,
+        env = "METERBOOK_STATE_URL",
+        value_name = "S3_URL"
+    )]
+    pub state_url: Option<String>,
+
+    /// How many generations to keep as copies on S3 for `sync restore` (at least 1).
+    #[arg(
+        long,
+        global = true,
+        env = "METERBOOK_KEEP_GENERATIONS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub keep_generations: u64,
+
+    /// How long a lease lasts without renewal, in seconds (renewed every third of it).
+    #[arg(
+        long,
+        global = true,
+        env = "METERBOOK_LEASE_SECONDS",
+        default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub lease_seconds: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+
+    #[command(subcommand)]
+    pub action: SyncAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SyncAction {
+    /// Download the state, verify it, and replace the local ledger with it.
+    Pull {
+        /// Replace a local ledger even if it has changes that are not on S3.
+        #[arg(long)]
+        discard_local: bool,
+    },
+    /// Upload a checked snapshot of the ledger as the next generation (conditional write).
+    Push,
+    /// Show the local and the remote generation, and whether the ledger has unpushed changes.
+    Status,
+    /// Make a kept generation the current state again (as a new generation), and pull it.
+    Restore {
+        /// The generation to bring back (see `sync status`).
+        #[arg(long)]
+        generation: u64,
+        /// Replace a local ledger even if it has changes that are not on S3.
+        #[arg(long)]
+        discard_local: bool,
+    },
+    /// The lease that keeps runs on different hosts from overlapping.
+    #[command(subcommand)]
+    Lease(LeaseAction),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LeaseAction {
+    /// Take the lease. Without --hold it stays taken until it expires.
+    Acquire {
+        /// Wait until the lease is free instead of failing with exit code 4.
+        #[arg(long)]
+        wait: bool,
+        /// Hold the lease this many seconds (renewing it), then release it.
+        #[arg(long, value_name = "SECONDS")]
+        hold: Option<u64>,
+    },
+    /// Give back the lease, whoever holds it (for a holder known to be gone).
+    Release,
+    /// Show who holds the lease and until when.
+    Show,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The export: s3://BUCKET[/PREFIX]. Defaults to s3://$S3_BUCKET_NAME (or $AWS_S3_BUCKET_NAME).
+    #[arg(long, env = "METERBOOK_SOURCE")]
+    pub source: Option<String>,
+
+    #[command(flatten)]
+    pub state: StateArgs,
 }

@@ -16,3 +16,4 @@ pub mod predecessor;
 pub mod progress;
 pub mod s3;
 pub mod source;
+pub mod sync;

@@ -6,3 +6,4 @@ mod util;
 mod ingest;
 mod s3_ingest;
 mod sql;
+mod sync;

@@ -28,7 +28,12 @@ impl TestEnv {
     /// `meterbook` with a cleaned environment: only PATH, a HOME of its own, the ledger, and
     /// dummy AWS credentials, so that a developer's own variables cannot leak in.
     pub fn cmd(&self) -> Command {
-        let mut cmd = Command::cargo_bin("meterbook").expect("the meterbook binary");
+        Command::from_std(self.std_cmd())
+    }
+
+    /// [`TestEnv::cmd`] as a `std::process::Command`, for processes a test runs concurrently.
+    pub fn std_cmd(&self) -> StdCommand {
+        let mut cmd = StdCommand::new(assert_cmd::cargo::cargo_bin("meterbook"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", self.dir.path())

@@ -1,7 +1,9 @@
 //! One module per subcommand, each a short story over the library's modules.
 
+pub mod doctor;
 pub mod ingest;
 pub mod sql;
+pub mod sync;
 
 use anyhow::Result;
 
@@ -14,5 +16,7 @@ pub async fn dispatch(cli: Cli) -> Result<Outcome> {
     match &cli.command {
         Command::Ingest(args) => ingest::run(global, args).await,
         Command::Sql(args) => sql::run(global, args),
+        Command::Sync(args) => sync::run(global, args).await,
+        Command::Doctor(args) => doctor::run(global, args).await,
     }
 }

@@ -3,6 +3,7 @@
 
 mod markers;
 mod query;
+mod snapshot;
 mod usage;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use crate::error::Fatal;
 
 pub use markers::MarkerRead;
 pub use query::{QueryResult, SqlValue};
+pub use snapshot::{check_snapshot, checkpoint, DiskFull, SnapshotProblem};
 pub use usage::{FileVersion, KnownFile, RunCounts, StoreOutcome};
 
 mod embedded {

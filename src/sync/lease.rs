@@ -1,0 +1,331 @@
+//! The lease: one run at a time across hosts. A small JSON object beside the state
+//! (`KEY.lease`), created with `If-None-Match: *`, renewed and taken over (once expired or
+//! released) with `If-Match`, so two hosts can never both believe they hold it. A holder that dies
+//! leaves a lease that expires; the next run takes over. Expiry is judged by the reader's clock
+//! against the holder's, so hosts need roughly synchronised clocks (NTP), well within the lease
+//! duration.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::Client;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::remote::{self, Condition, Refused};
+use super::StateLocation;
+use crate::error::{exit, exit_code_for, Fatal};
+use crate::period::format_utc;
+
+/// What the lease object holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// `host:pid:random`, unique per acquisition.
+    pub holder: String,
+    pub host: String,
+    pub pid: u32,
+    pub acquired_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// Given back by its holder; free for the next run.
+    pub released: bool,
+}
+
+impl LeaseRecord {
+    /// Whether a new holder may take it at `now`.
+    pub fn is_free(&self, now: DateTime<Utc>) -> bool {
+        self.released || self.expires_at <= now
+    }
+
+    /// One line: who holds it and until when.
+    pub fn describe(&self, now: DateTime<Utc>) -> String {
+        let state = if self.released {
+            "released".to_string()
+        } else if self.expires_at <= now {
+            format!("expired at {}", format_utc(self.expires_at))
+        } else {
+            format!("held until {}", format_utc(self.expires_at))
+        };
+        format!(
+            "{state} by {} (host {}, pid {}, acquired {})",
+            self.holder,
+            self.host,
+            self.pid,
+            format_utc(self.acquired_at)
+        )
+    }
+}
+
+/// The lease as read from S3, with the ETag that conditions the next write.
+#[derive(Debug, Clone)]
+pub struct Current {
+    pub record: LeaseRecord,
+    pub etag: String,
+}
+
+/// Reads the lease; `None` when there is none.
+pub async fn read(client: &Client, loc: &StateLocation) -> Result<Option<Current>> {
+    let key = loc.lease_key();
+    let out = match client
+        .get_object()
+        .bucket(&loc.bucket)
+        .key(&key)
+        .send()
+        .await
+    {
+        Ok(out) => out,
+        Err(e) if remote::status_of(&e) == Some(404) => return Ok(None),
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "reading the lease s3://{}/{key}: {}",
+                loc.bucket,
+                remote::describe(&e)
+            ))
+        }
+    };
+    let etag = out.e_tag().unwrap_or_default().to_string();
+    let bytes = out
+        .body
+        .collect()
+        .await
+        .with_context(|| format!("reading the lease s3://{}/{key}", loc.bucket))?
+        .into_bytes();
+    let record = serde_json::from_slice(&bytes).map_err(|e| {
+        Fatal::Config(format!(
+            "s3://{}/{key} is not a meterbook lease ({e}); delete it if nothing else uses that key",
+            loc.bucket
+        ))
+    })?;
+    Ok(Some(Current { record, etag }))
+}
+
+async fn write(
+    client: &Client,
+    loc: &StateLocation,
+    record: &LeaseRecord,
+    condition: &Condition,
+) -> Result<std::result::Result<String, Refused>> {
+    let body = ByteStream::from(serde_json::to_vec(record)?);
+    remote::upload(
+        client,
+        &loc.bucket,
+        &loc.lease_key(),
+        body,
+        Default::default(),
+        condition,
+    )
+    .await
+}
+
+/// A lease this process holds.
+#[derive(Debug)]
+pub struct Lease {
+    client: Client,
+    loc: StateLocation,
+    record: LeaseRecord,
+    etag: String,
+    duration: Duration,
+}
+
+/// Takes the lease: creates it, or takes over a released or expired one. When another holder has
+/// it, fails with [`Fatal::Conflict`] naming the holder and expiry, or with `wait` polls until it
+/// is free.
+pub async fn acquire(
+    client: &Client,
+    loc: &StateLocation,
+    duration: Duration,
+    wait: bool,
+) -> Result<Lease> {
+    let host = super::host_name();
+    let pid = std::process::id();
+    let holder = format!("{host}:{pid}:{:08x}", rand::random::<u32>());
+    let ttl = chrono::Duration::from_std(duration).context("lease duration")?;
+    loop {
+        let now = Utc::now();
+        let condition = match read(client, loc).await? {
+            None => Condition::Create,
+            Some(c) if c.record.is_free(now) => {
+                if !c.record.released {
+                    tracing::warn!("taking over an expired lease: {}", c.record.describe(now));
+                }
+                Condition::Replace(c.etag)
+            }
+            Some(c) if wait => {
+                let left = (c.record.expires_at - now).to_std().unwrap_or_default();
+                tracing::info!("waiting for the lease, {}", c.record.describe(now));
+                tokio::time::sleep(left.min(Duration::from_secs(5)) + Duration::from_millis(50))
+                    .await;
+                continue;
+            }
+            Some(c) => {
+                return Err(Fatal::Conflict(format!(
+                    "another run holds the lease s3://{}/{}: {}; wait for it to finish (or \
+                     pass --wait), or, if that host is gone, wait until the lease expires",
+                    loc.bucket,
+                    loc.lease_key(),
+                    c.record.describe(now)
+                ))
+                .into())
+            }
+        };
+        let record = LeaseRecord {
+            holder: holder.clone(),
+            host: host.clone(),
+            pid,
+            acquired_at: now,
+            expires_at: now + ttl,
+            released: false,
+        };
+        // Refused: another host wrote in between; read again to see who.
+        if let Ok(etag) = write(client, loc, &record, &condition).await? {
+            return Ok(Lease {
+                client: client.clone(),
+                loc: loc.clone(),
+                record,
+                etag,
+                duration,
+            });
+        }
+    }
+}
+
+/// Gives back whatever lease is there (an operator's way out), conditional on the version read.
+/// Returns the record that was released, if one was held.
+pub async fn release_any(client: &Client, loc: &StateLocation) -> Result<Option<LeaseRecord>> {
+    let Some(current) = read(client, loc).await? else {
+        return Ok(None);
+    };
+    if current.record.released {
+        return Ok(None);
+    }
+    let released = LeaseRecord {
+        released: true,
+        ..current.record.clone()
+    };
+    match write(client, loc, &released, &Condition::Replace(current.etag)).await? {
+        Ok(_) => Ok(Some(current.record)),
+        Err(_) => Err(Fatal::Conflict(
+            "the lease changed while releasing it; look again with `meterbook sync lease show`"
+                .into(),
+        )
+        .into()),
+    }
+}
+
+impl Lease {
+    pub fn record(&self) -> &LeaseRecord {
+        &self.record
+    }
+
+    /// Extends the lease by its duration from now. Losing it is a [`Fatal::Conflict`].
+    pub async fn renew(&mut self) -> Result<()> {
+        let mut next = self.record.clone();
+        next.expires_at = Utc::now() + chrono::Duration::from_std(self.duration)?;
+        let condition = Condition::Replace(self.etag.clone());
+        match write(&self.client, &self.loc, &next, &condition).await? {
+            Ok(etag) => {
+                self.etag = etag;
+                self.record = next;
+                Ok(())
+            }
+            Err(_) => Err(self.lost()),
+        }
+    }
+
+    /// Gives the lease back.
+    pub async fn release(self) -> Result<()> {
+        let released = LeaseRecord {
+            released: true,
+            expires_at: Utc::now(),
+            ..self.record.clone()
+        };
+        let condition = Condition::Replace(self.etag.clone());
+        match write(&self.client, &self.loc, &released, &condition).await? {
+            Ok(_) => Ok(()),
+            Err(_) => Err(self.lost()),
+        }
+    }
+
+    fn lost(&self) -> anyhow::Error {
+        Fatal::Conflict(format!(
+            "lost the lease s3://{}/{}: another host took it over (it expired at {}); its work \
+             and this run's may overlap, so check `meterbook sync status` before going on",
+            self.loc.bucket,
+            self.loc.lease_key(),
+            format_utc(self.record.expires_at)
+        ))
+        .into()
+    }
+
+    /// Keeps renewing the lease in the background (every third of its duration) until released.
+    pub fn keep_alive(self) -> HeldLease {
+        let (stop, mut stopped) = oneshot::channel();
+        let holder = self.record.holder.clone();
+        let task = tokio::spawn(async move {
+            let mut lease = self;
+            let every = lease.duration / 3;
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return Ok(lease),
+                    _ = tokio::time::sleep(every) => {}
+                }
+                if let Err(e) = lease.renew().await {
+                    if exit_code_for(&e) == exit::CONFLICT || lease.record.expires_at <= Utc::now()
+                    {
+                        return Err(e);
+                    }
+                    tracing::warn!("renewing the lease failed, will retry: {e:#}");
+                }
+            }
+        });
+        HeldLease { stop, task, holder }
+    }
+}
+
+/// A lease renewed in the background; [`HeldLease::release`] stops renewing and gives it back.
+pub struct HeldLease {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<Lease>>,
+    holder: String,
+}
+
+impl HeldLease {
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// Stops renewing and releases; an error if the lease was lost meanwhile.
+    pub async fn release(self) -> Result<()> {
+        // The task may have ended already (lease lost); its result says so.
+        let _ = self.stop.send(());
+        let lease = self.task.await.context("the lease renewal task")??;
+        lease.release().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_free_when_released_or_expired() {
+        let t = DateTime::from_timestamp(1_750_000_000, 0).unwrap();
+        let held = LeaseRecord {
+            holder: "h:1:0".into(),
+            host: "h".into(),
+            pid: 1,
+            acquired_at: t,
+            expires_at: t + chrono::Duration::seconds(60),
+            released: false,
+        };
+        assert!(!held.is_free(t + chrono::Duration::seconds(59)));
+        assert!(held.is_free(t + chrono::Duration::seconds(60)));
+        let released = LeaseRecord {
+            released: true,
+            ..held
+        };
+        assert!(released.is_free(t));
+    }
+}

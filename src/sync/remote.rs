@@ -1,0 +1,306 @@
+//! The state objects on S3: their metadata, and the few operations sync needs (head, download to a
+//! file, conditional upload, copy, list and delete generations). Every upload of the state is
+//! conditional; what a refused condition means is decided by the caller.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::Client;
+use chrono::{DateTime, Utc};
+use tokio::io::AsyncWriteExt;
+
+use super::snapshot::io_error;
+use super::StateLocation;
+
+/// What the state object's metadata records (S3 user metadata, `x-amz-meta-meterbook-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateMeta {
+    pub generation: u64,
+    /// SHA-256 of the uncompressed snapshot.
+    pub sha256: String,
+    /// Content fingerprint of the uncompressed snapshot (see `snapshot::Fingerprints`).
+    pub content: String,
+    pub schema_version: i64,
+    pub compression: String,
+    /// Uncompressed size in bytes.
+    pub size: u64,
+    pub pushed_at: DateTime<Utc>,
+    pub pushed_by: String,
+    /// Set when this generation was made by `sync restore`.
+    pub restored_from: Option<u64>,
+}
+
+const PREFIX: &str = "meterbook-";
+
+impl StateMeta {
+    pub fn to_metadata(&self) -> HashMap<String, String> {
+        let mut m: HashMap<String, String> = [
+            ("generation", self.generation.to_string()),
+            ("sha256", self.sha256.clone()),
+            ("content", self.content.clone()),
+            ("schema-version", self.schema_version.to_string()),
+            ("compression", self.compression.clone()),
+            ("size", self.size.to_string()),
+            ("pushed-at", crate::period::format_utc(self.pushed_at)),
+            ("pushed-by", self.pushed_by.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("{PREFIX}{k}"), v))
+        .collect();
+        if let Some(n) = self.restored_from {
+            m.insert(format!("{PREFIX}restored-from"), n.to_string());
+        }
+        m
+    }
+
+    /// Parses the metadata; the error names the missing or bad field.
+    pub fn from_metadata(m: &HashMap<String, String>) -> std::result::Result<StateMeta, String> {
+        let field = |k: &str| {
+            m.get(&format!("{PREFIX}{k}"))
+                .map(String::as_str)
+                .ok_or_else(|| format!("its metadata has no {PREFIX}{k}"))
+        };
+        let number = |k: &str| {
+            field(k)?
+                .parse::<u64>()
+                .map_err(|_| format!("its metadata {PREFIX}{k} is not a number"))
+        };
+        let pushed_at = DateTime::parse_from_rfc3339(field("pushed-at")?)
+            .map_err(|_| format!("its metadata {PREFIX}pushed-at is not a time"))?
+            .with_timezone(&Utc);
+        Ok(StateMeta {
+            generation: number("generation")?,
+            sha256: field("sha256")?.to_string(),
+            content: field("content")?.to_string(),
+            schema_version: number("schema-version")? as i64,
+            compression: field("compression")?.to_string(),
+            size: number("size")?,
+            pushed_at,
+            pushed_by: field("pushed-by")?.to_string(),
+            restored_from: m
+                .get(&format!("{PREFIX}restored-from"))
+                .and_then(|v| v.parse().ok()),
+        })
+    }
+}
+
+/// An object as S3 describes it.
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    pub etag: String,
+    pub metadata: HashMap<String, String>,
+    /// Stored (compressed) size.
+    pub size: i64,
+    pub last_modified: Option<DateTime<Utc>>,
+}
+
+/// The condition of an upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// `If-None-Match: *`: only if no object exists.
+    Create,
+    /// `If-Match: ETAG`: only if the object is still this version.
+    Replace(String),
+}
+
+/// Why a conditional upload was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// 412 (or 409, a concurrent conditional write): someone else wrote in between.
+    Changed,
+    /// 404 on `If-Match`: the object is gone.
+    Gone,
+}
+
+/// The HTTP status of a failed S3 call, if it got that far.
+pub fn status_of<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
+    err.raw_response().map(|r| r.status().as_u16())
+}
+
+/// An S3 error as one readable line.
+pub fn describe<E: std::error::Error + 'static>(err: &SdkError<E, HttpResponse>) -> String {
+    DisplayErrorContext(err).to_string()
+}
+
+fn to_utc(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<DateTime<Utc>> {
+    t.and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
+}
+
+/// HEAD; `None` when there is no such object.
+pub async fn head(client: &Client, bucket: &str, key: &str) -> Result<Option<ObjectInfo>> {
+    match client.head_object().bucket(bucket).key(key).send().await {
+        Ok(out) => Ok(Some(ObjectInfo {
+            etag: out.e_tag().unwrap_or_default().to_string(),
+            metadata: out.metadata().cloned().unwrap_or_default(),
+            size: out.content_length().unwrap_or(0),
+            last_modified: to_utc(out.last_modified()),
+        })),
+        Err(e) if status_of(&e) == Some(404) => Ok(None),
+        Err(e) => Err(anyhow::anyhow!(
+            "reading s3://{bucket}/{key}: {}",
+            describe(&e)
+        )),
+    }
+}
+
+/// GET into a file; `None` when there is no such object.
+pub async fn download(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    dest: &Path,
+) -> Result<Option<ObjectInfo>> {
+    let out = match client.get_object().bucket(bucket).key(key).send().await {
+        Ok(out) => out,
+        Err(e) if status_of(&e) == Some(404) => return Ok(None),
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "downloading s3://{bucket}/{key}: {}",
+                describe(&e)
+            ))
+        }
+    };
+    let info = ObjectInfo {
+        etag: out.e_tag().unwrap_or_default().to_string(),
+        metadata: out.metadata().cloned().unwrap_or_default(),
+        size: out.content_length().unwrap_or(0),
+        last_modified: to_utc(out.last_modified()),
+    };
+    let mut file = tokio::fs::File::create(dest)
+        .await
+        .with_context(|| format!("creating {}", dest.display()))?;
+    let mut body = out.body.into_async_read();
+    let copied = async {
+        tokio::io::copy(&mut body, &mut file).await?;
+        file.flush().await?;
+        file.sync_all().await
+    };
+    copied
+        .await
+        .map_err(|e| io_error(e, dest, &format!("downloading s3://{bucket}/{key} into")))?;
+    Ok(Some(info))
+}
+
+/// PUT a body with a condition. The outer error is a failure to talk to S3; the inner one says
+/// why the condition refused the upload. Returns the new ETag.
+pub async fn upload(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    body: ByteStream,
+    metadata: HashMap<String, String>,
+    condition: &Condition,
+) -> Result<std::result::Result<String, Refused>> {
+    let request = client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(body)
+        .set_metadata(Some(metadata));
+    let request = match condition {
+        Condition::Create => request.if_none_match("*"),
+        Condition::Replace(etag) => request.if_match(etag),
+    };
+    match request.send().await {
+        Ok(out) => Ok(Ok(out.e_tag().unwrap_or_default().to_string())),
+        Err(e) => match status_of(&e) {
+            Some(412 | 409) => Ok(Err(Refused::Changed)),
+            Some(404) if matches!(condition, Condition::Replace(_)) => Ok(Err(Refused::Gone)),
+            _ => Err(anyhow::anyhow!(
+                "uploading s3://{bucket}/{key}: {}",
+                describe(&e)
+            )),
+        },
+    }
+}
+
+/// A file as an upload body.
+pub async fn file_body(file: &Path) -> Result<ByteStream> {
+    ByteStream::from_path(file)
+        .await
+        .with_context(|| format!("reading {}", file.display()))
+}
+
+/// Server-side copy of the state object to a generation key (metadata included).
+pub async fn copy(client: &Client, bucket: &str, from: &str, to: &str) -> Result<()> {
+    client
+        .copy_object()
+        .bucket(bucket)
+        .key(to)
+        .copy_source(format!("{bucket}/{from}"))
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("copying s3://{bucket}/{from} to {to}: {}", describe(&e)))?;
+    Ok(())
+}
+
+/// The generation numbers kept under the state's generations prefix, ascending.
+pub async fn list_generations(client: &Client, loc: &StateLocation) -> Result<Vec<u64>> {
+    let prefix = loc.generations_prefix();
+    let mut found = Vec::new();
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(&loc.bucket)
+        .prefix(&prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| {
+            anyhow::anyhow!("listing s3://{}/{prefix}: {}", loc.bucket, describe(&e))
+        })?;
+        for object in page.contents() {
+            if let Some(n) = object
+                .key()
+                .and_then(|k| k.strip_prefix(&prefix))
+                .and_then(|n| n.parse().ok())
+            {
+                found.push(n);
+            }
+        }
+    }
+    found.sort_unstable();
+    Ok(found)
+}
+
+/// DELETE (unconditional).
+pub async fn delete(client: &Client, bucket: &str, key: &str) -> Result<()> {
+    client
+        .delete_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("deleting s3://{bucket}/{key}: {}", describe(&e)))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_round_trips_and_names_what_is_missing() {
+        let meta = StateMeta {
+            generation: 12,
+            sha256: "ab".into(),
+            content: "cd".into(),
+            schema_version: 1,
+            compression: "zstd".into(),
+            size: 4096,
+            pushed_at: DateTime::from_timestamp(1_750_000_000, 0).unwrap(),
+            pushed_by: "host-a".into(),
+            restored_from: Some(9),
+        };
+        let mut m = meta.to_metadata();
+        assert_eq!(StateMeta::from_metadata(&m), Ok(meta));
+        m.remove("meterbook-sha256");
+        assert_eq!(
+            StateMeta::from_metadata(&m),
+            Err("its metadata has no meterbook-sha256".to_string())
+        );
+    }
+}

@@ -1,0 +1,274 @@
+//! Snapshot files: taking a checked copy of the ledger, fingerprinting it, compressing it for
+//! upload, unpacking and verifying a downloaded one, and installing it in place of the ledger
+//! (write beside, fsync, rename, fsync the folder). Temporary files live beside the ledger (same
+//! file system, so the final rename is atomic) and are removed when dropped.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use tempfile::TempPath;
+
+use crate::ledger::{check_snapshot, checkpoint, DiskFull, Ledger, SnapshotProblem};
+
+/// zstd level: level 3 compresses a ledger about 11:1 at several hundred MB/s.
+const ZSTD_LEVEL: i32 = 3;
+/// The compression recorded in the state's metadata.
+pub const COMPRESSION: &str = "zstd";
+
+/// Header bytes that change when the same content is copied again (file change counter, schema
+/// cookie, SQLite version fields); the content fingerprint ignores them.
+const VOLATILE_HEADER: [std::ops::Range<usize>; 3] = [24..28, 40..44, 92..100];
+
+/// Two digests of a snapshot file, from one read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprints {
+    /// SHA-256 of the bytes: what `pull` verifies.
+    pub sha256: String,
+    /// SHA-256 with the volatile header fields zeroed: equal for copies of the same content, so
+    /// it tells whether a ledger changed since it was last pulled or pushed.
+    pub content: String,
+    pub size: u64,
+}
+
+/// A checked snapshot in a temporary file.
+pub struct Snapshot {
+    pub path: TempPath,
+    pub fingerprints: Fingerprints,
+    pub schema_version: i64,
+}
+
+/// Copies the ledger with `VACUUM INTO` to a temporary file beside it and checks the copy.
+pub fn take(ledger: &Ledger) -> Result<Snapshot> {
+    let path = temp_beside(ledger.path(), "snapshot")?;
+    ledger.snapshot_into(&path)?;
+    let schema_version = check_snapshot(&path).map_err(|problem| {
+        anyhow::anyhow!(
+            "the snapshot of ledger {} failed its check: {problem}; nothing was uploaded",
+            ledger.path().display()
+        )
+    })?;
+    let fingerprints = fingerprint(&path)?;
+    Ok(Snapshot {
+        path,
+        fingerprints,
+        schema_version,
+    })
+}
+
+/// Reads a file once and returns its digests.
+pub fn fingerprint(path: &Path) -> Result<Fingerprints> {
+    let mut file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut raw = Sha256::new();
+    let mut content = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        raw.update(&buf[..n]);
+        let start = size as usize;
+        if start < 100 {
+            let mut head = buf[..n].to_vec();
+            for range in VOLATILE_HEADER {
+                for i in range {
+                    if let Some(b) = i.checked_sub(start).and_then(|j| head.get_mut(j)) {
+                        *b = 0;
+                    }
+                }
+            }
+            content.update(&head);
+        } else {
+            content.update(&buf[..n]);
+        }
+        size += n as u64;
+    }
+    Ok(Fingerprints {
+        sha256: hex::encode(raw.finalize()),
+        content: hex::encode(content.finalize()),
+        size,
+    })
+}
+
+/// Compresses a snapshot into a temporary file beside it.
+pub fn compress(snapshot: &Path) -> Result<TempPath> {
+    let out = temp_beside(snapshot, "zst")?;
+    let input = File::open(snapshot).with_context(|| format!("reading {}", snapshot.display()))?;
+    let file = File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+    let run = || -> std::io::Result<()> {
+        let mut encoder = zstd::Encoder::new(BufWriter::new(file), ZSTD_LEVEL)?;
+        encoder.include_checksum(true)?;
+        std::io::copy(&mut BufReader::new(input), &mut encoder)?;
+        let mut writer = encoder.finish()?;
+        writer.flush()?;
+        writer.get_ref().sync_all()
+    };
+    run().map_err(|e| io_error(e, &out, "compressing the snapshot into"))?;
+    Ok(out)
+}
+
+/// Why a downloaded state cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("its compression '{0}' is unknown to this meterbook")]
+    UnknownCompression(String),
+    #[error("it does not decompress ({0})")]
+    Undecodable(String),
+    #[error("its SHA-256 is {actual}, but its metadata says {expected}")]
+    Checksum { expected: String, actual: String },
+    #[error("{0}")]
+    Snapshot(#[from] SnapshotProblem),
+}
+
+/// Decompresses a downloaded state into a temporary file beside `beside`, and checks it against
+/// its recorded SHA-256, with `PRAGMA integrity_check` and for its schema version. The outer
+/// error is a local failure (disk); the inner one is a refusal of the state itself.
+pub fn unpack(
+    compressed: &Path,
+    compression: &str,
+    expected_sha256: &str,
+    beside: &Path,
+) -> Result<std::result::Result<Snapshot, Refusal>> {
+    if compression != COMPRESSION {
+        return Ok(Err(Refusal::UnknownCompression(compression.to_string())));
+    }
+    let out = temp_beside(beside, "pulled")?;
+    let input =
+        File::open(compressed).with_context(|| format!("reading {}", compressed.display()))?;
+    let file = File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut writer = BufWriter::new(file);
+    let decoded = zstd::Decoder::new(input).and_then(|mut d| std::io::copy(&mut d, &mut writer));
+    if let Err(e) = decoded {
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            return Err(io_error(e, &out, "unpacking the state into"));
+        }
+        return Ok(Err(Refusal::Undecodable(e.to_string())));
+    }
+    let file = writer
+        .into_inner()
+        .map_err(|e| io_error(e.into_error(), &out, "unpacking the state into"))?;
+    file.sync_all()
+        .map_err(|e| io_error(e, &out, "unpacking the state into"))?;
+    let fingerprints = fingerprint(&out)?;
+    if fingerprints.sha256 != expected_sha256 {
+        return Ok(Err(Refusal::Checksum {
+            expected: expected_sha256.to_string(),
+            actual: fingerprints.sha256,
+        }));
+    }
+    Ok(match check_snapshot(&out) {
+        Ok(schema_version) => Ok(Snapshot {
+            path: out,
+            fingerprints,
+            schema_version,
+        }),
+        Err(problem) => Err(problem.into()),
+    })
+}
+
+/// Replaces the ledger with a checked snapshot: empties the old ledger's write-ahead log first
+/// (a stale log must never be replayed onto the new file), renames, removes the old `-wal` and
+/// `-shm` files, and syncs the folder.
+pub fn install(snapshot: Snapshot, ledger: &Path) -> Result<()> {
+    if ledger.exists() {
+        checkpoint(ledger)?;
+    }
+    File::open(&snapshot.path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", snapshot.path.display()))?;
+    snapshot
+        .path
+        .persist(ledger)
+        .with_context(|| format!("replacing ledger {}", ledger.display()))?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = ledger.as_os_str().to_os_string();
+        side.push(suffix);
+        match std::fs::remove_file(&side) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", Path::new(&side).display()))
+            }
+            _ => {}
+        }
+    }
+    sync_parent(ledger)
+}
+
+/// Writes a small file atomically: beside, fsync, rename, fsync the folder.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_beside(path, "tmp")?;
+    let written = File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    written.map_err(|e| io_error(e, &tmp, "writing"))?;
+    tmp.persist(path)
+        .with_context(|| format!("replacing {}", path.display()))?;
+    sync_parent(path)
+}
+
+/// An empty temporary file beside `path`, named after it (creating the folder if needed).
+pub fn temp_beside(path: &Path, what: &str) -> Result<TempPath> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| io_error(e, dir, "creating folder"))?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let file = tempfile::Builder::new()
+        .prefix(&format!(".{name}.{what}-"))
+        .tempfile_in(dir)
+        .map_err(|e| io_error(e, dir, "creating a temporary file in"))?;
+    Ok(file.into_temp_path())
+}
+
+/// Maps "no space left" to [`DiskFull`], anything else to an I/O error naming the file.
+pub fn io_error(e: std::io::Error, path: &Path, doing: &str) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        return DiskFull {
+            path: path.display().to_string(),
+        }
+        .into();
+    }
+    anyhow::Error::new(e).context(format!("{doing} {}", path.display()))
+}
+
+fn sync_parent(path: &Path) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing folder {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_content_fingerprint_ignores_only_the_volatile_header_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        let mut bytes: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        std::fs::write(&a, &bytes).unwrap();
+        bytes[25] ^= 0xff;
+        bytes[42] ^= 0xff;
+        bytes[99] ^= 0xff;
+        std::fs::write(&b, &bytes).unwrap();
+        let (fa, fb) = (fingerprint(&a).unwrap(), fingerprint(&b).unwrap());
+        assert_ne!(fa.sha256, fb.sha256);
+        assert_eq!(fa.content, fb.content);
+        bytes[200] ^= 0xff;
+        std::fs::write(&b, &bytes).unwrap();
+        assert_ne!(fa.content, fingerprint(&b).unwrap().content);
+        assert_eq!(fa.size, 300);
+    }
+}

@@ -1,0 +1,523 @@
+//! Pull, push, restore and status: the state's history as a chain of generations, each uploaded
+//! only if the state is still the one this ledger was synced with. Nothing here replaces a local
+//! ledger that has changes not on S3 unless asked to, or installs a state that failed a check.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use aws_sdk_s3::Client;
+use chrono::Utc;
+
+use super::local::{self, SyncRecord};
+use super::remote::{self, Condition, ObjectInfo, Refused, StateMeta};
+use super::snapshot::{self, Fingerprints, Refusal, Snapshot};
+use super::StateLocation;
+use crate::error::Fatal;
+use crate::ledger::{Ledger, SnapshotProblem};
+use crate::period::format_utc;
+
+/// The state object with its parsed metadata.
+#[derive(Debug, Clone)]
+pub struct RemoteState {
+    pub info: ObjectInfo,
+    pub meta: StateMeta,
+}
+
+/// Reads the state's description; `None` when there is no state object.
+pub async fn head(client: &Client, loc: &StateLocation) -> Result<Option<RemoteState>> {
+    let Some(info) = remote::head(client, &loc.bucket, &loc.key).await? else {
+        return Ok(None);
+    };
+    let meta = StateMeta::from_metadata(&info.metadata).map_err(|p| not_a_state(loc, &p))?;
+    Ok(Some(RemoteState { info, meta }))
+}
+
+fn not_a_state(loc: &StateLocation, problem: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "refusing the state {loc}: it is not a meterbook state ({problem}); the local ledger was \
+         left unchanged. Bring back a kept generation with `meterbook sync restore --generation N` \
+         (see `meterbook sync status`)"
+    )
+}
+
+fn refused(what: &str, refusal: Refusal) -> anyhow::Error {
+    let message = format!(
+        "refusing {what}: {refusal}; the local ledger was left unchanged. Bring back a kept \
+         generation with `meterbook sync restore --generation N` (see `meterbook sync status`)"
+    );
+    match refusal {
+        Refusal::Snapshot(SnapshotProblem::NewerSchema { .. }) => Fatal::Config(message).into(),
+        _ => anyhow::anyhow!(message),
+    }
+}
+
+fn gone(loc: &StateLocation, ledger: &Path, record: &SyncRecord) -> anyhow::Error {
+    Fatal::Conflict(format!(
+        "the state {loc} is gone, but ledger {} was synced as its generation {} (see {}). If it \
+         was deleted by mistake, bring it back with `meterbook sync restore --generation N` (kept \
+         generations: `meterbook sync status`); to start the state afresh from this ledger, \
+         delete {} and push",
+        ledger.display(),
+        record.generation,
+        local::record_path(ledger).display(),
+        local::record_path(ledger).display(),
+    ))
+    .into()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("a background task")?
+}
+
+/// A checked snapshot of the ledger (which must exist), taken without changing it.
+async fn take_snapshot(ledger: &Path) -> Result<Snapshot> {
+    let path = ledger.to_path_buf();
+    blocking(move || snapshot::take(&Ledger::open_read_only(&path)?)).await
+}
+
+/// The fingerprints of the ledger's current content, or `None` when there is no ledger.
+pub async fn local_content(ledger: &Path) -> Result<Option<Fingerprints>> {
+    if !ledger.exists() {
+        return Ok(None);
+    }
+    Ok(Some(take_snapshot(ledger).await?.fingerprints))
+}
+
+/// Refuses to replace a ledger that holds changes which are neither in the generation it was
+/// synced as nor in the incoming state.
+async fn guard_local(
+    ledger: &Path,
+    record: Option<&SyncRecord>,
+    incoming_content: &str,
+    discard_local: bool,
+) -> Result<()> {
+    if discard_local {
+        return Ok(());
+    }
+    let Some(local) = local_content(ledger).await? else {
+        return Ok(());
+    };
+    if local.content == incoming_content || record.is_some_and(|r| r.content == local.content) {
+        return Ok(());
+    }
+    let since = match record {
+        Some(r) => format!("changed since it was synced as generation {}", r.generation),
+        None => "never been pulled or pushed".to_string(),
+    };
+    Err(Fatal::Conflict(format!(
+        "ledger {} has {since}, so replacing it would lose its changes; push them with \
+         `meterbook sync push`, or pass --discard-local to drop them",
+        ledger.display()
+    ))
+    .into())
+}
+
+fn record_for(
+    loc: &StateLocation,
+    generation: u64,
+    etag: &str,
+    prints: &Fingerprints,
+) -> SyncRecord {
+    SyncRecord {
+        state_url: loc.to_string(),
+        generation,
+        etag: etag.to_string(),
+        sha256: prints.sha256.clone(),
+        content: prints.content.clone(),
+        synced_at: Utc::now(),
+    }
+}
+
+/// What `push` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pushed {
+    /// A new generation is the state.
+    Generation {
+        generation: u64,
+        size: u64,
+        stored: u64,
+    },
+    /// The state already holds this ledger's content.
+    UpToDate { generation: u64 },
+}
+
+/// Uploads a checked snapshot as the next generation, conditional on the state still being the
+/// generation this ledger was synced as (or on there being no state yet).
+pub async fn push(
+    client: &Client,
+    loc: &StateLocation,
+    ledger: &Path,
+    keep: u64,
+) -> Result<Pushed> {
+    if !ledger.exists() {
+        return Err(Fatal::Config(format!(
+            "no ledger at {}; nothing to push",
+            ledger.display()
+        ))
+        .into());
+    }
+    let record = local::read(ledger, &loc.to_string())?;
+    let started = std::time::Instant::now();
+    let snapshot = take_snapshot(ledger).await?;
+    tracing::info!(
+        "snapshot of {} checked: {} bytes in {:.1}s",
+        ledger.display(),
+        snapshot.fingerprints.size,
+        started.elapsed().as_secs_f64()
+    );
+    let prints = snapshot.fingerprints.clone();
+    let (condition, generation) = match (head(client, loc).await?, &record) {
+        (None, Some(r)) => return Err(gone(loc, ledger, r)),
+        (None, None) => (Condition::Create, 1),
+        (Some(current), Some(r)) if r.etag == current.info.etag => {
+            if r.content == prints.content {
+                return Ok(Pushed::UpToDate {
+                    generation: r.generation,
+                });
+            }
+            (
+                Condition::Replace(current.info.etag),
+                current.meta.generation + 1,
+            )
+        }
+        (Some(current), _) if current.meta.content == prints.content => {
+            // Already there (e.g. pushed before a crash lost the sidecar): adopt it.
+            let generation = current.meta.generation;
+            local::write(
+                ledger,
+                &record_for(loc, generation, &current.info.etag, &prints),
+            )?;
+            return Ok(Pushed::UpToDate { generation });
+        }
+        (Some(current), r) => {
+            let synced = match r {
+                Some(r) => format!("was synced as generation {}", r.generation),
+                None => "was never pulled from it".to_string(),
+            };
+            return Err(moved_on(loc, ledger, &current.meta, &synced));
+        }
+    };
+    let meta = StateMeta {
+        generation,
+        sha256: prints.sha256.clone(),
+        content: prints.content.clone(),
+        schema_version: snapshot.schema_version,
+        compression: snapshot::COMPRESSION.to_string(),
+        size: prints.size,
+        pushed_at: Utc::now(),
+        pushed_by: super::host_name(),
+        restored_from: None,
+    };
+    let (uploaded, stored) = upload_snapshot(client, loc, &snapshot, &meta, &condition).await?;
+    let etag = match uploaded {
+        Ok(etag) => etag,
+        Err(Refused::Gone) => {
+            return Err(match &record {
+                Some(r) => gone(loc, ledger, r),
+                None => anyhow::anyhow!("{loc} disappeared during the push; try again"),
+            })
+        }
+        Err(Refused::Changed) => {
+            let current = head(client, loc).await.ok().flatten();
+            let synced = match &record {
+                Some(r) => format!("was synced as generation {}", r.generation),
+                None => "found no state when this push began".to_string(),
+            };
+            return Err(match current {
+                Some(c) => moved_on(loc, ledger, &c.meta, &synced),
+                None => Fatal::Conflict(format!(
+                    "another host wrote {loc} while this push was under way; ledger {} was kept \
+                     as it is. Look with `meterbook sync status`",
+                    ledger.display()
+                ))
+                .into(),
+            });
+        }
+    };
+    local::write(ledger, &record_for(loc, generation, &etag, &prints))?;
+    keep_generation(client, loc, generation, &etag, keep).await;
+    Ok(Pushed::Generation {
+        generation,
+        size: prints.size,
+        stored,
+    })
+}
+
+fn moved_on(
+    loc: &StateLocation,
+    ledger: &Path,
+    current: &StateMeta,
+    synced: &str,
+) -> anyhow::Error {
+    Fatal::Conflict(format!(
+        "the state {loc} is at generation {} (pushed by {} at {}), but ledger {} {synced}: \
+         another host wrote in between, so nothing was uploaded and the local ledger was kept \
+         as it is. Take the newer state with `meterbook sync pull --discard-local` (this drops \
+         the local changes) and run again",
+        current.generation,
+        current.pushed_by,
+        format_utc(current.pushed_at),
+        ledger.display()
+    ))
+    .into()
+}
+
+/// Compresses a snapshot and uploads it as the state with `condition`; returns what the
+/// condition decided and the stored size.
+async fn upload_snapshot(
+    client: &Client,
+    loc: &StateLocation,
+    snapshot: &Snapshot,
+    meta: &StateMeta,
+    condition: &Condition,
+) -> Result<(std::result::Result<String, Refused>, u64)> {
+    let started = std::time::Instant::now();
+    let snapshot_path = snapshot.path.to_path_buf();
+    let compressed = blocking(move || snapshot::compress(&snapshot_path)).await?;
+    let stored = std::fs::metadata(&compressed)?.len();
+    tracing::info!(
+        "compressed to {stored} bytes in {:.1}s; uploading generation {}",
+        started.elapsed().as_secs_f64(),
+        meta.generation
+    );
+    let body = remote::file_body(&compressed).await?;
+    let uploaded = remote::upload(
+        client,
+        &loc.bucket,
+        &loc.key,
+        body,
+        meta.to_metadata(),
+        condition,
+    )
+    .await?;
+    Ok((uploaded, stored))
+}
+
+/// Copies the new generation to its own key (only if the state is still that version) and
+/// deletes copies older than the newest `keep`. Failures only warn: the state itself is pushed.
+async fn keep_generation(
+    client: &Client,
+    loc: &StateLocation,
+    generation: u64,
+    etag: &str,
+    keep: u64,
+) {
+    let copied = client
+        .copy_object()
+        .bucket(&loc.bucket)
+        .key(loc.generation_key(generation))
+        .copy_source(format!("{}/{}", loc.bucket, loc.key))
+        .copy_source_if_match(etag)
+        .send()
+        .await;
+    if let Err(e) = copied {
+        tracing::warn!(
+            "could not keep a copy of generation {generation}: {}",
+            remote::describe(&e)
+        );
+        return;
+    }
+    let pruned = async {
+        for old in remote::list_generations(client, loc).await? {
+            if old + keep <= generation {
+                remote::delete(client, &loc.bucket, &loc.generation_key(old)).await?;
+            }
+        }
+        anyhow::Ok(())
+    };
+    if let Err(e) = pruned.await {
+        tracing::warn!("could not delete old generations: {e:#}");
+    }
+}
+
+/// What `pull` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pulled {
+    /// The local ledger is now this generation.
+    Generation { generation: u64, size: u64 },
+    /// The local ledger already is the current generation.
+    UpToDate { generation: u64 },
+    /// The local ledger is the current generation plus changes not yet pushed.
+    LocalAhead { generation: u64 },
+    /// There is no state yet (a first run); the local ledger was not touched.
+    NoState,
+}
+
+/// Downloads the state, verifies it and installs it as the local ledger.
+pub async fn pull(
+    client: &Client,
+    loc: &StateLocation,
+    ledger: &Path,
+    discard_local: bool,
+) -> Result<Pulled> {
+    let record = local::read(ledger, &loc.to_string())?;
+    let Some(current) = head(client, loc).await? else {
+        return match &record {
+            Some(r) => Err(gone(loc, ledger, r)),
+            None => Ok(Pulled::NoState),
+        };
+    };
+    if let Some(r) = record.as_ref().filter(|r| r.etag == current.info.etag) {
+        if let Some(local) = local_content(ledger).await? {
+            return Ok(if local.content == r.content {
+                Pulled::UpToDate {
+                    generation: r.generation,
+                }
+            } else {
+                Pulled::LocalAhead {
+                    generation: r.generation,
+                }
+            });
+        }
+    }
+    guard_local(
+        ledger,
+        record.as_ref(),
+        &current.meta.content,
+        discard_local,
+    )
+    .await?;
+    let started = std::time::Instant::now();
+    let (snapshot, info, meta) = fetch(client, loc, &loc.key, ledger).await?;
+    tracing::info!(
+        "generation {} downloaded and verified: {} bytes stored, {} uncompressed, in {:.1}s",
+        meta.generation,
+        info.size,
+        snapshot.fingerprints.size,
+        started.elapsed().as_secs_f64()
+    );
+    let generation = meta.generation;
+    let size = snapshot.fingerprints.size;
+    let prints = snapshot.fingerprints.clone();
+    let target = ledger.to_path_buf();
+    blocking(move || snapshot::install(snapshot, &target)).await?;
+    local::write(ledger, &record_for(loc, generation, &info.etag, &prints))?;
+    Ok(Pulled::Generation { generation, size })
+}
+
+/// Downloads an object of the state's history beside the ledger and verifies it. A missing
+/// object is an error.
+async fn fetch(
+    client: &Client,
+    loc: &StateLocation,
+    key: &str,
+    ledger: &Path,
+) -> Result<(Snapshot, ObjectInfo, StateMeta)> {
+    let url = format!("s3://{}/{key}", loc.bucket);
+    let download = snapshot::temp_beside(ledger, "download")?;
+    let Some(info) = remote::download(client, &loc.bucket, key, &download).await? else {
+        anyhow::bail!("{url} disappeared while it was being read; try again");
+    };
+    let meta = StateMeta::from_metadata(&info.metadata).map_err(|p| not_a_state(loc, &p))?;
+    let (compression, sha, beside) = (
+        meta.compression.clone(),
+        meta.sha256.clone(),
+        ledger.to_path_buf(),
+    );
+    let unpacked =
+        blocking(move || snapshot::unpack(&download, &compression, &sha, &beside)).await?;
+    let snapshot = unpacked.map_err(|refusal| refused(&format!("the state {url}"), refusal))?;
+    Ok((snapshot, info, meta))
+}
+
+/// Makes kept generation `wanted` the current state again, as a new generation, and installs it
+/// as the local ledger. Works also when the state object itself was deleted.
+pub async fn restore(
+    client: &Client,
+    loc: &StateLocation,
+    ledger: &Path,
+    wanted: u64,
+    keep: u64,
+    discard_local: bool,
+) -> Result<u64> {
+    let record = local::read(ledger, &loc.to_string())?;
+    let kept = remote::list_generations(client, loc).await?;
+    if !kept.contains(&wanted) {
+        return Err(Fatal::Config(format!(
+            "generation {wanted} of {loc} is not kept; kept generations: {}",
+            list(&kept)
+        ))
+        .into());
+    }
+    let current = remote::head(client, &loc.bucket, &loc.key).await?;
+    let current_generation = current
+        .as_ref()
+        .and_then(|c| StateMeta::from_metadata(&c.metadata).ok())
+        .map_or(0, |m| m.generation);
+    let (snapshot, _, old) = fetch(client, loc, &loc.generation_key(wanted), ledger).await?;
+    guard_local(ledger, record.as_ref(), &old.content, discard_local).await?;
+    let generation = [current_generation, kept.last().copied().unwrap_or(0)]
+        .into_iter()
+        .chain(record.as_ref().map(|r| r.generation))
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let meta = StateMeta {
+        generation,
+        pushed_at: Utc::now(),
+        pushed_by: super::host_name(),
+        restored_from: Some(wanted),
+        ..old
+    };
+    let condition = match &current {
+        Some(c) => Condition::Replace(c.etag.clone()),
+        None => Condition::Create,
+    };
+    let (uploaded, _) = upload_snapshot(client, loc, &snapshot, &meta, &condition).await?;
+    let etag = uploaded.map_err(|_| {
+        Fatal::Conflict(format!(
+            "another host wrote {loc} while restoring; nothing was restored. Look with \
+                 `meterbook sync status` and try again"
+        ))
+    })?;
+    let prints = snapshot.fingerprints.clone();
+    let target = ledger.to_path_buf();
+    blocking(move || snapshot::install(snapshot, &target)).await?;
+    local::write(ledger, &record_for(loc, generation, &etag, &prints))?;
+    keep_generation(client, loc, generation, &etag, keep).await;
+    Ok(generation)
+}
+
+/// Local and remote, side by side.
+#[derive(Debug)]
+pub struct Status {
+    pub remote: Option<RemoteState>,
+    pub record: Option<SyncRecord>,
+    pub local: Option<Fingerprints>,
+    pub kept: Vec<u64>,
+}
+
+impl Status {
+    /// Whether the local ledger holds changes not in the generation it was synced as.
+    pub fn unpushed_changes(&self) -> Option<bool> {
+        let local = self.local.as_ref()?;
+        Some(
+            self.record
+                .as_ref()
+                .is_none_or(|r| r.content != local.content),
+        )
+    }
+}
+
+pub async fn status(client: &Client, loc: &StateLocation, ledger: &Path) -> Result<Status> {
+    Ok(Status {
+        remote: head(client, loc).await?,
+        record: local::read(ledger, &loc.to_string())?,
+        local: local_content(ledger).await?,
+        kept: remote::list_generations(client, loc).await?,
+    })
+}
+
+/// Generation numbers as a short list.
+pub fn list(generations: &[u64]) -> String {
+    if generations.is_empty() {
+        return "none".to_string();
+    }
+    generations
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
