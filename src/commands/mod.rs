@@ -1,7 +1,10 @@
 //! One module per subcommand, each a short story over the library's modules.
 
+pub mod history;
 pub mod ingest;
+pub mod resubmit;
 pub mod sql;
+pub mod submit;
 
 use anyhow::Result;
 
@@ -14,5 +17,8 @@ pub async fn dispatch(cli: Cli) -> Result<Outcome> {
     match &cli.command {
         Command::Ingest(args) => ingest::run(global, args).await,
         Command::Sql(args) => sql::run(global, args),
+        Command::Submit(args) => submit::run(global, args).await,
+        Command::History(args) => history::run(global, args),
+        Command::Resubmit(args) => resubmit::run(global, args).await,
     }
 }

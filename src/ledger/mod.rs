@@ -3,6 +3,7 @@
 
 mod markers;
 mod query;
+mod submissions;
 mod usage;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,10 @@ use crate::error::Fatal;
 
 pub use markers::MarkerRead;
 pub use query::{QueryResult, SqlValue};
+pub use submissions::{
+    DriftRow, LineUpdate, NewLine, NewSubmission, OutboxItem, RetryCandidate, SubmissionFilter,
+    SubmissionUpdate, HOLDING_STATUSES,
+};
 pub use usage::{FileVersion, KnownFile, RunCounts, StoreOutcome};
 
 mod embedded {
