@@ -295,7 +295,7 @@ fn compile(source: &str, base_dimensions: &BTreeSet<String>) -> Result<Node, Str
     match tree.eval_with_context(&formula_context(&ones, base_dimensions)) {
         Ok(v) if v.is_number() => Ok(tree),
         Ok(v) => Err(format!("gives {v}, not a number")),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(format!("cannot be evaluated: {e}")),
     }
 }
 
@@ -343,7 +343,8 @@ fn formula_context(usage: &BaseUsage, known: &BTreeSet<String>) -> HashMapContex
             set(&mut ctx, format!("{d}{PRICE_SUFFIX}"), 0.0);
         }
     }
-    let functions: [(&str, fn(&Value) -> EvalexprResult<Value>); 6] = [
+    type Builtin = fn(&Value) -> EvalexprResult<Value>;
+    let functions: [(&str, Builtin); 6] = [
         ("abs", |a| Ok(Value::Float(one_number(a)?.abs()))),
         // Python's round() of one argument; halves away from zero (Python rounds them to even).
         ("round", |a| Ok(Value::Float(one_number(a)?.round()))),
@@ -501,8 +502,10 @@ mod tests {
     #[test]
     fn bad_formulas_are_refused_naming_the_variable_and_the_problem() {
         let err = |f: &str| dims(&[("x", f)], false).unwrap_err().0;
-        assert!(err("cpu_core_hours *").contains("DIMENSION_x"));
-        assert!(err("cpu_core_hours *").contains("does not parse"));
+        assert!(err("(cpu_core_hours").contains("DIMENSION_x"));
+        assert!(err("(cpu_core_hours").contains("does not parse"));
+        assert!(err("cpu_core_hours *")
+            .contains("cannot be evaluated: An operator expected 2 arguments"));
         assert!(err("cpu_hours * 2").contains("unknown variable 'cpu_hours'"));
         assert!(err("sqrt(cpu_core_hours)").contains("unknown function 'sqrt'"));
         assert!(err("x = 3").contains("assigns"));

@@ -11,7 +11,8 @@
 //!   `{"kind": "malformed", "accept": true}`, `{"kind": "expire_token"}`; each may carry `"times": n`.
 //! - `POST /_emulator/config` with any of `{"random": {"status_500": 0.1, "status_429": 0.05,
 //!   "retry_after": 1}}`, `"dimensions": [...]`, `"unknown_contracts": [...]`, `"token_ttl_secs": n`.
-//! - `POST /_emulator/expire-tokens`, `GET /_emulator/stats`, `GET /_emulator/accepted`.
+//! - `POST /_emulator/expire-tokens`, `GET /_emulator/stats`, `GET /_emulator/accepted`, and
+//!   `GET /_emulator/tokens` (every token issued, so tests can check none leaked).
 //!
 //! Every accepted record is appended to the `--log` file (JSON Lines), which tests read to check
 //! that each amount arrived exactly once.
@@ -172,6 +173,7 @@ struct Emulator {
     client_secret: String,
     token_ttl: Duration,
     tokens: HashMap<String, Instant>,
+    issued: Vec<String>,
     dimensions: HashSet<String>,
     unknown_contracts: HashSet<String>,
     accepted: HashMap<(String, String), Vec<Window>>,
@@ -211,6 +213,7 @@ async fn main() -> anyhow::Result<()> {
         client_secret: args.client_secret.clone(),
         token_ttl: Duration::from_secs_f64(args.token_ttl_secs),
         tokens: HashMap::new(),
+        issued: Vec::new(),
         dimensions,
         unknown_contracts: args.unknown_contracts.iter().cloned().collect(),
         accepted: HashMap::new(),
@@ -235,6 +238,7 @@ async fn main() -> anyhow::Result<()> {
         .route("/_emulator/expire-tokens", post(expire_tokens))
         .route("/_emulator/stats", get(stats))
         .route("/_emulator/accepted", get(accepted))
+        .route("/_emulator/tokens", get(tokens))
         .with_state(state);
     let listener =
         tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], args.port))).await?;
@@ -276,6 +280,7 @@ async fn authenticate(State(state): State<Shared>, body: Bytes) -> Response {
     let token = format!("emu-{:032x}", rand::rng().random::<u128>());
     let ttl = emu.token_ttl;
     emu.tokens.insert(token.clone(), Instant::now() + ttl);
+    emu.issued.push(token.clone());
     Json(json!({"access_token": token, "token_type": "bearer", "expires_in": ttl.as_secs_f64()}))
         .into_response()
 }
@@ -533,4 +538,8 @@ async fn stats(State(state): State<Shared>) -> Json<Value> {
 
 async fn accepted(State(state): State<Shared>) -> Json<Value> {
     Json(Value::Array(lock(&state).accepted_log.clone()))
+}
+
+async fn tokens(State(state): State<Shared>) -> Json<Value> {
+    Json(json!(lock(&state).issued))
 }

@@ -416,10 +416,7 @@ mod tests {
         }
         let d = backoff_delay(base, 0, Some(Duration::from_secs(2)));
         assert_eq!(d, Duration::from_secs(2));
-        assert_eq!(
-            backoff_delay(base, 30, None).min(MAX_BACKOFF),
-            backoff_delay(base, 30, None)
-        );
+        assert!(backoff_delay(base, 30, None) <= MAX_BACKOFF);
     }
 
     #[test]
