@@ -372,6 +372,11 @@ fn only_periods_the_marker_covers_entirely_are_submitted() {
     let out = run(&env, &emu, &["submit"]);
     assert_eq!(code(&out), 0, "{}", stderr_of(&out));
     assert_eq!(emu.metering_requests(), 0);
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM pending_periods WHERE complete = 0"),
+        2,
+        "June and July wait, and say so"
+    );
 
     // The marker inside July completes June only (never the month containing it).
     marker(&env, "2025-07-15T10:00:00Z");
@@ -707,6 +712,24 @@ fn an_expired_token_is_renewed_once() {
 }
 
 #[test]
+fn the_token_is_renewed_shortly_before_it_expires() {
+    let env = TestEnv::new();
+    june(&env);
+    let emu = Emulator::start(&env, &["--token-ttl-secs", "1"]);
+    // The first answer takes longer than the token lives: the second request needs a new one.
+    emu.faults(json!([{"kind": "slow", "ms": 1200, "accept": true}]));
+    let out = run(&env, &emu, &["submit", "--clazar-concurrency", "1"]);
+    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    let stats = emu.stats();
+    assert_eq!(stats["auth_requests"], 2);
+    assert_eq!(
+        stats["unauthorized"], 0,
+        "renewed before it expired, not after a 401"
+    );
+    assert_eq!(emu.accepted().len(), 3);
+}
+
+#[test]
 fn refused_credentials_stop_the_run_with_a_configuration_error_and_keep_the_outbox() {
     let env = TestEnv::new();
     june(&env);
@@ -773,7 +796,6 @@ fn a_dry_run_prints_the_payloads_changes_nothing_and_calls_nothing() {
     let emu = Emulator::start(&env, &[]);
     let out = meterbook(&env, &emu, &["submit"])
         .env("DRY_RUN", "true")
-        .env_remove("CLAZAR_CLIENT_SECRET")
         .output()
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr_of(&out));
