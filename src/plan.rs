@@ -97,14 +97,6 @@ impl Period {
         };
         (format_utc(self.start), format_utc(end))
     }
-
-    /// The period that follows.
-    pub fn next(self) -> Period {
-        Period {
-            kind: self.kind,
-            start: self.end(),
-        }
-    }
 }
 
 impl fmt::Display for Period {

@@ -476,7 +476,7 @@ fn report_update(item: &OutboxItem, u: &SubmissionUpdate) {
 }
 
 /// What an answer means for a submission and each of its lines.
-pub fn interpret(item: &OutboxItem, d: &Delivery) -> SubmissionUpdate {
+fn interpret(item: &OutboxItem, d: &Delivery) -> SubmissionUpdate {
     let whole = |status: &'static str, http: Option<u16>, body: Option<String>, error: String| {
         SubmissionUpdate {
             status,

@@ -207,6 +207,19 @@ fn june(env: &TestEnv) {
     ingest(env);
 }
 
+/// One contract with 2 CPU core hours in June 2025, a marker covering June, ingested.
+fn one_contract(env: &TestEnv) {
+    usage(
+        env,
+        "2025/06/01/00",
+        "sub-a",
+        "contract-a",
+        &[("cpu_core_hours", json!(2))],
+    );
+    marker(env, "2025-06-30T23:59:59Z");
+    ingest(env);
+}
+
 /// `meterbook <args>` pointed at the emulator, with credentials and fast retries.
 fn meterbook(env: &TestEnv, emu: &Emulator, args: &[&str]) -> assert_cmd::Command {
     let mut cmd = env.cmd();
@@ -266,6 +279,23 @@ fn lines(env: &TestEnv) -> Vec<(String, String, String)> {
         .unwrap()
         .collect::<rusqlite::Result<_>>()
         .unwrap()
+}
+
+/// The one value a query on the ledger returns.
+fn one<T: rusqlite::types::FromSql>(env: &TestEnv, sql: &str) -> T {
+    env.db()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// Two columns of the one row a query on the ledger returns.
+fn pair<A: rusqlite::types::FromSql, B: rusqlite::types::FromSql>(
+    env: &TestEnv,
+    sql: &str,
+) -> (A, B) {
+    env.db()
+        .query_row(sql, [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 fn triple(c: &str, d: &str, s: &str) -> (String, String, String) {
@@ -546,14 +576,7 @@ fn an_unknown_contract_is_rejected_with_its_errors_and_does_not_block_others() {
         emu.accepted_quantities(),
         [triple("contract-b", "cpu_core_hours", "4")]
     );
-    let (code_, errors): (String, String) = env
-        .db()
-        .query_row(
-            "SELECT code, errors FROM submission_lines WHERE contract_id = 'contract-a' AND status = 'rejected' LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let (code_, errors): (String, String) = pair(&env, "SELECT code, errors FROM submission_lines WHERE contract_id = 'contract-a' AND status = 'rejected' LIMIT 1");
     assert_eq!(code_, "INVALID_CONTRACT");
     assert!(errors.contains("Invalid contract_id"), "{errors}");
 }
@@ -561,15 +584,7 @@ fn an_unknown_contract_is_rejected_with_its_errors_and_does_not_block_others() {
 #[test]
 fn transient_failures_are_retried_with_backoff_honouring_retry_after() {
     let env = TestEnv::new();
-    usage(
-        &env,
-        "2025/06/01/00",
-        "sub-a",
-        "contract-a",
-        &[("cpu_core_hours", json!(2))],
-    );
-    marker(&env, "2025-06-30T23:59:59Z");
-    ingest(&env);
+    one_contract(&env);
     let emu = Emulator::start(&env, &[]);
     emu.faults(json!([
         {"kind": "status", "status": 503},
@@ -621,41 +636,25 @@ fn another_4xx_is_rejected_without_retry() {
     let out = run(&env, &emu, &["submit", "--clazar-concurrency", "1"]);
     assert_eq!(code(&out), 3, "{}", stderr_of(&out));
     assert_eq!(emu.metering_requests(), 2, "no retry of the 422");
-    let (status, http): (String, i64) = env
-        .db()
-        .query_row(
-            "SELECT status, http_status FROM submissions WHERE status != 'answered'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let (status, http): (String, i64) = pair(
+        &env,
+        "SELECT status, http_status FROM submissions WHERE status != 'answered'",
+    );
     assert_eq!((status.as_str(), http), ("rejected", 422));
 }
 
 #[test]
 fn an_unreadable_answer_is_a_failure_with_its_body_and_resubmit_finds_it_had_arrived() {
     let env = TestEnv::new();
-    usage(
-        &env,
-        "2025/06/01/00",
-        "sub-a",
-        "contract-a",
-        &[("cpu_core_hours", json!(2))],
-    );
-    marker(&env, "2025-06-30T23:59:59Z");
-    ingest(&env);
+    one_contract(&env);
     let emu = Emulator::start(&env, &[]);
     emu.faults(json!([{"kind": "malformed", "accept": true}]));
     let out = run(&env, &emu, &["submit"]);
     assert_eq!(code(&out), 3, "{}", stderr_of(&out));
-    let body: String = env
-        .db()
-        .query_row(
-            "SELECT response_body FROM submissions WHERE status = 'failed'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let body: String = one(
+        &env,
+        "SELECT response_body FROM submissions WHERE status = 'failed'",
+    );
     assert!(body.contains("<html>"), "{body}");
     assert_eq!(
         lines(&env),
@@ -677,15 +676,7 @@ fn an_unreadable_answer_is_a_failure_with_its_body_and_resubmit_finds_it_had_arr
 #[test]
 fn a_slow_answer_times_out_and_the_retry_is_recognised_as_a_duplicate() {
     let env = TestEnv::new();
-    usage(
-        &env,
-        "2025/06/01/00",
-        "sub-a",
-        "contract-a",
-        &[("cpu_core_hours", json!(2))],
-    );
-    marker(&env, "2025-06-30T23:59:59Z");
-    ingest(&env);
+    one_contract(&env);
     let emu = Emulator::start(&env, &[]);
     emu.faults(json!([{"kind": "slow", "ms": 3000, "accept": true}]));
     let out = run(&env, &emu, &["submit", "--clazar-timeout", "1"]);
@@ -872,14 +863,10 @@ fn formulas_give_exact_quantities_and_the_amount_before_rounding_is_kept() {
             triple("contract-a", "half_replicas", "3"),
         ]
     );
-    let exact: f64 = env
-        .db()
-        .query_row(
-            "SELECT exact_quantity FROM submission_lines WHERE dimension = 'half_replicas'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let exact: f64 = one(
+        &env,
+        "SELECT exact_quantity FROM submission_lines WHERE dimension = 'half_replicas'",
+    );
     assert_eq!(exact, 3.5);
 }
 
@@ -917,14 +904,10 @@ fn a_negative_result_is_a_recorded_failure_for_that_contract_only() {
         emu.accepted_quantities(),
         [triple("contract-a", "net", "0")]
     );
-    let (status, message): (String, String) = env
-        .db()
-        .query_row(
-            "SELECT status, message FROM submission_lines WHERE contract_id = 'contract-b'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let (status, message): (String, String) = pair(
+        &env,
+        "SELECT status, message FROM submission_lines WHERE contract_id = 'contract-b'",
+    );
     assert_eq!(status, "failed");
     assert!(message.contains("negative"), "{message}");
 }
@@ -958,14 +941,10 @@ fn usage_that_changes_after_submission_is_reported_as_drift_not_resent() {
     assert_eq!(code(&out), 3, "{}", stderr_of(&out));
     assert!(stderr_of(&out).contains("drift"), "{}", stderr_of(&out));
     assert_eq!(emu.metering_requests(), 2, "drift is never re-sent");
-    let difference: f64 = env
-        .db()
-        .query_row(
-            "SELECT difference FROM submission_drift WHERE contract_id = 'contract-b'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let difference: f64 = one(
+        &env,
+        "SELECT difference FROM submission_drift WHERE contract_id = 'contract-b'",
+    );
     assert_eq!(difference, 6.0);
 }
 

@@ -1,7 +1,7 @@
 //! The Clazar HTTP client: authentication with a cached token (refreshed shortly before it
 //! expires, and once on a 401), one metering POST with a timeout, retries of transient failures
 //! with exponential backoff and jitter that honours `Retry-After`, and the one function that maps
-//! an HTTP answer to what it means ([`classify_http`]). It never touches the ledger.
+//! an HTTP status to what it means ([`classify_status`]). It never touches the ledger.
 
 pub mod types;
 
@@ -84,11 +84,36 @@ pub enum Answer {
     },
 }
 
-/// Maps an HTTP status and body to what it means. The one place that decides.
+/// What an HTTP status means for any Clazar call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusClass {
+    Success,
+    /// 401: the token (or the credentials) refused.
+    Unauthorized,
+    /// 429 and 5xx: try again later.
+    Transient,
+    /// Another 4xx: the request is refused; retrying will not help.
+    Refused,
+    /// Anything else (1xx, 3xx): not an answer we can use.
+    Unexpected,
+}
+
+/// Maps an HTTP status to its class: the one place that decides.
+pub fn classify_status(status: u16) -> StatusClass {
+    match status {
+        200..=299 => StatusClass::Success,
+        401 => StatusClass::Unauthorized,
+        429 | 500..=599 => StatusClass::Transient,
+        400..=499 => StatusClass::Refused,
+        _ => StatusClass::Unexpected,
+    }
+}
+
+/// What a metering answer means: its status class, and for a success, its body.
 pub fn classify_http(status: u16, retry_after: Option<&str>, body: &[u8]) -> Answer {
     let text = String::from_utf8_lossy(body).into_owned();
-    match status {
-        200..=299 => match serde_json::from_slice::<MeteringResponse>(body) {
+    match classify_status(status) {
+        StatusClass::Success => match serde_json::from_slice::<MeteringResponse>(body) {
             Ok(r) => Answer::Results {
                 status,
                 body: text,
@@ -100,15 +125,15 @@ pub fn classify_http(status: u16, retry_after: Option<&str>, body: &[u8]) -> Ans
                 why: format!("the answer is not a metering response: {e}"),
             },
         },
-        401 => Answer::Unauthorized { body: text },
-        429 | 500..=599 => Answer::Transient {
+        StatusClass::Unauthorized => Answer::Unauthorized { body: text },
+        StatusClass::Transient => Answer::Transient {
             why: format!("HTTP {status}"),
             status: Some(status),
             body: Some(text),
             retry_after: retry_after.and_then(parse_retry_after),
         },
-        400..=499 => Answer::Rejected { status, body: text },
-        _ => Answer::Unreadable {
+        StatusClass::Refused => Answer::Rejected { status, body: text },
+        StatusClass::Unexpected => Answer::Unreadable {
             status,
             body: text,
             why: format!("unexpected HTTP status {status}"),
@@ -224,10 +249,6 @@ impl Client {
         })
     }
 
-    pub fn settings(&self) -> &ClazarSettings {
-        &self.settings
-    }
-
     /// Posts `body` to the metering endpoint, retrying transient failures up to `max_retries`.
     pub async fn deliver(&self, body: &str) -> Result<Delivery, ClazarError> {
         let mut attempts = 0;
@@ -322,8 +343,8 @@ impl Client {
             Ok(b) => b,
             Err(e) => return Ok(Err(network_failure(&e))),
         };
-        match status {
-            200..=299 => match serde_json::from_slice::<TokenResponse>(&bytes) {
+        match classify_status(status) {
+            StatusClass::Success => match serde_json::from_slice::<TokenResponse>(&bytes) {
                 Ok(t) => {
                     let lifetime = Duration::from_secs_f64(
                         t.expires_in
@@ -345,17 +366,19 @@ impl Client {
                     retry_after: None,
                 })),
             },
-            429 | 500..=599 => Ok(Err(Answer::Transient {
+            StatusClass::Transient => Ok(Err(Answer::Transient {
                 why: format!("authentication: HTTP {status}"),
                 status: Some(status),
                 body: None,
                 retry_after: None,
             })),
-            _ => Err(ClazarError::CredentialsRefused {
-                client_id: s.client_id.clone(),
-                url: s.auth_url.clone(),
-                status,
-            }),
+            StatusClass::Unauthorized | StatusClass::Refused | StatusClass::Unexpected => {
+                Err(ClazarError::CredentialsRefused {
+                    client_id: s.client_id.clone(),
+                    url: s.auth_url.clone(),
+                    status,
+                })
+            }
         }
     }
 }

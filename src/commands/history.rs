@@ -18,7 +18,6 @@ pub fn run(global: &GlobalArgs, args: &HistoryArgs) -> Result<Outcome> {
         contract_id: args.contract.clone(),
         period: args.period.clone(),
         status: args.status.clone(),
-        service_key: None,
     };
     let stdout = std::io::stdout().lock();
     let mut sink = output::sink(args.format, stdout);

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
 use chrono::Utc;
-use rusqlite::{params, params_from_iter, OptionalExtension, Transaction};
+use rusqlite::{params, params_from_iter, Transaction};
 
 use super::{Ledger, QueryResult};
 use crate::dimensions::BaseUsage;
@@ -123,11 +123,10 @@ pub struct SubmissionFilter {
     /// A period key (`2025-06`, or an hour); a month also matches its hours.
     pub period: Option<String>,
     pub status: Option<String>,
-    pub service_key: Option<String>,
 }
 
 impl SubmissionFilter {
-    /// `WHERE` terms over a view with `contract_id`, `period`, `status`, `service_key` columns.
+    /// `WHERE` terms over a view with `contract_id`, `period` and `status` columns.
     fn sql(&self) -> (String, Vec<String>) {
         let mut terms = vec!["1 = 1".to_string()];
         let mut values = Vec::new();
@@ -140,7 +139,6 @@ impl SubmissionFilter {
         add("contract_id = ?", &self.contract_id);
         add("(period = ? OR substr(period, 1, 7) = ?)", &self.period);
         add("status = ?", &self.status);
-        add("service_key = ?", &self.service_key);
         (terms.join(" AND "), values)
     }
 }
@@ -506,16 +504,6 @@ impl Ledger {
              ORDER BY period, service_key, contract_id, dimension, line_id"
         );
         self.stream(&sql, &values, sink)
-    }
-
-    /// The line statuses of one submission, for tests and reports.
-    pub fn submission_status(&self, id: i64) -> Result<Option<String>> {
-        Ok(self
-            .conn
-            .query_row("SELECT status FROM submissions WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?)
     }
 }
 
