@@ -87,6 +87,7 @@ def main():
     p.add_argument("--hours", type=int, help="only the first N hours of the month")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--no-marker", action="store_true", help="do not write last_success_export.json")
+    p.add_argument("--marker-to", help="last_processed_to to write (RFC 3339), instead of the end of the generated hours")
     args = p.parse_args()
 
     rng = random.Random(args.seed)
@@ -111,8 +112,9 @@ def main():
         if os.path.exists(marker_path):
             with open(marker_path) as f:
                 marker = json.load(f)
+        last_processed_to = args.marker_to or (end - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
         marker[f"{args.service}:{args.environment}:{args.plan}"] = {
-            "last_processed_to": (end - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "last_processed_to": last_processed_to,
             "last_updated_at": (end + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         with open(marker_path, "w") as f:

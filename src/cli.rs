@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::dimensions::Rounding;
 use crate::output::Format;
 use crate::period::Month;
+use crate::plan::PeriodKind;
 
 /// meterbook: a usage ledger for Omnistrate exports, reported to Clazar exactly once.
 #[derive(Debug, Parser)]
@@ -112,6 +114,12 @@ pub enum Command {
     Sync(SyncArgs),
     /// Check everything a run needs, one line per check with what to fix.
     Doctor(DoctorArgs),
+    /// Send complete periods' usage to Clazar, each amount exactly once.
+    Submit(SubmitArgs),
+    /// List submissions and their answers.
+    History(HistoryArgs),
+    /// Re-send failed, rejected or warned submissions, recomputed with the current formulas.
+    Resubmit(ResubmitArgs),
 }
 
 /// Which service key and months a command covers.
@@ -266,4 +274,163 @@ pub struct DoctorArgs {
 
     #[command(flatten)]
     pub state: StateArgs,
+}
+
+/// How to reach Clazar. The credentials come from the environment only (`CLAZAR_CLIENT_ID`,
+/// `CLAZAR_CLIENT_SECRET`), never from flags.
+#[derive(Debug, Args, Clone)]
+pub struct ClazarArgs {
+    /// Clazar's metering endpoint (authentication is at the sibling path `authenticate/`).
+    #[arg(
+        long = "clazar-api-url",
+        env = "CLAZAR_API_URL",
+        default_value = "https://api.clazar.io/metering/"
+    )]
+    pub api_url: String,
+
+    /// Clazar's base URL, e.g. http://127.0.0.1:8088: metering at BASE/metering/, authentication
+    /// at BASE/authenticate/. Overrides CLAZAR_API_URL.
+    #[arg(long = "clazar-base-url", env = "METERBOOK_CLAZAR_BASE_URL")]
+    pub base_url: Option<String>,
+
+    /// The marketplace: aws, azure or gcp.
+    #[arg(long = "cloud", env = "CLAZAR_CLOUD", default_value = "aws")]
+    pub cloud: String,
+
+    /// Retries of a request after transient failures (HTTP 5xx, 429, network).
+    #[arg(long, env = "MAX_RETRIES", default_value_t = 5)]
+    pub max_retries: u32,
+
+    /// Seconds before a request to Clazar is abandoned (and retried).
+    #[arg(
+        long = "clazar-timeout",
+        env = "METERBOOK_CLAZAR_TIMEOUT",
+        default_value_t = 30.0
+    )]
+    pub timeout_secs: f64,
+
+    /// The first retry delay in milliseconds; it doubles per retry, with jitter.
+    #[arg(
+        long = "clazar-backoff-ms",
+        env = "METERBOOK_CLAZAR_BACKOFF_MS",
+        default_value_t = 500
+    )]
+    pub backoff_ms: u64,
+
+    /// Requests in flight at once.
+    #[arg(
+        long = "clazar-concurrency",
+        env = "METERBOOK_CLAZAR_CONCURRENCY",
+        default_value_t = 8
+    )]
+    pub concurrency: usize,
+}
+
+/// How quantities are computed. Formulas come from `DIMENSION_<name>` and
+/// `DIMENSION<n>_NAME`/`DIMENSION<n>_FORMULA` environment variables.
+#[derive(Debug, Args, Clone)]
+pub struct QuantityArgs {
+    /// Also send the base dimensions when formulas are defined (without formulas they are always sent).
+    #[arg(
+        long,
+        env = "METERBOOK_SEND_BASE_DIMENSIONS",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true"
+    )]
+    pub send_base_dimensions: bool,
+
+    /// How an amount becomes the whole number sent.
+    #[arg(long, env = "METERBOOK_ROUNDING", value_enum, default_value_t = Rounding::Floor)]
+    pub rounding: Rounding,
+
+    /// Records per request at most; a contract's lines are split, never mixed with another's (0: no limit).
+    #[arg(long, env = "METERBOOK_MAX_RECORDS_PER_REQUEST", default_value_t = 0)]
+    pub max_records_per_request: usize,
+
+    /// Print the payloads that would be sent; change nothing and call nothing (DRY_RUN=true|1|yes).
+    #[arg(
+        long,
+        env = "DRY_RUN",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true"
+    )]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Submit per month or per hour.
+    #[arg(long, env = "METERBOOK_PERIOD", value_enum, default_value_t = PeriodKind::Month)]
+    pub period: PeriodKind,
+
+    /// Nothing before this month, YYYY-MM.
+    #[arg(long, env = "START_MONTH", value_name = "YYYY-MM")]
+    pub start_month: Option<Month>,
+
+    /// Months per run at most (per service key).
+    #[arg(long, env = "MAX_MONTHS_PER_RUN", default_value_t = 12)]
+    pub max_months_per_run: usize,
+
+    /// Hours per run at most (per service key), with --period hour.
+    #[arg(long, env = "MAX_HOURS_PER_RUN", default_value_t = 24)]
+    pub max_hours_per_run: usize,
+
+    /// Opt-in for service keys whose completion marker was never seen: a period counts as complete
+    /// this long after its end (e.g. 6h, 90m, 2d). Without it such periods wait.
+    #[arg(long, env = "METERBOOK_GRACE_WITHOUT_MARKER", value_name = "DURATION")]
+    pub grace_without_marker: Option<String>,
+
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+
+    #[command(flatten)]
+    pub quantity: QuantityArgs,
+
+    #[command(flatten)]
+    pub clazar: ClazarArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ResubmitArgs {
+    /// Only this contract.
+    #[arg(long)]
+    pub contract: Option<String>,
+
+    /// Only this period: a month (YYYY-MM, also matching its hours) or an hour (YYYY-MM-DDTHH:00:00Z).
+    #[arg(long)]
+    pub period: Option<String>,
+
+    #[command(flatten)]
+    pub quantity: QuantityArgs,
+
+    #[command(flatten)]
+    pub clazar: ClazarArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Only this contract.
+    #[arg(long)]
+    pub contract: Option<String>,
+
+    /// Only this period: a month (YYYY-MM, also matching its hours) or an hour.
+    #[arg(long)]
+    pub period: Option<String>,
+
+    /// Only lines with this status: pending, sending, transient, accepted, duplicate, imported,
+    /// warning, rejected, failed.
+    #[arg(long)]
+    pub status: Option<String>,
+
+    /// Only what needs attention (the submission_failures view).
+    #[arg(long)]
+    pub failures: bool,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
 }

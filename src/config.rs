@@ -1,10 +1,14 @@
 //! Resolved, validated settings: what the raw command line and environment mean.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::cli::{S3Args, ScopeArgs};
+use crate::clazar::{ClazarSettings, Secret};
+use crate::cli::{ClazarArgs, QuantityArgs, S3Args, ScopeArgs};
+use crate::dimensions::{Dimensions, BASE_DIMENSIONS};
 use crate::error::Fatal;
 use crate::s3::S3Settings;
 use crate::source::Scope;
@@ -123,6 +127,121 @@ impl ScopeArgs {
     }
 }
 
+impl ClazarArgs {
+    /// Clazar's endpoints and credentials. The credentials come from the environment only.
+    pub fn resolve(&self) -> Result<ClazarSettings> {
+        let (metering_url, auth_url) = self.endpoints()?;
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let (Some(client_id), Some(secret)) =
+            (var("CLAZAR_CLIENT_ID"), var("CLAZAR_CLIENT_SECRET"))
+        else {
+            return Err(Fatal::Config(
+                "CLAZAR_CLIENT_ID and CLAZAR_CLIENT_SECRET must be set in the environment".into(),
+            )
+            .into());
+        };
+        if !(self.timeout_secs.is_finite() && self.timeout_secs > 0.0) {
+            return Err(Fatal::Config(
+                "--clazar-timeout must be a positive number of seconds".into(),
+            )
+            .into());
+        }
+        Ok(ClazarSettings {
+            metering_url,
+            auth_url,
+            client_id,
+            client_secret: Secret::new(secret),
+            timeout: Duration::from_secs_f64(self.timeout_secs),
+            max_retries: self.max_retries,
+            backoff: Duration::from_millis(self.backoff_ms),
+        })
+    }
+
+    /// The metering and authentication URLs: from --clazar-base-url, else CLAZAR_API_URL (the
+    /// metering endpoint, whose sibling `authenticate/` authenticates).
+    pub fn endpoints(&self) -> Result<(String, String)> {
+        let bad =
+            |what: &str, url: &str| Fatal::Config(format!("{what} '{url}' is not an http(s) URL"));
+        if let Some(base) = self
+            .base_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+        {
+            if !base.starts_with("http://") && !base.starts_with("https://") {
+                return Err(bad("--clazar-base-url", base).into());
+            }
+            let base = base.trim_end_matches('/');
+            return Ok((format!("{base}/metering/"), format!("{base}/authenticate/")));
+        }
+        let url = self.api_url.trim();
+        if !url.starts_with("http://") && !url.starts_with("https://") {
+            return Err(bad("CLAZAR_API_URL", url).into());
+        }
+        let Some(base) = url.trim_end_matches('/').strip_suffix("metering") else {
+            return Err(Fatal::Config(format!(
+                "CLAZAR_API_URL '{url}' does not end in /metering/, so the authentication endpoint \
+                 cannot be derived; pass --clazar-base-url instead"
+            ))
+            .into());
+        };
+        Ok((format!("{base}metering/"), format!("{base}authenticate/")))
+    }
+
+    pub fn cloud(&self) -> Result<String> {
+        let cloud = self.cloud.trim().to_ascii_lowercase();
+        match cloud.as_str() {
+            "aws" | "azure" | "gcp" => Ok(cloud),
+            other => Err(Fatal::Config(format!(
+                "CLAZAR_CLOUD '{other}' is not one of aws, azure, gcp"
+            ))
+            .into()),
+        }
+    }
+}
+
+impl QuantityArgs {
+    /// The formulas from the environment, validated against the base dimensions (Omnistrate's
+    /// four plus any the ledger holds). A bad one is a configuration error naming its variable.
+    pub fn dimensions(&self, ledger_dimensions: &[String]) -> Result<Dimensions> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        let specs = Dimensions::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|e| Fatal::Config(e.to_string()))?;
+        let base: BTreeSet<String> = BASE_DIMENSIONS
+            .iter()
+            .map(|d| d.to_string())
+            .chain(ledger_dimensions.iter().cloned())
+            .collect();
+        Dimensions::new(specs, &base, self.send_base_dimensions, self.rounding)
+            .map_err(|e| Fatal::Config(e.to_string()).into())
+    }
+}
+
+/// A duration like `90s`, `30m`, `6h`, `2d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<chrono::Duration> {
+    let s = s.trim();
+    let bad = || {
+        Fatal::Config(format!(
+            "'{s}' is not a duration; use e.g. 90s, 30m, 6h or 2d"
+        ))
+    };
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = number.parse().map_err(|_| bad())?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(bad().into()),
+    };
+    Ok(chrono::Duration::seconds(secs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +267,14 @@ mod tests {
             SourceSpec::parse("./sample").unwrap(),
             SourceSpec::Local("./sample".into())
         );
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("90").unwrap(), chrono::Duration::seconds(90));
+        assert_eq!(parse_duration("6h").unwrap(), chrono::Duration::hours(6));
+        assert_eq!(parse_duration("2d").unwrap(), chrono::Duration::days(2));
+        assert!(parse_duration("6 hours").is_err());
+        assert!(parse_duration("h").is_err());
     }
 }

@@ -449,7 +449,10 @@ fn missing_credentials_end_the_run_with_one_line_and_the_config_exit_code() {
         .assert()
         .code(2);
     let stderr = stderr_of(out.get_output());
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("meterbook:")).collect();
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("meterbook:"))
+        .collect();
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(
         errors[0].contains(&format!("s3://{}/", bucket.name))

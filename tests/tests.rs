@@ -6,4 +6,5 @@ mod util;
 mod ingest;
 mod s3_ingest;
 mod sql;
+mod submit;
 mod sync;

@@ -1,8 +1,11 @@
 //! One module per subcommand, each a short story over the library's modules.
 
 pub mod doctor;
+pub mod history;
 pub mod ingest;
+pub mod resubmit;
 pub mod sql;
+pub mod submit;
 pub mod sync;
 
 use anyhow::Result;
@@ -18,5 +21,8 @@ pub async fn dispatch(cli: Cli) -> Result<Outcome> {
         Command::Sql(args) => sql::run(global, args),
         Command::Sync(args) => sync::run(global, args).await,
         Command::Doctor(args) => doctor::run(global, args).await,
+        Command::Submit(args) => submit::run(global, args).await,
+        Command::History(args) => history::run(global, args),
+        Command::Resubmit(args) => resubmit::run(global, args).await,
     }
 }

@@ -4,6 +4,7 @@
 mod markers;
 mod query;
 mod snapshot;
+mod submissions;
 mod usage;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,10 @@ use crate::error::Fatal;
 pub use markers::MarkerRead;
 pub use query::{QueryResult, SqlValue};
 pub use snapshot::{check_snapshot, checkpoint, DiskFull, SnapshotProblem};
+pub use submissions::{
+    DriftRow, LineUpdate, NewLine, NewSubmission, OutboxItem, RetryCandidate, SubmissionFilter,
+    SubmissionUpdate, HOLDING_STATUSES,
+};
 pub use usage::{FileVersion, KnownFile, RunCounts, StoreOutcome};
 
 mod embedded {

@@ -39,10 +39,22 @@ impl Ledger {
     /// Runs one SQL statement and streams its result to `sink`. On a ledger opened with
     /// [`Ledger::open_read_only`], a write fails with SQLite's message and changes nothing.
     pub fn run_sql(&self, sql: &str, sink: &mut dyn QueryResult) -> Result<()> {
+        self.stream(sql, &[], sink)
+    }
+
+    /// Runs `sql` with text parameters `?1`, `?2`, ... and streams its result to `sink`.
+    pub(super) fn stream(
+        &self,
+        sql: &str,
+        params: &[String],
+        sink: &mut dyn QueryResult,
+    ) -> Result<()> {
         let mut stmt = self.conn.prepare(sql).context("preparing the query")?;
         let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
         sink.columns(&names)?;
-        let mut rows = stmt.query([]).context("running the query")?;
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(params))
+            .context("running the query")?;
         let mut values = Vec::with_capacity(names.len());
         while let Some(row) = rows.next().context("running the query")? {
             values.clear();

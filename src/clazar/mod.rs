@@ -1,0 +1,450 @@
+//! The Clazar HTTP client: authentication with a cached token (refreshed shortly before it
+//! expires, and once on a 401), one metering POST with a timeout, retries of transient failures
+//! with exponential backoff and jitter that honours `Retry-After`, and the one function that maps
+//! an HTTP status to what it means ([`classify_status`]). It never touches the ledger.
+
+pub mod types;
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rand::Rng;
+use serde::Deserialize;
+
+pub use types::{MeteringRecord, MeteringRequest, MeteringResponse, MeteringResult, ResultKind};
+
+/// A secret (client secret, bearer token): never printed, not even by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The value, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where Clazar is and how to talk to it.
+#[derive(Debug, Clone)]
+pub struct ClazarSettings {
+    /// The metering endpoint, e.g. `https://api.clazar.io/metering/`.
+    pub metering_url: String,
+    /// The authentication endpoint, e.g. `https://api.clazar.io/authenticate/`.
+    pub auth_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// Per request, connect included.
+    pub timeout: Duration,
+    /// Retries after the first attempt, for transient failures.
+    pub max_retries: u32,
+    /// The first backoff delay; it doubles per retry (with jitter), up to [`MAX_BACKOFF`].
+    pub backoff: Duration,
+}
+
+/// The longest wait between attempts, `Retry-After` included.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(120);
+
+/// What an HTTP answer (or its absence) means. Made by [`classify_http`] and [`network_failure`] only.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// 2xx with a readable body: one result per record.
+    Results {
+        status: u16,
+        body: String,
+        results: Vec<MeteringResult>,
+    },
+    /// 5xx, 429, a timeout or a network failure: try again.
+    Transient {
+        why: String,
+        status: Option<u16>,
+        body: Option<String>,
+        retry_after: Option<Duration>,
+    },
+    /// 401: the token was refused.
+    Unauthorized { body: String },
+    /// Another 4xx: the request itself is refused; retrying will not help.
+    Rejected { status: u16, body: String },
+    /// An answer that cannot be read (not JSON, no `results`, an unexpected status): a failure,
+    /// never a success.
+    Unreadable {
+        status: u16,
+        body: String,
+        why: String,
+    },
+}
+
+/// What an HTTP status means for any Clazar call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusClass {
+    Success,
+    /// 401: the token (or the credentials) refused.
+    Unauthorized,
+    /// 429 and 5xx: try again later.
+    Transient,
+    /// Another 4xx: the request is refused; retrying will not help.
+    Refused,
+    /// Anything else (1xx, 3xx): not an answer we can use.
+    Unexpected,
+}
+
+/// Maps an HTTP status to its class: the one place that decides.
+pub fn classify_status(status: u16) -> StatusClass {
+    match status {
+        200..=299 => StatusClass::Success,
+        401 => StatusClass::Unauthorized,
+        429 | 500..=599 => StatusClass::Transient,
+        400..=499 => StatusClass::Refused,
+        _ => StatusClass::Unexpected,
+    }
+}
+
+/// What a metering answer means: its status class, and for a success, its body.
+pub fn classify_http(status: u16, retry_after: Option<&str>, body: &[u8]) -> Answer {
+    let text = String::from_utf8_lossy(body).into_owned();
+    match classify_status(status) {
+        StatusClass::Success => match serde_json::from_slice::<MeteringResponse>(body) {
+            Ok(r) => Answer::Results {
+                status,
+                body: text,
+                results: r.results,
+            },
+            Err(e) => Answer::Unreadable {
+                status,
+                body: text,
+                why: format!("the answer is not a metering response: {e}"),
+            },
+        },
+        StatusClass::Unauthorized => Answer::Unauthorized { body: text },
+        StatusClass::Transient => Answer::Transient {
+            why: format!("HTTP {status}"),
+            status: Some(status),
+            body: Some(text),
+            retry_after: retry_after.and_then(parse_retry_after),
+        },
+        StatusClass::Refused => Answer::Rejected { status, body: text },
+        StatusClass::Unexpected => Answer::Unreadable {
+            status,
+            body: text,
+            why: format!("unexpected HTTP status {status}"),
+        },
+    }
+}
+
+/// A request that got no answer (connect failure, timeout, dropped connection) is transient.
+pub fn network_failure(err: &reqwest::Error) -> Answer {
+    let what = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "could not connect"
+    } else {
+        "connection failed"
+    };
+    Answer::Transient {
+        why: format!("{what}: {}", without_url(err)),
+        status: err.status().map(|s| s.as_u16()),
+        body: None,
+        retry_after: None,
+    }
+}
+
+fn without_url(err: &reqwest::Error) -> String {
+    let mut chain = Vec::new();
+    let mut source: Option<&dyn std::error::Error> = Some(err);
+    while let Some(e) = source {
+        chain.push(e.to_string());
+        source = e.source();
+    }
+    chain.join(": ")
+}
+
+/// `Retry-After`: seconds, or an HTTP date.
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    Some(
+        (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// The wait before retry number `retry` (0-based): exponential with jitter, at least `Retry-After`.
+pub fn backoff_delay(base: Duration, retry: u32, retry_after: Option<Duration>) -> Duration {
+    let exp = base.saturating_mul(2u32.saturating_pow(retry.min(16)));
+    let capped = exp.min(MAX_BACKOFF);
+    let jittered = capped.mul_f64(rand::rng().random_range(0.5..=1.0));
+    jittered
+        .max(retry_after.unwrap_or_default())
+        .min(MAX_BACKOFF)
+}
+
+/// Errors that stop a run: Clazar will not let us in.
+#[derive(Debug, thiserror::Error)]
+pub enum ClazarError {
+    #[error(
+        "Clazar refused the credentials of CLAZAR_CLIENT_ID {client_id} at {url}: HTTP {status}"
+    )]
+    CredentialsRefused {
+        client_id: String,
+        url: String,
+        status: u16,
+    },
+    #[error("Clazar refused a fresh token at {url} (HTTP 401 twice)")]
+    TokenRefused { url: String },
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<f64>,
+}
+
+struct Token {
+    value: Secret,
+    refresh_at: Instant,
+}
+
+/// The result of delivering one request body, after retries.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub answer: Answer,
+    /// Attempts made (1 + retries).
+    pub attempts: u32,
+}
+
+/// A Clazar client; share one per run (it caches the token).
+pub struct Client {
+    http: reqwest::Client,
+    settings: ClazarSettings,
+    token: tokio::sync::Mutex<Option<Token>>,
+}
+
+impl Client {
+    pub fn new(settings: ClazarSettings) -> Result<Client> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("meterbook/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Client {
+            http,
+            settings,
+            token: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// Posts `body` to the metering endpoint, retrying transient failures up to `max_retries`.
+    pub async fn deliver(&self, body: &str) -> Result<Delivery, ClazarError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let answer = self.post_once(body).await?;
+            match &answer {
+                Answer::Transient {
+                    why, retry_after, ..
+                } if attempts <= self.settings.max_retries => {
+                    let wait = backoff_delay(self.settings.backoff, attempts - 1, *retry_after);
+                    tracing::debug!("{why}; retrying in {} ms", wait.as_millis());
+                    tokio::time::sleep(wait).await;
+                }
+                _ => return Ok(Delivery { answer, attempts }),
+            }
+        }
+    }
+
+    /// One metering POST; on a 401, one fresh token and one more try.
+    async fn post_once(&self, body: &str) -> Result<Answer, ClazarError> {
+        for fresh in [false, true] {
+            let token = match self.token(fresh).await? {
+                Ok(t) => t,
+                Err(transient) => return Ok(transient),
+            };
+            let sent = self
+                .http
+                .post(&self.settings.metering_url)
+                .bearer_auth(token.expose())
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string())
+                .send()
+                .await;
+            let answer = match sent {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let retry_after = resp
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    match resp.bytes().await {
+                        Ok(bytes) => classify_http(status, retry_after.as_deref(), &bytes),
+                        Err(e) => network_failure(&e),
+                    }
+                }
+                Err(e) => network_failure(&e),
+            };
+            if !matches!(answer, Answer::Unauthorized { .. }) {
+                return Ok(answer);
+            }
+        }
+        Err(ClazarError::TokenRefused {
+            url: self.settings.metering_url.clone(),
+        })
+    }
+
+    /// The cached token, or a new one (`fresh` forces one). `Ok(Err(answer))` when the
+    /// authentication endpoint itself failed transiently.
+    async fn token(&self, fresh: bool) -> Result<Result<Secret, Answer>, ClazarError> {
+        let mut cached = self.token.lock().await;
+        if let Some(t) = cached.as_ref() {
+            if !fresh && Instant::now() < t.refresh_at {
+                return Ok(Ok(t.value.clone()));
+            }
+        }
+        *cached = None;
+        match self.authenticate().await? {
+            Ok(t) => {
+                let value = t.value.clone();
+                *cached = Some(t);
+                Ok(Ok(value))
+            }
+            Err(answer) => Ok(Err(answer)),
+        }
+    }
+
+    async fn authenticate(&self) -> Result<Result<Token, Answer>, ClazarError> {
+        let s = &self.settings;
+        tracing::debug!("authenticating with Clazar at {}", s.auth_url);
+        let body = serde_json::json!({
+            "client_id": s.client_id,
+            "client_secret": s.client_secret.expose(),
+        });
+        let resp = match self.http.post(&s.auth_url).json(&body).send().await {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(network_failure(&e))),
+        };
+        let status = resp.status().as_u16();
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(network_failure(&e))),
+        };
+        match classify_status(status) {
+            StatusClass::Success => match serde_json::from_slice::<TokenResponse>(&bytes) {
+                Ok(t) => {
+                    let lifetime = Duration::from_secs_f64(
+                        t.expires_in
+                            .filter(|s| s.is_finite() && *s > 0.0)
+                            .unwrap_or(3600.0),
+                    );
+                    // Refresh shortly before expiry: a tenth of the lifetime early, at most 5 minutes.
+                    let margin = (lifetime / 10).min(Duration::from_secs(300));
+                    Ok(Ok(Token {
+                        value: Secret::new(t.access_token),
+                        refresh_at: Instant::now() + lifetime - margin,
+                    }))
+                }
+                // The body holds a token or junk; neither is ever printed.
+                Err(_) => Ok(Err(Answer::Transient {
+                    why: format!("the authentication answer (HTTP {status}) has no access_token"),
+                    status: Some(status),
+                    body: None,
+                    retry_after: None,
+                })),
+            },
+            StatusClass::Transient => Ok(Err(Answer::Transient {
+                why: format!("authentication: HTTP {status}"),
+                status: Some(status),
+                body: None,
+                retry_after: None,
+            })),
+            StatusClass::Unauthorized | StatusClass::Refused | StatusClass::Unexpected => {
+                Err(ClazarError::CredentialsRefused {
+                    client_id: s.client_id.clone(),
+                    url: s.auth_url.clone(),
+                    status,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_answers_are_classified_in_one_place() {
+        let ok = br#"{"results": [{"status": "success"}]}"#;
+        assert!(matches!(
+            classify_http(200, None, ok),
+            Answer::Results { ref results, .. } if results.len() == 1
+        ));
+        assert!(matches!(
+            classify_http(200, None, b"<html>oops"),
+            Answer::Unreadable { .. }
+        ));
+        assert!(matches!(
+            classify_http(200, None, br#"{"detail": "x"}"#),
+            Answer::Unreadable { .. }
+        ));
+        assert_eq!(
+            classify_http(429, Some("3"), b""),
+            Answer::Transient {
+                why: "HTTP 429".into(),
+                status: Some(429),
+                body: Some(String::new()),
+                retry_after: Some(Duration::from_secs(3))
+            }
+        );
+        assert!(matches!(
+            classify_http(503, None, b"down"),
+            Answer::Transient { .. }
+        ));
+        assert!(matches!(
+            classify_http(401, None, b""),
+            Answer::Unauthorized { .. }
+        ));
+        assert!(matches!(
+            classify_http(422, None, b"bad"),
+            Answer::Rejected { status: 422, .. }
+        ));
+        assert!(matches!(
+            classify_http(302, None, b""),
+            Answer::Unreadable { .. }
+        ));
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_honours_retry_after() {
+        let base = Duration::from_millis(100);
+        for retry in 0..4 {
+            let d = backoff_delay(base, retry, None);
+            let full = base * 2u32.pow(retry);
+            assert!(d >= full / 2 && d <= full, "{retry}: {d:?}");
+        }
+        let d = backoff_delay(base, 0, Some(Duration::from_secs(2)));
+        assert_eq!(d, Duration::from_secs(2));
+        assert!(backoff_delay(base, 30, None) <= MAX_BACKOFF);
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+    }
+}

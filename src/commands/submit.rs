@@ -1,0 +1,224 @@
+//! `meterbook submit`: plan the complete periods into outbox rows, send them to Clazar, and say
+//! what needs attention (failures, warnings, drift). `DRY_RUN` prints the payloads instead.
+
+use std::sync::Mutex;
+
+use anyhow::Result;
+use chrono::Utc;
+
+use crate::clazar::Client;
+use crate::cli::{ClazarArgs, GlobalArgs, QuantityArgs, SubmitArgs};
+use crate::config::parse_duration;
+use crate::error::Outcome;
+use crate::ledger::{Ledger, NewSubmission};
+use crate::plan::{Completeness, PeriodKind, PeriodRules};
+use crate::source::Scope;
+use crate::submit::{
+    compute_plan, plan_submissions, send_outbox, Plan, SendReport, SubmitSettings,
+};
+
+pub async fn run(global: &GlobalArgs, args: &SubmitArgs) -> Result<Outcome> {
+    let grace = args
+        .grace_without_marker
+        .as_deref()
+        .map(parse_duration)
+        .transpose()?;
+    let rules = PeriodRules {
+        kind: args.period,
+        start_month: args.start_month,
+        max_per_run: match args.period {
+            PeriodKind::Month => args.max_months_per_run,
+            PeriodKind::Hour => args.max_hours_per_run,
+        },
+        grace_without_marker: grace,
+    };
+    let mut ledger = Ledger::open(&global.ledger)?;
+    let settings = settings(
+        &ledger,
+        rules,
+        args.scope.resolve()?,
+        &args.quantity,
+        &args.clazar,
+    )?;
+    let now = Utc::now();
+    if args.quantity.dry_run {
+        let plan = compute_plan(&ledger, &settings, now)?;
+        report_waiting(&plan);
+        return dry_run(&ledger, &plan.submissions);
+    }
+    let client = Client::new(args.clazar.resolve()?)?;
+    let run_id = ledger.begin_submission_run(
+        "submit",
+        Some(args.period),
+        &run_settings(&settings, &args.clazar)?,
+    )?;
+    let plan = plan_submissions(&mut ledger, &settings, run_id, now)?;
+    let no_marker = report_waiting(&plan);
+    tracing::info!(
+        "planned {} submissions ({} could not be computed)",
+        plan.submissions.len(),
+        plan.formula_failures()
+    );
+    let ledger = Mutex::new(ledger);
+    let sent = send_outbox(
+        &ledger,
+        &client,
+        None,
+        args.clazar.concurrency,
+        failpoint().as_deref(),
+    )
+    .await?;
+    let ledger = ledger.into_inner().unwrap_or_else(|p| p.into_inner());
+    ledger.finish_submission_run(run_id, plan.submissions.len() as u64, sent.requests)?;
+    let outcome = finish(&ledger, &sent)?;
+    Ok(if no_marker {
+        Outcome::NeedsAttention
+    } else {
+        outcome
+    })
+}
+
+/// Resolved settings for planning, with formulas validated before anything else happens.
+pub(crate) fn settings(
+    ledger: &Ledger,
+    rules: PeriodRules,
+    scope: Scope,
+    quantity: &QuantityArgs,
+    clazar: &ClazarArgs,
+) -> Result<SubmitSettings> {
+    let dimensions = quantity.dimensions(&ledger.dimensions_in_usage()?)?;
+    Ok(SubmitSettings {
+        rules,
+        dimensions,
+        cloud: clazar.cloud()?,
+        max_records_per_request: quantity.max_records_per_request,
+        scope,
+    })
+}
+
+/// The settings a run used, as JSON for `submission_runs` (no secrets).
+pub(crate) fn run_settings(s: &SubmitSettings, clazar: &ClazarArgs) -> Result<String> {
+    let (metering_url, _) = clazar.endpoints()?;
+    let formulas: Vec<_> = s
+        .dimensions
+        .formulas
+        .iter()
+        .map(|f| serde_json::json!({"name": f.name, "formula": f.source, "from": f.origin}))
+        .collect();
+    Ok(serde_json::json!({
+        "period": s.rules.kind.as_str(),
+        "start_month": s.rules.start_month.map(|m| m.to_string()),
+        "max_per_run": s.rules.max_per_run,
+        "grace_without_marker_secs": s.rules.grace_without_marker.map(|g| g.num_seconds()),
+        "formulas": formulas,
+        "send_base_dimensions": s.dimensions.send_base,
+        "rounding": format!("{:?}", s.dimensions.rounding).to_lowercase(),
+        "cloud": s.cloud,
+        "max_records_per_request": s.max_records_per_request,
+        "metering_url": metering_url,
+        "max_retries": clazar.max_retries,
+    })
+    .to_string())
+}
+
+/// The failpoint for crash tests, from `METERBOOK_FAILPOINT`.
+pub(crate) fn failpoint() -> Option<String> {
+    std::env::var("METERBOOK_FAILPOINT").ok()
+}
+
+/// Says which periods wait and why; true when one waits for a marker that was never seen.
+fn report_waiting(plan: &Plan) -> bool {
+    let mut no_marker = false;
+    for (key, period, why) in &plan.waiting {
+        match why {
+            Completeness::NoMarker => {
+                no_marker = true;
+                tracing::warn!(
+                    "{key} {period}: no completion marker was ever seen for this service key, so it is not submitted; \
+                     ingest the export's last_success_export.json, or opt in with --grace-without-marker"
+                );
+            }
+            Completeness::ExportBehind { last_processed_to } => tracing::info!(
+                "{key} {period}: waiting, Omnistrate's export is complete only to {last_processed_to}"
+            ),
+            Completeness::InGrace => {
+                tracing::info!("{key} {period}: waiting for the grace delay after its end")
+            }
+            Completeness::NotOver | Completeness::Complete => {}
+        }
+    }
+    no_marker
+}
+
+/// Prints the exact request bodies that would be sent (planned now, and left in the outbox by an
+/// earlier run), one per line, and changes nothing.
+pub(crate) fn dry_run(ledger: &Ledger, planned: &[NewSubmission]) -> Result<Outcome> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let earlier = ledger.outbox(None)?;
+    for item in &earlier {
+        writeln!(out, "{}", item.payload)?;
+    }
+    let mut failed = 0;
+    for s in planned {
+        match &s.payload {
+            Some(p) => writeln!(out, "{p}")?,
+            None => {
+                failed += 1;
+                tracing::warn!(
+                    "{} contract {} {}: {}",
+                    s.service_key,
+                    s.contract_id,
+                    s.period,
+                    s.error.as_deref().unwrap_or("cannot be sent")
+                );
+            }
+        }
+    }
+    out.flush()?;
+    tracing::info!(
+        "dry run: {} requests would be sent ({} left in the outbox earlier), {failed} could not be computed; nothing was changed or sent",
+        earlier.len() + planned.len() - failed,
+        earlier.len()
+    );
+    Ok(if failed > 0 {
+        Outcome::NeedsAttention
+    } else {
+        Outcome::Success
+    })
+}
+
+/// Reports the send step, drift and what needs attention, and picks the outcome.
+pub(crate) fn finish(ledger: &Ledger, sent: &SendReport) -> Result<Outcome> {
+    let drift = ledger.drift()?;
+    for d in &drift {
+        tracing::warn!(
+            "drift: {} contract {} {} {} {}: submitted from {} but the ledger now has {} ({:+}); not re-sent",
+            d.service_key,
+            d.contract_id,
+            d.period_kind,
+            d.period,
+            d.dimension,
+            d.submitted_value,
+            d.current_value,
+            d.difference
+        );
+    }
+    let failures = ledger.submission_failure_count()?;
+    let summary = sent.line();
+    if sent.needs_attention() || failures > 0 || !drift.is_empty() {
+        tracing::warn!("{summary}");
+        if failures > 0 {
+            tracing::warn!(
+                "{failures} lines need attention; see: meterbook history --failures (then meterbook resubmit)"
+            );
+        }
+        if !drift.is_empty() {
+            tracing::warn!("see: meterbook sql \"SELECT * FROM submission_drift\"");
+        }
+        Ok(Outcome::NeedsAttention)
+    } else {
+        tracing::info!("{summary}");
+        Ok(Outcome::Success)
+    }
+}

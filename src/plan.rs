@@ -1,0 +1,287 @@
+//! Which periods are due for submission: months or hours, complete by Omnistrate's marker (or, only
+//! when the operator opts in, by a grace delay where no marker was ever seen), never the current
+//! period, from `START_MONTH` on, oldest first, at most so many per run. Pure functions.
+
+use std::fmt;
+
+use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
+
+use crate::period::{format_utc, parse_timestamp, Month};
+
+/// The unit usage is submitted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum PeriodKind {
+    Month,
+    Hour,
+}
+
+impl PeriodKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeriodKind::Month => "month",
+            PeriodKind::Hour => "hour",
+        }
+    }
+}
+
+impl fmt::Display for PeriodKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One month or one hour, in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Period {
+    pub kind: PeriodKind,
+    /// The first instant of the period.
+    pub start: DateTime<Utc>,
+}
+
+impl Period {
+    pub fn month(m: Month) -> Period {
+        Period {
+            kind: PeriodKind::Month,
+            start: m.start(),
+        }
+    }
+
+    /// The hour containing `t`.
+    pub fn hour(t: DateTime<Utc>) -> Period {
+        let start = Utc
+            .with_ymd_and_hms(t.year(), t.month(), t.day(), t.hour(), 0, 0)
+            .single()
+            .expect("an hour of a valid instant");
+        Period {
+            kind: PeriodKind::Hour,
+            start,
+        }
+    }
+
+    /// Parses the ledger's key for a period: `YYYY-MM` for a month, an RFC 3339 hour for an hour.
+    pub fn parse(kind: PeriodKind, key: &str) -> Option<Period> {
+        match kind {
+            PeriodKind::Month => key.parse::<Month>().ok().map(Period::month),
+            PeriodKind::Hour => parse_timestamp(key)
+                .filter(|t| t.minute() == 0 && t.second() == 0 && t.nanosecond() == 0)
+                .map(Period::hour),
+        }
+    }
+
+    pub fn month_of(self) -> Month {
+        Month::of(self.start)
+    }
+
+    /// The first instant after the period.
+    pub fn end(self) -> DateTime<Utc> {
+        match self.kind {
+            PeriodKind::Month => self.month_of().end(),
+            PeriodKind::Hour => self.start + Duration::hours(1),
+        }
+    }
+
+    /// The key the ledger stores: `2025-06` or `2025-06-01T13:00:00Z`.
+    pub fn key(self) -> String {
+        match self.kind {
+            PeriodKind::Month => self.month_of().to_string(),
+            PeriodKind::Hour => format_utc(self.start),
+        }
+    }
+
+    /// The window as Clazar is sent it (the predecessor's form): a month ends at its last second,
+    /// an hour at the next hour's start.
+    pub fn window(self) -> (String, String) {
+        let end = match self.kind {
+            PeriodKind::Month => self.end() - Duration::seconds(1),
+            PeriodKind::Hour => self.end(),
+        };
+        (format_utc(self.start), format_utc(end))
+    }
+}
+
+impl fmt::Display for Period {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.key())
+    }
+}
+
+/// Whether a period may be submitted, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completeness {
+    Complete,
+    /// Not over yet (the current period, or a future one).
+    NotOver,
+    /// Omnistrate's export has not reached the end of the period.
+    ExportBehind {
+        last_processed_to: DateTime<Utc>,
+    },
+    /// No marker was ever seen and no grace delay was opted into.
+    NoMarker,
+    /// No marker; the grace delay after the period's end has not passed yet.
+    InGrace,
+}
+
+/// Is `period` complete at `now`? Omnistrate writes `last_processed_to` inclusive (…T23:59:59Z
+/// covers the whole day), so a period is complete when the marker is at or after its last second.
+pub fn completeness(
+    period: Period,
+    marker: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    grace_without_marker: Option<Duration>,
+) -> Completeness {
+    let end = period.end();
+    if end > now {
+        return Completeness::NotOver;
+    }
+    match (marker, grace_without_marker) {
+        (Some(to), _) if to >= end - Duration::seconds(1) => Completeness::Complete,
+        (Some(to), _) => Completeness::ExportBehind {
+            last_processed_to: to,
+        },
+        (None, Some(grace)) if end + grace <= now => Completeness::Complete,
+        (None, Some(_)) => Completeness::InGrace,
+        (None, None) => Completeness::NoMarker,
+    }
+}
+
+/// What limits which periods a run takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeriodRules {
+    pub kind: PeriodKind,
+    /// `START_MONTH`: nothing before this month.
+    pub start_month: Option<Month>,
+    /// `MAX_MONTHS_PER_RUN` or `MAX_HOURS_PER_RUN`.
+    pub max_per_run: usize,
+    /// Opt-in: where no marker was ever seen, a period counts as complete this long after its end.
+    pub grace_without_marker: Option<Duration>,
+}
+
+/// The periods with work to do that a run takes: complete, not before `START_MONTH`, oldest
+/// first, at most `max_per_run`. `with_work` lists the periods that have unplanned usage (any
+/// order, duplicates allowed); the ones left out, and why, come back too.
+pub fn due_periods(
+    with_work: &[Period],
+    marker: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    rules: &PeriodRules,
+) -> (Vec<Period>, Vec<(Period, Completeness)>) {
+    let mut candidates: Vec<Period> = with_work
+        .iter()
+        .copied()
+        .filter(|p| p.kind == rules.kind)
+        .filter(|p| rules.start_month.is_none_or(|m| p.month_of() >= m))
+        .collect();
+    candidates.sort();
+    candidates.dedup();
+    let mut due = Vec::new();
+    let mut waiting = Vec::new();
+    for p in candidates {
+        match completeness(p, marker, now, rules.grace_without_marker) {
+            Completeness::Complete if due.len() < rules.max_per_run => due.push(p),
+            Completeness::Complete => {}
+            other => waiting.push((p, other)),
+        }
+    }
+    (due, waiting)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        parse_timestamp(s).unwrap()
+    }
+
+    fn june() -> Period {
+        Period::month("2025-06".parse().unwrap())
+    }
+
+    #[test]
+    fn windows_are_the_predecessors() {
+        assert_eq!(
+            june().window(),
+            ("2025-06-01T00:00:00Z".into(), "2025-06-30T23:59:59Z".into())
+        );
+        let h = Period::hour(t("2025-06-30T23:17:05Z"));
+        assert_eq!(h.key(), "2025-06-30T23:00:00Z");
+        assert_eq!(
+            h.window(),
+            ("2025-06-30T23:00:00Z".into(), "2025-07-01T00:00:00Z".into())
+        );
+        assert_eq!(Period::parse(PeriodKind::Hour, &h.key()), Some(h));
+        assert_eq!(
+            Period::parse(PeriodKind::Hour, "2025-06-30T23:30:00Z"),
+            None
+        );
+        assert_eq!(Period::parse(PeriodKind::Month, "2025-06"), Some(june()));
+    }
+
+    #[test]
+    fn a_month_is_complete_only_when_the_marker_covers_its_last_second() {
+        let now = t("2025-08-01T00:00:00Z");
+        let c = |m: &str| completeness(june(), Some(t(m)), now, None);
+        assert_eq!(c("2025-06-30T23:59:59Z"), Completeness::Complete);
+        assert_eq!(c("2025-07-01T00:00:00Z"), Completeness::Complete);
+        assert_eq!(
+            c("2025-06-30T23:59:58Z"),
+            Completeness::ExportBehind {
+                last_processed_to: t("2025-06-30T23:59:58Z")
+            }
+        );
+        // The month containing last_processed_to is not complete (the predecessor's bug).
+        assert!(matches!(
+            c("2025-06-15T00:00:00Z"),
+            Completeness::ExportBehind { .. }
+        ));
+    }
+
+    #[test]
+    fn the_current_period_is_never_complete() {
+        let now = t("2025-06-30T23:59:59Z");
+        let marker = Some(t("2025-07-31T23:59:59Z"));
+        assert_eq!(
+            completeness(june(), marker, now, None),
+            Completeness::NotOver
+        );
+        let hour = Period::hour(now);
+        assert_eq!(completeness(hour, marker, now, None), Completeness::NotOver);
+    }
+
+    #[test]
+    fn without_a_marker_only_an_opted_in_grace_delay_completes_a_period() {
+        let now = t("2025-07-01T05:00:00Z");
+        assert_eq!(
+            completeness(june(), None, now, None),
+            Completeness::NoMarker
+        );
+        assert_eq!(
+            completeness(june(), None, now, Some(Duration::hours(6))),
+            Completeness::InGrace
+        );
+        assert_eq!(
+            completeness(june(), None, now, Some(Duration::hours(5))),
+            Completeness::Complete
+        );
+    }
+
+    #[test]
+    fn due_periods_are_oldest_first_bounded_and_from_start_month() {
+        let months: Vec<Period> = ["2025-05", "2025-03", "2025-04", "2025-02", "2025-03"]
+            .iter()
+            .map(|m| Period::month(m.parse().unwrap()))
+            .collect();
+        let rules = PeriodRules {
+            kind: PeriodKind::Month,
+            start_month: Some("2025-03".parse().unwrap()),
+            max_per_run: 2,
+            grace_without_marker: None,
+        };
+        let marker = Some(t("2025-04-30T23:59:59Z"));
+        let (due, waiting) = due_periods(&months, marker, t("2025-09-01T00:00:00Z"), &rules);
+        let keys: Vec<String> = due.iter().map(|p| p.key()).collect();
+        assert_eq!(keys, ["2025-03", "2025-04"]);
+        assert_eq!(waiting.len(), 1);
+        assert_eq!(waiting[0].0.key(), "2025-05");
+    }
+}

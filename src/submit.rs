@@ -1,0 +1,597 @@
+//! Submitting to Clazar, in two steps that `meterbook submit`, `resubmit` and (later) `run` compose:
+//!
+//! 1. **Planning** ([`plan_submissions`], [`plan_resubmissions`]): compute the due periods and
+//!    each contract's lines, and commit them as outbox rows (status `pending`). Nothing leaves yet,
+//!    so a caller can, for example, upload the ledger before the first request.
+//! 2. **Sending** ([`send_outbox`]): each pending (or crashed-in-flight, or transiently failed)
+//!    submission is marked `sending` and committed, then posted, then its answer recorded.
+//!
+//! A crash between the POST and the record leaves `sending` rows; the next run re-sends the same
+//! payload and Clazar's duplicate answer confirms it had arrived. [`compute_plan`] is the dry run.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+
+use crate::clazar::{
+    Answer, ClazarError, Client, Delivery, MeteringRecord, MeteringRequest, ResultKind,
+};
+use crate::dimensions::{BaseUsage, Dimensions};
+use crate::ledger::{
+    Ledger, LineUpdate, NewLine, NewSubmission, OutboxItem, SubmissionFilter, SubmissionUpdate,
+};
+use crate::plan::{due_periods, Completeness, Period, PeriodKind, PeriodRules};
+use crate::source::{Scope, ServiceKey};
+
+/// The failpoint that aborts the process right after an answer arrives, before it is recorded
+/// (`METERBOOK_FAILPOINT=after-send`), to test crash recovery.
+pub const FAILPOINT_AFTER_SEND: &str = "after-send";
+
+/// What planning needs.
+#[derive(Debug, Clone)]
+pub struct SubmitSettings {
+    pub rules: PeriodRules,
+    pub dimensions: Dimensions,
+    /// `CLAZAR_CLOUD`: aws, azure or gcp.
+    pub cloud: String,
+    /// At most this many records per request (a contract's lines are split, never mixed).
+    pub max_records_per_request: usize,
+    /// Which service keys.
+    pub scope: Scope,
+}
+
+/// The result of planning.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub submissions: Vec<NewSubmission>,
+    /// Periods with usage that are not due yet, and why.
+    pub waiting: Vec<(String, Period, Completeness)>,
+}
+
+impl Plan {
+    pub fn formula_failures(&self) -> usize {
+        self.submissions
+            .iter()
+            .filter(|s| s.status == "failed")
+            .count()
+    }
+}
+
+fn service_key_in_scope(scope: &Scope, key: &str) -> bool {
+    let parts: Vec<&str> = key.split(':').collect();
+    match parts.as_slice() {
+        [service, environment, plan] => scope.admits_service_key(&ServiceKey {
+            service: service.to_string(),
+            environment: environment.to_string(),
+            plan: plan.to_string(),
+        }),
+        _ => scope.service_key().is_none() && scope.service.is_none(),
+    }
+}
+
+/// Computes the plan without writing anything (this is also the dry run).
+pub fn compute_plan(ledger: &Ledger, s: &SubmitSettings, now: DateTime<Utc>) -> Result<Plan> {
+    let mut by_key: BTreeMap<String, Vec<Period>> = BTreeMap::new();
+    for (key, period) in ledger.periods_with_unplanned_usage(s.rules.kind)? {
+        if !service_key_in_scope(&s.scope, &key) {
+            continue;
+        }
+        if let Some(p) = Period::parse(s.rules.kind, &period) {
+            by_key.entry(key).or_default().push(p);
+        }
+    }
+    let mut plan = Plan::default();
+    for (key, mut periods) in by_key {
+        let marker = ledger.export_complete_to(&key)?;
+        periods.retain(|p| s.scope.admits_month(p.month_of()));
+        let (due, waiting) = due_periods(&periods, marker, now, &s.rules);
+        plan.waiting
+            .extend(waiting.into_iter().map(|(p, why)| (key.clone(), p, why)));
+        for period in due {
+            let done = ledger.contracts_with_submissions(&key, period)?;
+            for (contract, usage) in ledger.usage_by_contract(&key, period)? {
+                if done.contains(&contract) {
+                    continue;
+                }
+                plan.submissions.extend(build_submissions(
+                    s,
+                    &key,
+                    &contract,
+                    period,
+                    &usage,
+                    &BTreeMap::new(),
+                    None,
+                ));
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// Writes a computed plan as outbox rows in one transaction; returns the submission ids.
+pub fn write_plan(ledger: &mut Ledger, run_id: i64, plan: &Plan) -> Result<Vec<i64>> {
+    ledger.insert_submissions(run_id, &plan.submissions)
+}
+
+/// The planning step of `submit`: compute the due periods and commit their outbox rows.
+pub fn plan_submissions(
+    ledger: &mut Ledger,
+    s: &SubmitSettings,
+    run_id: i64,
+    now: DateTime<Utc>,
+) -> Result<Plan> {
+    let plan = compute_plan(ledger, s, now)?;
+    write_plan(ledger, run_id, &plan)?;
+    Ok(plan)
+}
+
+/// The planning step of `resubmit`: recompute every failed, rejected or warned line that the
+/// filter selects with the current formulas, as new submissions linked to the old ones. Lines
+/// already accepted (or in flight) are never planned again. Returns the new submissions' ids and
+/// what could not be retried.
+pub fn plan_resubmissions(
+    ledger: &mut Ledger,
+    s: &SubmitSettings,
+    filter: &SubmissionFilter,
+    run_id: i64,
+) -> Result<(Vec<i64>, Vec<String>)> {
+    let (subs, notes) = compute_resubmissions(ledger, s, filter)?;
+    let ids = ledger.insert_submissions(run_id, &subs)?;
+    Ok((ids, notes))
+}
+
+/// What [`plan_resubmissions`] would write, without writing it (the dry run of `resubmit`).
+pub fn compute_resubmissions(
+    ledger: &Ledger,
+    s: &SubmitSettings,
+    filter: &SubmissionFilter,
+) -> Result<(Vec<NewSubmission>, Vec<String>)> {
+    let mut groups: BTreeMap<(String, String, String, String), Vec<_>> = BTreeMap::new();
+    for c in ledger.retry_candidates(filter)? {
+        groups
+            .entry((
+                c.service_key.clone(),
+                c.contract_id.clone(),
+                c.period_kind.clone(),
+                c.period.clone(),
+            ))
+            .or_default()
+            .push(c);
+    }
+    let mut subs = Vec::new();
+    let mut notes = Vec::new();
+    for ((key, contract, kind, period_key), candidates) in groups {
+        let kind = if kind == "hour" {
+            PeriodKind::Hour
+        } else {
+            PeriodKind::Month
+        };
+        let Some(period) = Period::parse(kind, &period_key) else {
+            notes.push(format!(
+                "{key} {contract} {period_key}: not a {kind} period"
+            ));
+            continue;
+        };
+        let usage = ledger
+            .usage_by_contract(&key, period)?
+            .into_iter()
+            .find(|(c, _)| *c == contract)
+            .map(|(_, u)| u);
+        let Some(usage) = usage else {
+            notes.push(format!(
+                "{key} contract {contract} {period_key}: no usage in the ledger now; nothing to re-send"
+            ));
+            continue;
+        };
+        let held = ledger.held_dimensions(&key, &contract, period)?;
+        if held.contains("*") {
+            continue;
+        }
+        let retry_of: BTreeMap<String, i64> = candidates
+            .iter()
+            .map(|c| (c.dimension.clone(), c.line_id))
+            .collect();
+        let previous = candidates.iter().map(|c| c.submission_id).max();
+        let planned = build_submissions(s, &key, &contract, period, &usage, &retry_of, previous);
+        for c in &candidates {
+            let computed = planned
+                .iter()
+                .any(|p| p.lines.iter().any(|l| l.dimension == c.dimension));
+            if !computed && !held.contains(&c.dimension) {
+                notes.push(format!(
+                    "{key} contract {contract} {period_key}: dimension {} is no longer computed by the current formulas; left as it was",
+                    c.dimension
+                ));
+            }
+        }
+        subs.extend(planned.into_iter().filter_map(|mut p| {
+            p.lines.retain(|l| !held.contains(&l.dimension));
+            (!p.lines.is_empty()).then(|| rebuild_payload(p))
+        }));
+    }
+    Ok((subs, notes))
+}
+
+/// One contract's submissions for a period: its lines computed, split into requests of at most
+/// `max_records_per_request`, or one failed submission when any line cannot be sent.
+fn build_submissions(
+    s: &SubmitSettings,
+    service_key: &str,
+    contract: &str,
+    period: Period,
+    usage: &BaseUsage,
+    retry_of: &BTreeMap<String, i64>,
+    previous: Option<i64>,
+) -> Vec<NewSubmission> {
+    let computed = s.dimensions.compute(usage);
+    let errors: Vec<String> = computed
+        .iter()
+        .filter_map(|l| l.quantity.as_ref().err().cloned())
+        .collect();
+    let base = NewSubmission {
+        service_key: service_key.to_string(),
+        contract_id: contract.to_string(),
+        period,
+        cloud: s.cloud.clone(),
+        payload: None,
+        status: "pending",
+        error: None,
+        retry_of: previous,
+        inputs: usage.clone(),
+        lines: Vec::new(),
+    };
+    let line = |dimension: &str, exact: f64, quantity: Option<i64>, status, message| NewLine {
+        dimension: dimension.to_string(),
+        exact_quantity: Some(exact),
+        quantity,
+        status,
+        message,
+        retry_of: retry_of.get(dimension).copied(),
+    };
+    if !errors.is_empty() {
+        let error = format!("not sent: {}", errors.join("; "));
+        let lines = computed
+            .iter()
+            .map(|l| match &l.quantity {
+                Ok(q) => line(
+                    &l.dimension,
+                    l.exact,
+                    Some(*q),
+                    "failed",
+                    Some("not sent: another dimension of this contract failed".into()),
+                ),
+                Err(why) => line(&l.dimension, l.exact, None, "failed", Some(why.clone())),
+            })
+            .collect();
+        return vec![NewSubmission {
+            status: "failed",
+            error: Some(error),
+            lines,
+            ..base
+        }];
+    }
+    let lines: Vec<NewLine> = computed
+        .iter()
+        .map(|l| {
+            line(
+                &l.dimension,
+                l.exact,
+                l.quantity.clone().ok(),
+                "pending",
+                None,
+            )
+        })
+        .collect();
+    let size = match s.max_records_per_request {
+        0 => usize::MAX,
+        n => n,
+    };
+    lines
+        .chunks(size)
+        .map(|chunk| {
+            rebuild_payload(NewSubmission {
+                lines: chunk.to_vec(),
+                ..base.clone()
+            })
+        })
+        .collect()
+}
+
+/// Sets a pending submission's payload from its lines: the exact body that will be sent.
+fn rebuild_payload(mut s: NewSubmission) -> NewSubmission {
+    if s.status != "pending" {
+        return s;
+    }
+    let (start_time, end_time) = s.period.window();
+    let request = MeteringRequest {
+        request: s
+            .lines
+            .iter()
+            .map(|l| MeteringRecord {
+                cloud: s.cloud.clone(),
+                contract_id: s.contract_id.clone(),
+                dimension: l.dimension.clone(),
+                start_time: start_time.clone(),
+                end_time: end_time.clone(),
+                quantity: l.quantity.unwrap_or_default().to_string(),
+            })
+            .collect(),
+    };
+    s.payload = Some(serde_json::to_string(&request).expect("a request serializes"));
+    s
+}
+
+/// What a send step did, counted by line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SendReport {
+    pub requests: u64,
+    pub accepted: u64,
+    pub duplicate: u64,
+    pub warning: u64,
+    pub rejected: u64,
+    pub failed: u64,
+    pub transient: u64,
+}
+
+impl SendReport {
+    pub fn needs_attention(&self) -> bool {
+        self.warning + self.rejected + self.failed + self.transient > 0
+    }
+
+    fn count(&mut self, u: &SubmissionUpdate, lines: usize) {
+        self.requests += 1;
+        let mut add = |status: &str, n: u64| match status {
+            "accepted" => self.accepted += n,
+            "duplicate" => self.duplicate += n,
+            "warning" => self.warning += n,
+            "rejected" => self.rejected += n,
+            "transient" => self.transient += n,
+            _ => self.failed += n,
+        };
+        if u.lines.is_empty() {
+            add(u.status, lines as u64);
+        }
+        for l in &u.lines {
+            add(l.status, 1);
+        }
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "{} requests: {} lines accepted, {} already accepted (duplicate), {} warnings, {} rejected, {} failed, {} without an answer",
+            self.requests, self.accepted, self.duplicate, self.warning, self.rejected, self.failed, self.transient
+        )
+    }
+}
+
+/// The sending step: posts every outbox submission (all, or those in `only`), `concurrency` at a
+/// time. Each is marked `sending` and committed before its request leaves, and its answer is
+/// recorded when it arrives. Stops with an error only when Clazar refuses the credentials.
+pub async fn send_outbox(
+    ledger: &Mutex<Ledger>,
+    client: &Client,
+    only: Option<&[i64]>,
+    concurrency: usize,
+    failpoint: Option<&str>,
+) -> Result<SendReport> {
+    let items = lock(ledger).outbox(only)?;
+    let reconciling = items.iter().filter(|i| i.status != "pending").count();
+    if reconciling > 0 {
+        tracing::info!(
+            "re-sending {reconciling} submissions left in flight or without an answer by an earlier run"
+        );
+    }
+    let results: Vec<Result<(SubmissionUpdate, usize)>> = futures::stream::iter(
+        items
+            .into_iter()
+            .map(|item| send_one(ledger, client, item, failpoint)),
+    )
+    .buffer_unordered(concurrency.max(1))
+    .collect()
+    .await;
+    let mut report = SendReport::default();
+    let mut first_error = None;
+    for r in results {
+        match r {
+            Ok((u, lines)) => report.count(&u, lines),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
+fn lock(ledger: &Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
+    ledger
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn send_one(
+    ledger: &Mutex<Ledger>,
+    client: &Client,
+    item: OutboxItem,
+    failpoint: Option<&str>,
+) -> Result<(SubmissionUpdate, usize)> {
+    lock(ledger).mark_sending(item.id)?;
+    let delivery = match client.deliver(&item.payload).await {
+        Ok(d) => d,
+        Err(e @ (ClazarError::CredentialsRefused { .. } | ClazarError::TokenRefused { .. })) => {
+            // Nothing reached the metering endpoint with a valid token: back to pending.
+            lock(ledger).release(item.id)?;
+            return Err(crate::error::Fatal::Config(e.to_string()).into());
+        }
+    };
+    if failpoint == Some(FAILPOINT_AFTER_SEND) {
+        eprintln!(
+            "meterbook: failpoint {FAILPOINT_AFTER_SEND}: aborting before recording the answer"
+        );
+        std::process::abort();
+    }
+    let update = interpret(&item, &delivery);
+    report_update(&item, &update);
+    lock(ledger)
+        .record_answer(item.id, &update)
+        .with_context(|| format!("recording the answer for contract {}", item.contract_id))?;
+    Ok((update, item.lines.len()))
+}
+
+fn report_update(item: &OutboxItem, u: &SubmissionUpdate) {
+    let what = format!(
+        "{} contract {} {} {}",
+        item.service_key, item.contract_id, item.period_kind, item.period
+    );
+    match u.status {
+        "answered" => {
+            for l in u
+                .lines
+                .iter()
+                .filter(|l| !matches!(l.status, "accepted" | "duplicate"))
+            {
+                let dimension = item
+                    .lines
+                    .iter()
+                    .find(|(id, _)| *id == l.line_id)
+                    .map(|(_, d)| d.as_str())
+                    .unwrap_or("?");
+                tracing::warn!(
+                    "{what} {dimension}: {} ({})",
+                    l.status,
+                    l.message.as_deref().unwrap_or("no message")
+                );
+            }
+        }
+        status => tracing::warn!(
+            "{what}: {status}: {}",
+            u.error.as_deref().unwrap_or("no detail")
+        ),
+    }
+}
+
+/// What an answer means for a submission and each of its lines.
+fn interpret(item: &OutboxItem, d: &Delivery) -> SubmissionUpdate {
+    let whole = |status: &'static str, http: Option<u16>, body: Option<String>, error: String| {
+        SubmissionUpdate {
+            status,
+            attempts: d.attempts,
+            http_status: http,
+            response_body: body,
+            error: Some(error),
+            lines: Vec::new(),
+        }
+    };
+    match &d.answer {
+        Answer::Results {
+            status,
+            body,
+            results,
+        } => {
+            let by_dimension: BTreeMap<&str, usize> = results
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| r.dimension.as_deref().map(|d| (d, i)))
+                .collect();
+            let lines = item
+                .lines
+                .iter()
+                .enumerate()
+                .map(|(pos, (line_id, dimension))| {
+                    let at_position = results
+                        .get(pos)
+                        .filter(|r| r.dimension.as_deref().is_none_or(|d| d == dimension));
+                    let result = at_position
+                        .or_else(|| by_dimension.get(dimension.as_str()).map(|i| &results[*i]));
+                    match result {
+                        Some(r) => line_update(*line_id, r),
+                        None => LineUpdate {
+                            line_id: *line_id,
+                            status: "failed",
+                            message: Some("no result for this record in Clazar's answer".into()),
+                            ..LineUpdate::default()
+                        },
+                    }
+                })
+                .collect();
+            SubmissionUpdate {
+                status: "answered",
+                attempts: d.attempts,
+                http_status: Some(*status),
+                response_body: Some(body.clone()),
+                error: None,
+                lines,
+            }
+        }
+        Answer::Transient {
+            why, status, body, ..
+        } => whole(
+            "transient",
+            *status,
+            body.clone(),
+            format!(
+                "no answer after {} attempts: {why}; the next run re-sends it",
+                d.attempts
+            ),
+        ),
+        Answer::Rejected { status, body } => whole(
+            "rejected",
+            Some(*status),
+            Some(body.clone()),
+            format!("HTTP {status}: {}", snippet(body)),
+        ),
+        Answer::Unauthorized { body } => whole(
+            "rejected",
+            Some(401),
+            Some(body.clone()),
+            format!("HTTP 401: {}", snippet(body)),
+        ),
+        Answer::Unreadable { status, body, why } => whole(
+            "failed",
+            Some(*status),
+            Some(body.clone()),
+            format!("{why}; body: {}", snippet(body)),
+        ),
+    }
+}
+
+fn line_update(line_id: i64, r: &crate::clazar::MeteringResult) -> LineUpdate {
+    let errors = r.error_texts();
+    let kind = r.kind();
+    let message = match kind {
+        ResultKind::Warning => Some(r.message.clone().unwrap_or_else(|| {
+            format!(
+                "status '{}' without errors (e.g. a dimension not registered for the listing)",
+                r.status.as_deref().unwrap_or("none")
+            )
+        })),
+        _ => r
+            .message
+            .clone()
+            .or_else(|| (!errors.is_empty()).then(|| errors.join("; "))),
+    };
+    LineUpdate {
+        line_id,
+        status: match kind {
+            ResultKind::Accepted => "accepted",
+            ResultKind::Duplicate => "duplicate",
+            ResultKind::Warning => "warning",
+            ResultKind::Rejected => "rejected",
+        },
+        clazar_id: r.id.clone(),
+        result_status: r.status.clone(),
+        code: r.code_text(),
+        message,
+        errors: r.errors.as_ref().map(|e| e.to_string()),
+    }
+}
+
+fn snippet(body: &str) -> String {
+    let flat: String = body.chars().take(200).collect();
+    flat.replace(['\n', '\r'], " ")
+}
