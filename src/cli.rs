@@ -114,12 +114,72 @@ pub enum Command {
     Sync(SyncArgs),
     /// Check everything a run needs, one line per check with what to fix.
     Doctor(DoctorArgs),
+    /// The whole job under a lease: pull the ledger from S3, ingest, submit, push it back.
+    Run(Box<RunArgs>),
     /// Send complete periods' usage to Clazar, each amount exactly once.
     Submit(SubmitArgs),
     /// List submissions and their answers.
     History(HistoryArgs),
     /// Re-send failed, rejected or warned submissions, recomputed with the current formulas.
     Resubmit(ResubmitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Where the export is: s3://BUCKET[/PREFIX] or a folder. Defaults to s3://$S3_BUCKET_NAME
+    /// (or $AWS_S3_BUCKET_NAME).
+    #[arg(long, env = "METERBOOK_SOURCE")]
+    pub source: Option<String>,
+
+    /// How many files to read at once.
+    #[arg(
+        id = "ingest_concurrency",
+        long = "concurrency",
+        env = "METERBOOK_CONCURRENCY",
+        default_value_t = 64
+    )]
+    pub concurrency: usize,
+
+    /// Files per ledger transaction.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_files: usize,
+
+    /// On S3 without --from-month/--to-month, list every month (see `ingest --all-months`).
+    #[arg(long, env = "METERBOOK_ALL_MONTHS")]
+    pub all_months: bool,
+
+    #[command(flatten)]
+    pub submit: SubmitArgs,
+
+    #[command(flatten)]
+    pub state: StateArgs,
+
+    /// When another run holds the lease, wait for it instead of exiting with code 4.
+    #[arg(long, env = "METERBOOK_WAIT_FOR_LEASE")]
+    pub wait_for_lease: bool,
+
+    /// Keep running: a cycle every DURATION (e.g. 1h, 15m), until SIGTERM or SIGINT.
+    #[arg(long, env = "METERBOOK_EVERY", value_name = "DURATION")]
+    pub every: Option<String>,
+
+    /// Keep running: a cycle on the first day of each month at 00:10 UTC (the predecessor's mode).
+    #[arg(
+        long,
+        env = "CRON_MODE",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true"
+    )]
+    pub cron_mode: bool,
+
+    /// Port of `GET /health` while running on a schedule.
+    #[arg(long, env = "HEALTHCHECK_PORT", default_value_t = 8080)]
+    pub healthcheck_port: u16,
+
+    /// Address `GET /health` listens on.
+    #[arg(long, env = "METERBOOK_HEALTHCHECK_BIND", default_value = "0.0.0.0")]
+    pub healthcheck_bind: std::net::IpAddr,
 }
 
 /// Which service key and months a command covers.

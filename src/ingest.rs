@@ -368,6 +368,7 @@ fn write_batches(
             }
         }
         let outcomes = ledger.store_files(&batch)?;
+        crate::failpoint::hit("during-ingest");
         for (file, outcome) in batch.drain(..).zip(outcomes) {
             match outcome {
                 StoreOutcome::Unchanged => {

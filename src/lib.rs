@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod dimensions;
 pub mod error;
+pub mod failpoint;
 pub mod ingest;
 pub mod ledger;
 pub mod output;

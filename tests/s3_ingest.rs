@@ -14,20 +14,20 @@ use serde_json::json;
 
 use crate::util::{record, stderr_of, usage_key, TestEnv};
 
-fn endpoint() -> String {
+pub(crate) fn endpoint() -> String {
     std::env::var("METERBOOK_TEST_S3_ENDPOINT")
         .expect("METERBOOK_TEST_S3_ENDPOINT is set; run the tests with scripts/test")
 }
 
 /// A fresh bucket of its own on the test server, and a client to fill it.
-struct Bucket {
+pub(crate) struct Bucket {
     rt: tokio::runtime::Runtime,
     client: aws_sdk_s3::Client,
-    name: String,
+    pub(crate) name: String,
 }
 
 impl Bucket {
-    fn new(label: &str) -> Bucket {
+    pub(crate) fn new(label: &str) -> Bucket {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -50,11 +50,11 @@ impl Bucket {
         Bucket { rt, client, name }
     }
 
-    fn put(&self, key: &str, body: &[u8]) {
+    pub(crate) fn put(&self, key: &str, body: &[u8]) {
         self.put_many(vec![(key.to_string(), body.to_vec())]);
     }
 
-    fn put_many(&self, objects: Vec<(String, Vec<u8>)>) {
+    pub(crate) fn put_many(&self, objects: Vec<(String, Vec<u8>)>) {
         let client = &self.client;
         let bucket = &self.name;
         self.rt.block_on(async {
@@ -74,7 +74,7 @@ impl Bucket {
 
     /// Uploads every file under `dir` with its relative path after `prefix`; returns the number
     /// of records in the usage files uploaded (read here, independently of meterbook).
-    fn upload_tree(&self, dir: &Path, prefix: &str) -> i64 {
+    pub(crate) fn upload_tree(&self, dir: &Path, prefix: &str) -> i64 {
         let mut objects = Vec::new();
         let mut records = 0;
         for path in files_under(dir) {
@@ -95,7 +95,7 @@ impl Bucket {
         records
     }
 
-    fn etag(&self, key: &str) -> String {
+    pub(crate) fn etag(&self, key: &str) -> String {
         let head = self
             .rt
             .block_on(self.client.head_object().bucket(&self.name).key(key).send())

@@ -12,19 +12,19 @@ use serde_json::{json, Value};
 
 use crate::util::{record, stderr_of, usage_key, TestEnv};
 
-const CLIENT_ID: &str = "test-client-id";
-const SECRET: &str = "sEcReT-client-value-4f1d9c";
+pub(crate) const CLIENT_ID: &str = "test-client-id";
+pub(crate) const SECRET: &str = "sEcReT-client-value-4f1d9c";
 const SERVICE_KEY: &str = "pg:PROD:pt-1";
 
 /// A running emulator, stopped when dropped.
-struct Emulator {
+pub(crate) struct Emulator {
     child: Child,
     port: u16,
     log: PathBuf,
 }
 
 impl Emulator {
-    fn start(env: &TestEnv, extra: &[&str]) -> Emulator {
+    pub(crate) fn start(env: &TestEnv, extra: &[&str]) -> Emulator {
         let dir = env.dir.path();
         let port_file = dir.join(format!("emulator-{}.port", std::process::id()));
         let _ = std::fs::remove_file(&port_file);
@@ -55,12 +55,12 @@ impl Emulator {
         Emulator { child, port, log }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// A small HTTP/1.1 exchange with the control API; returns the body.
-    fn http(&self, method: &str, path: &str, body: Option<Value>) -> String {
+    pub(crate) fn http(&self, method: &str, path: &str, body: Option<Value>) -> String {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the emulator");
         write!(
@@ -77,25 +77,25 @@ impl Emulator {
         rest.to_string()
     }
 
-    fn faults(&self, faults: Value) {
+    pub(crate) fn faults(&self, faults: Value) {
         self.http("POST", "/_emulator/faults", Some(faults));
     }
 
-    fn config(&self, change: Value) {
+    pub(crate) fn config(&self, change: Value) {
         self.http("POST", "/_emulator/config", Some(change));
     }
 
-    fn stats(&self) -> Value {
+    pub(crate) fn stats(&self) -> Value {
         let body = self.http("GET", "/_emulator/stats", None);
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
     }
 
-    fn tokens(&self) -> Vec<String> {
+    pub(crate) fn tokens(&self) -> Vec<String> {
         serde_json::from_str(&self.http("GET", "/_emulator/tokens", None)).unwrap()
     }
 
     /// Every record the emulator accepted, from its log.
-    fn accepted(&self) -> Vec<Value> {
+    pub(crate) fn accepted(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
@@ -104,7 +104,7 @@ impl Emulator {
     }
 
     /// Accepted (contract, dimension, quantity) triples, sorted.
-    fn accepted_quantities(&self) -> Vec<(String, String, String)> {
+    pub(crate) fn accepted_quantities(&self) -> Vec<(String, String, String)> {
         let mut v: Vec<_> = self
             .accepted()
             .iter()
@@ -121,7 +121,7 @@ impl Emulator {
     }
 
     /// Each (contract, dimension, window) accepted at most once.
-    fn assert_exactly_once(&self) {
+    pub(crate) fn assert_exactly_once(&self) {
         let mut keys: Vec<String> = self
             .accepted()
             .iter()
@@ -138,7 +138,7 @@ impl Emulator {
         assert_eq!(keys.len(), n, "a record was accepted twice");
     }
 
-    fn metering_requests(&self) -> u64 {
+    pub(crate) fn metering_requests(&self) -> u64 {
         self.stats()["metering_requests"].as_u64().unwrap()
     }
 }

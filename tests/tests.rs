@@ -4,6 +4,7 @@
 mod util;
 
 mod ingest;
+mod run;
 mod s3_ingest;
 mod sql;
 mod submit;

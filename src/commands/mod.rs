@@ -4,6 +4,7 @@ pub mod doctor;
 pub mod history;
 pub mod ingest;
 pub mod resubmit;
+pub mod run;
 pub mod sql;
 pub mod submit;
 pub mod sync;
@@ -21,6 +22,7 @@ pub async fn dispatch(cli: Cli) -> Result<Outcome> {
         Command::Sql(args) => sql::run(global, args),
         Command::Sync(args) => sync::run(global, args).await,
         Command::Doctor(args) => doctor::run(global, args).await,
+        Command::Run(args) => run::run(global, args).await,
         Command::Submit(args) => submit::run(global, args).await,
         Command::History(args) => history::run(global, args),
         Command::Resubmit(args) => resubmit::run(global, args).await,

@@ -127,7 +127,7 @@ pub(crate) fn failpoint() -> Option<String> {
 }
 
 /// Says which periods wait and why; true when one waits for a marker that was never seen.
-fn report_waiting(plan: &Plan) -> bool {
+pub(crate) fn report_waiting(plan: &Plan) -> bool {
     let mut no_marker = false;
     for (key, period, why) in &plan.waiting {
         match why {

@@ -210,6 +210,7 @@ pub async fn push(
         pushed_by: super::host_name(),
         restored_from: None,
     };
+    crate::failpoint::hit("before-upload");
     let (uploaded, stored) = upload_snapshot(client, loc, &snapshot, &meta, &condition).await?;
     let etag = match uploaded {
         Ok(etag) => etag,
@@ -236,6 +237,7 @@ pub async fn push(
             });
         }
     };
+    crate::failpoint::hit("after-upload");
     local::write(ledger, &record_for(loc, generation, &etag, &prints))?;
     keep_generation(client, loc, generation, &etag, keep).await;
     Ok(Pushed::Generation {

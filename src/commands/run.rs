@@ -1,0 +1,178 @@
+//! `meterbook run`: the whole job, safely, from any host: take the lease, pull the ledger from S3,
+//! ingest what is new, plan what is due, push (so the planned submissions are durable on S3 before
+//! the first request leaves), send, push again, give the lease back. With `--every` or
+//! `CRON_MODE=true` it keeps doing so, serving `GET /health`.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+
+use crate::clazar::Client;
+use crate::cli::{GlobalArgs, IngestArgs, RunArgs};
+use crate::config::parse_duration;
+use crate::daemon::{self, Schedule};
+use crate::error::Outcome;
+use crate::failpoint;
+use crate::ledger::Ledger;
+use crate::plan::{PeriodKind, PeriodRules};
+use crate::submit::{plan_submissions, send_outbox};
+use crate::sync::state::{self, Pulled, Pushed};
+use crate::sync::{lease, StateLocation};
+
+pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
+    let schedule = match (&args.every, args.cron_mode) {
+        (Some(every), _) => Some(Schedule::Every(
+            daemon::parse_duration(every).map_err(crate::error::Fatal::Config)?,
+        )),
+        (None, true) => Some(Schedule::MonthlyCron),
+        (None, false) => None,
+    };
+    let Some(schedule) = schedule else {
+        return cycle(global, args).await;
+    };
+    let health = SocketAddr::new(args.healthcheck_bind, args.healthcheck_port);
+    tracing::info!("running on a schedule: {schedule:?}");
+    daemon::run_forever(schedule, Some(health), || cycle(global, args)).await
+}
+
+/// One run under the lease. The lease is given back whatever happens in between.
+async fn cycle(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
+    let started = Instant::now();
+    let client = crate::s3::client(&global.s3.resolve()).await;
+    let loc = StateLocation::resolve(args.state.state_url.as_deref())?;
+    let duration = Duration::from_secs(args.state.lease_seconds);
+    let taken = lease::acquire(&client, &loc, duration, args.wait_for_lease).await?;
+    tracing::info!("holding the lease as {}", taken.record().holder);
+    let held = taken.keep_alive();
+    let result = steps(global, args, &client, &loc).await;
+    if let Err(e) = held.release().await {
+        tracing::warn!("could not give back the lease (it expires by itself): {e:#}");
+    }
+    let outcome = result?;
+    tracing::info!(
+        "run finished in {:.1}s: {}",
+        started.elapsed().as_secs_f64(),
+        match outcome {
+            Outcome::Success => "all done",
+            Outcome::NeedsAttention => "something needs attention (see the warnings above)",
+        }
+    );
+    Ok(outcome)
+}
+
+async fn steps(
+    global: &GlobalArgs,
+    args: &RunArgs,
+    client: &aws_sdk_s3::Client,
+    loc: &StateLocation,
+) -> Result<Outcome> {
+    let ledger_path = &global.ledger;
+    match state::pull(client, loc, ledger_path, false)
+        .await
+        .context("pulling the ledger from S3")?
+    {
+        Pulled::Generation { generation, .. } => tracing::info!("pulled generation {generation}"),
+        Pulled::UpToDate { generation } => tracing::info!("ledger is generation {generation}"),
+        Pulled::LocalAhead { generation } => tracing::info!(
+            "ledger is generation {generation} plus local changes from an unfinished run; keeping them"
+        ),
+        Pulled::NoState => tracing::info!("no state on S3 yet; this run creates it"),
+    }
+
+    let ingest_args = IngestArgs {
+        source: args.source.clone(),
+        scope: args.submit.scope.clone(),
+        concurrency: args.concurrency,
+        batch_files: args.batch_files,
+        all_months: args.all_months,
+    };
+    let ingested = super::ingest::run(global, &ingest_args).await?;
+
+    let submit = &args.submit;
+    let rules = PeriodRules {
+        kind: submit.period,
+        start_month: submit.start_month,
+        max_per_run: match submit.period {
+            PeriodKind::Month => submit.max_months_per_run,
+            PeriodKind::Hour => submit.max_hours_per_run,
+        },
+        grace_without_marker: submit
+            .grace_without_marker
+            .as_deref()
+            .map(parse_duration)
+            .transpose()?,
+    };
+    let mut ledger = Ledger::open(ledger_path)?;
+    let settings = super::submit::settings(
+        &ledger,
+        rules,
+        submit.scope.resolve()?,
+        &submit.quantity,
+        &submit.clazar,
+    )?;
+    let now = Utc::now();
+    if submit.quantity.dry_run {
+        let plan = crate::submit::compute_plan(&ledger, &settings, now)?;
+        super::submit::report_waiting(&plan);
+        tracing::info!("dry run: the ledger was not pushed to S3");
+        return Ok(ingested.and(super::submit::dry_run(&ledger, &plan.submissions)?));
+    }
+    let clazar = Client::new(submit.clazar.resolve()?)?;
+    let run_id = ledger.begin_submission_run(
+        "run",
+        Some(submit.period),
+        &super::submit::run_settings(&settings, &submit.clazar)?,
+    )?;
+    let plan = plan_submissions(&mut ledger, &settings, run_id, now)?;
+    let no_marker = super::submit::report_waiting(&plan);
+    tracing::info!("planned {} submissions", plan.submissions.len());
+    drop(ledger);
+    failpoint::hit("after-plan");
+
+    // The outbox must be on S3 before any request leaves: a host that dies after sending is then
+    // reconciled by whichever host runs next.
+    push(client, loc, global, args).await?;
+
+    let ledger = Mutex::new(Ledger::open(ledger_path)?);
+    let sent = send_outbox(
+        &ledger,
+        &clazar,
+        None,
+        submit.clazar.concurrency,
+        super::submit::failpoint().as_deref(),
+    )
+    .await?;
+    let ledger = ledger.into_inner().unwrap_or_else(|p| p.into_inner());
+    ledger.finish_submission_run(run_id, plan.submissions.len() as u64, sent.requests)?;
+    let submitted = super::submit::finish(&ledger, &sent)?;
+    drop(ledger);
+
+    push(client, loc, global, args).await?;
+    let marker = if no_marker {
+        Outcome::NeedsAttention
+    } else {
+        Outcome::Success
+    };
+    Ok(ingested.and(submitted).and(marker))
+}
+
+async fn push(
+    client: &aws_sdk_s3::Client,
+    loc: &StateLocation,
+    global: &GlobalArgs,
+    args: &RunArgs,
+) -> Result<()> {
+    match state::push(client, loc, &global.ledger, args.state.keep_generations)
+        .await
+        .context("pushing the ledger to S3")?
+    {
+        Pushed::Generation { generation, .. } => tracing::info!("pushed generation {generation}"),
+        Pushed::UpToDate { generation } => {
+            tracing::info!("S3 already holds this ledger as generation {generation}")
+        }
+    }
+    Ok(())
+}
