@@ -116,12 +116,31 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// The whole job under a lease: pull the ledger from S3, ingest, submit, push it back.
     Run(Box<RunArgs>),
+    /// Take over the Python exporter's state file so that nothing it sent is sent again.
+    ImportState(ImportStateArgs),
     /// Send complete periods' usage to Clazar, each amount exactly once.
     Submit(SubmitArgs),
     /// List submissions and their answers.
     History(HistoryArgs),
     /// Re-send failed, rejected or warned submissions, recomputed with the current formulas.
     Resubmit(ResubmitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportStateArgs {
+    /// The predecessor's state JSON: a local file, s3://BUCKET/KEY, or a key in the export bucket
+    /// (S3_BUCKET_NAME), e.g. clazar/Postgres-PROD-pt-HJSv20iWX0-export_state.json.
+    #[arg(long, env = "STATE_FILE_PATH", default_value = "metering_state.json")]
+    pub from: String,
+
+    /// SERVICE:ENVIRONMENT:PLAN of a state file that holds one service key's state without naming
+    /// it (default: from the file name, else SERVICE_NAME, ENVIRONMENT_TYPE and PLAN_ID).
+    #[arg(long)]
+    pub service_key: Option<String>,
+
+    /// The marketplace recorded on the imported rows.
+    #[arg(long, env = "CLAZAR_CLOUD", default_value = "aws")]
+    pub cloud: String,
 }
 
 #[derive(Debug, Args)]

@@ -87,6 +87,20 @@ pub fn compute_plan(ledger: &Ledger, s: &SubmitSettings, now: DateTime<Utc>) -> 
     for (key, mut periods) in by_key {
         let marker = ledger.export_complete_to(&key)?;
         periods.retain(|p| s.scope.admits_month(p.month_of()));
+        if let Some(through) = ledger.predecessor_processed_through(&key)? {
+            // The predecessor's periods: what it sent is imported, what failed is resubmitted.
+            periods.retain(|p| {
+                let theirs = p.end() <= through;
+                if theirs {
+                    tracing::warn!(
+                        "{key} {p}: the predecessor processed this period (imported state), but \
+                         some contracts' usage here was not in its state; not sent automatically \
+                         (see the pending_periods view)"
+                    );
+                }
+                !theirs
+            });
+        }
         let (due, waiting) = due_periods(&periods, marker, now, &s.rules);
         plan.waiting
             .extend(waiting.into_iter().map(|(p, why)| (key.clone(), p, why)));

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod import_state;
 mod ingest;
 mod run;
 mod s3_ingest;

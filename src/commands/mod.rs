@@ -2,6 +2,7 @@
 
 pub mod doctor;
 pub mod history;
+pub mod import_state;
 pub mod ingest;
 pub mod resubmit;
 pub mod run;
@@ -23,6 +24,7 @@ pub async fn dispatch(cli: Cli) -> Result<Outcome> {
         Command::Sync(args) => sync::run(global, args).await,
         Command::Doctor(args) => doctor::run(global, args).await,
         Command::Run(args) => run::run(global, args).await,
+        Command::ImportState(args) => import_state::run(global, args).await,
         Command::Submit(args) => submit::run(global, args).await,
         Command::History(args) => history::run(global, args),
         Command::Resubmit(args) => resubmit::run(global, args).await,

@@ -2,6 +2,7 @@
 //! (refinery, migrations embedded from `migrations/`), and refuses a ledger from a newer meterbook.
 
 mod markers;
+mod predecessor;
 mod query;
 mod snapshot;
 mod submissions;
@@ -15,6 +16,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use crate::error::Fatal;
 
 pub use markers::MarkerRead;
+pub use predecessor::ImportCounts;
 pub use query::{QueryResult, SqlValue};
 pub use snapshot::{check_snapshot, checkpoint, DiskFull, SnapshotProblem};
 pub use submissions::{
