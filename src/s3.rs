@@ -11,7 +11,7 @@ use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 
 /// Resolved S3 settings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Settings {
     /// A custom endpoint (S3-compatible store); `None` uses AWS_ENDPOINT_URL or AWS's own.
     pub endpoint_url: Option<String>,

@@ -180,6 +180,14 @@ impl Drop for FaultProxy {
     }
 }
 
+/// The lines meterbook printed as its final error.
+fn error_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("meterbook:"))
+        .collect()
+}
+
 /// Every stored file holds exactly `record_count` records.
 fn assert_files_whole(env: &TestEnv) {
     assert_eq!(
@@ -427,10 +435,7 @@ fn a_missing_bucket_ends_the_run_with_one_line_and_the_config_exit_code() {
         .assert()
         .code(2);
     let stderr = stderr_of(out.get_output());
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("meterbook:"))
-        .collect();
+    let errors = error_lines(&stderr);
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(
         errors[0].contains("bucket 'mb-no-such-bucket-here' does not exist")
@@ -449,10 +454,7 @@ fn missing_credentials_end_the_run_with_one_line_and_the_config_exit_code() {
         .assert()
         .code(2);
     let stderr = stderr_of(out.get_output());
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("meterbook:"))
-        .collect();
+    let errors = error_lines(&stderr);
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(
         errors[0].contains(&format!("s3://{}/", bucket.name))
@@ -484,10 +486,7 @@ fn permanent_errors_end_the_run_with_one_line_naming_what_to_check() {
             .assert()
             .code(2);
         let stderr = stderr_of(out.get_output());
-        let errors: Vec<&str> = stderr
-            .lines()
-            .filter(|l| l.starts_with("meterbook:"))
-            .collect();
+        let errors = error_lines(&stderr);
         assert_eq!(errors.len(), 1, "{answer}: {stderr}");
         assert!(
             errors[0].contains(&format!("s3://{}/", bucket.name)) && errors[0].contains(expected),
