@@ -95,7 +95,6 @@ pub struct ObjectInfo {
     pub metadata: HashMap<String, String>,
     /// Stored (compressed) size.
     pub size: i64,
-    pub last_modified: Option<DateTime<Utc>>,
 }
 
 /// The condition of an upload.
@@ -145,10 +144,6 @@ where
     line
 }
 
-fn to_utc(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<DateTime<Utc>> {
-    t.and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
-}
-
 /// HEAD; `None` when there is no such object.
 pub async fn head(client: &Client, bucket: &str, key: &str) -> Result<Option<ObjectInfo>> {
     match client.head_object().bucket(bucket).key(key).send().await {
@@ -156,7 +151,6 @@ pub async fn head(client: &Client, bucket: &str, key: &str) -> Result<Option<Obj
             etag: out.e_tag().unwrap_or_default().to_string(),
             metadata: out.metadata().cloned().unwrap_or_default(),
             size: out.content_length().unwrap_or(0),
-            last_modified: to_utc(out.last_modified()),
         })),
         Err(e) if status_of(&e) == Some(404) => Ok(None),
         Err(e) => Err(anyhow::anyhow!(
@@ -187,7 +181,6 @@ pub async fn download(
         etag: out.e_tag().unwrap_or_default().to_string(),
         metadata: out.metadata().cloned().unwrap_or_default(),
         size: out.content_length().unwrap_or(0),
-        last_modified: to_utc(out.last_modified()),
     };
     let mut file = tokio::fs::File::create(dest)
         .await
@@ -242,19 +235,6 @@ pub async fn file_body(file: &Path) -> Result<ByteStream> {
     ByteStream::from_path(file)
         .await
         .with_context(|| format!("reading {}", file.display()))
-}
-
-/// Server-side copy of the state object to a generation key (metadata included).
-pub async fn copy(client: &Client, bucket: &str, from: &str, to: &str) -> Result<()> {
-    client
-        .copy_object()
-        .bucket(bucket)
-        .key(to)
-        .copy_source(format!("{bucket}/{from}"))
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("copying s3://{bucket}/{from} to {to}: {}", describe(&e)))?;
-    Ok(())
 }
 
 /// The generation numbers kept under the state's generations prefix, ascending.
