@@ -128,6 +128,7 @@ fn print_status(
         Some(r) => {
             writeln!(out, "local generation: {}", r.generation)?;
             writeln!(out, "local etag: {}", r.etag)?;
+            writeln!(out, "local sha256: {}", r.sha256)?;
             writeln!(out, "local synced: {}", format_utc(r.synced_at))?;
         }
         None => writeln!(out, "local generation: none (never pulled or pushed)")?,

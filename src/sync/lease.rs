@@ -262,7 +262,6 @@ impl Lease {
     /// Keeps renewing the lease in the background (every third of its duration) until released.
     pub fn keep_alive(self) -> HeldLease {
         let (stop, mut stopped) = oneshot::channel();
-        let holder = self.record.holder.clone();
         let task = tokio::spawn(async move {
             let mut lease = self;
             let every = lease.duration / 3;
@@ -280,7 +279,7 @@ impl Lease {
                 }
             }
         });
-        HeldLease { stop, task, holder }
+        HeldLease { stop, task }
     }
 }
 
@@ -288,14 +287,9 @@ impl Lease {
 pub struct HeldLease {
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<Lease>>,
-    holder: String,
 }
 
 impl HeldLease {
-    pub fn holder(&self) -> &str {
-        &self.holder
-    }
-
     /// Stops renewing and releases; an error if the lease was lost meanwhile.
     pub async fn release(self) -> Result<()> {
         // The task may have ended already (lease lost); its result says so.

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use chrono::{DateTime, Utc};
@@ -95,7 +95,6 @@ pub struct ObjectInfo {
     pub metadata: HashMap<String, String>,
     /// Stored (compressed) size.
     pub size: i64,
-    pub last_modified: Option<DateTime<Utc>>,
 }
 
 /// The condition of an upload.
@@ -121,13 +120,28 @@ pub fn status_of<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
     err.raw_response().map(|r| r.status().as_u16())
 }
 
-/// An S3 error as one readable line.
-pub fn describe<E: std::error::Error + 'static>(err: &SdkError<E, HttpResponse>) -> String {
-    DisplayErrorContext(err).to_string()
-}
-
-fn to_utc(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<DateTime<Utc>> {
-    t.and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
+/// An S3 error as one readable line: status, code and message from the store, or the chain of
+/// causes for a request that got no answer.
+pub fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    if let SdkError::ServiceError(e) = err {
+        let meta = e.err().meta();
+        return format!(
+            "HTTP {} {}{}",
+            e.raw().status().as_u16(),
+            meta.code().unwrap_or("error"),
+            meta.message().map(|m| format!(": {m}")).unwrap_or_default()
+        );
+    }
+    let mut line = err.to_string();
+    let mut cause = std::error::Error::source(err);
+    while let Some(c) = cause {
+        line.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    line
 }
 
 /// HEAD; `None` when there is no such object.
@@ -137,7 +151,6 @@ pub async fn head(client: &Client, bucket: &str, key: &str) -> Result<Option<Obj
             etag: out.e_tag().unwrap_or_default().to_string(),
             metadata: out.metadata().cloned().unwrap_or_default(),
             size: out.content_length().unwrap_or(0),
-            last_modified: to_utc(out.last_modified()),
         })),
         Err(e) if status_of(&e) == Some(404) => Ok(None),
         Err(e) => Err(anyhow::anyhow!(
@@ -168,7 +181,6 @@ pub async fn download(
         etag: out.e_tag().unwrap_or_default().to_string(),
         metadata: out.metadata().cloned().unwrap_or_default(),
         size: out.content_length().unwrap_or(0),
-        last_modified: to_utc(out.last_modified()),
     };
     let mut file = tokio::fs::File::create(dest)
         .await
@@ -223,19 +235,6 @@ pub async fn file_body(file: &Path) -> Result<ByteStream> {
     ByteStream::from_path(file)
         .await
         .with_context(|| format!("reading {}", file.display()))
-}
-
-/// Server-side copy of the state object to a generation key (metadata included).
-pub async fn copy(client: &Client, bucket: &str, from: &str, to: &str) -> Result<()> {
-    client
-        .copy_object()
-        .bucket(bucket)
-        .key(to)
-        .copy_source(format!("{bucket}/{from}"))
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("copying s3://{bucket}/{from} to {to}: {}", describe(&e)))?;
-    Ok(())
 }
 
 /// The generation numbers kept under the state's generations prefix, ascending.
