@@ -384,14 +384,17 @@ pub async fn send_outbox(
             "re-sending {reconciling} submissions left in flight or without an answer by an earlier run"
         );
     }
+    let bar = progress_bar(items.len());
     let results: Vec<Result<(SubmissionUpdate, usize)>> = futures::stream::iter(
         items
             .into_iter()
             .map(|item| send_one(ledger, client, item, failpoint)),
     )
     .buffer_unordered(concurrency.max(1))
+    .inspect(|_| bar.inc(1))
     .collect()
     .await;
+    bar.finish_and_clear();
     let mut report = SendReport::default();
     let mut first_error = None;
     for r in results {
@@ -406,6 +409,22 @@ pub async fn send_outbox(
         Some(e) => Err(e),
         None => Ok(report),
     }
+}
+
+/// A bar on a terminal, nothing otherwise (the summary line says the rest).
+fn progress_bar(len: usize) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} requests [{elapsed_precise}]",
+        )
+        .expect("a valid template"),
+    );
+    bar
 }
 
 fn lock(ledger: &Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
