@@ -614,3 +614,59 @@ fn snippet(body: &str) -> String {
     let flat: String = body.chars().take(200).collect();
     flat.replace(['\n', '\r'], " ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clazar::classify_http;
+
+    fn item() -> OutboxItem {
+        OutboxItem {
+            id: 1,
+            service_key: "pg:PROD:pt-1".into(),
+            contract_id: "c1".into(),
+            period_kind: "month".into(),
+            period: "2025-06".into(),
+            payload: "{}".into(),
+            status: "pending".into(),
+            attempts: 0,
+            lines: vec![(10, "cpu".into()), (11, "mem".into()), (12, "disk".into())],
+        }
+    }
+
+    fn delivered(status: u16, body: &str) -> Delivery {
+        Delivery {
+            answer: classify_http(status, None, body.as_bytes()),
+            attempts: 1,
+        }
+    }
+
+    #[test]
+    fn results_are_matched_to_lines_by_dimension_when_out_of_order() {
+        let body = r#"{"results": [
+            {"dimension": "mem", "status": "fail"},
+            {"dimension": "cpu", "status": "success", "id": "r1"}
+        ]}"#;
+        let u = interpret(&item(), &delivered(200, body));
+        assert_eq!(u.status, "answered");
+        let got: Vec<(i64, &str)> = u.lines.iter().map(|l| (l.line_id, l.status)).collect();
+        assert_eq!(got, [(10, "accepted"), (11, "warning"), (12, "failed")]);
+        assert_eq!(u.lines[0].clazar_id.as_deref(), Some("r1"));
+        assert!(u.lines[2].message.as_deref().unwrap().contains("no result"));
+    }
+
+    #[test]
+    fn whole_request_outcomes_keep_status_and_body() {
+        let u = interpret(&item(), &delivered(404, "not here"));
+        assert_eq!(
+            (u.status, u.http_status, u.response_body.as_deref()),
+            ("rejected", Some(404), Some("not here"))
+        );
+        let u = interpret(&item(), &delivered(200, "<html>"));
+        assert_eq!(u.status, "failed");
+        assert!(u.error.unwrap().contains("<html>"));
+        let u = interpret(&item(), &delivered(503, ""));
+        assert_eq!(u.status, "transient");
+        assert!(u.lines.is_empty());
+    }
+}
