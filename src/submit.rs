@@ -10,6 +10,7 @@
 //! payload and Clazar's duplicate answer confirms it had arrived. [`compute_plan`] is the dry run.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
@@ -385,10 +386,12 @@ pub async fn send_outbox(
         );
     }
     let bar = progress_bar(items.len());
-    let results: Vec<Result<(SubmissionUpdate, usize)>> = futures::stream::iter(
+    // Set when Clazar refuses the credentials: what has not started yet stays pending.
+    let stop = AtomicBool::new(false);
+    let results: Vec<Result<Option<(SubmissionUpdate, usize)>>> = futures::stream::iter(
         items
             .into_iter()
-            .map(|item| send_one(ledger, client, item, failpoint)),
+            .map(|item| send_one(ledger, client, item, failpoint, &stop)),
     )
     .buffer_unordered(concurrency.max(1))
     .inspect(|_| bar.inc(1))
@@ -399,7 +402,8 @@ pub async fn send_outbox(
     let mut first_error = None;
     for r in results {
         match r {
-            Ok((u, lines)) => report.count(&u, lines),
+            Ok(Some((u, lines))) => report.count(&u, lines),
+            Ok(None) => {}
             Err(e) => {
                 first_error.get_or_insert(e);
             }
@@ -438,12 +442,17 @@ async fn send_one(
     client: &Client,
     item: OutboxItem,
     failpoint: Option<&str>,
-) -> Result<(SubmissionUpdate, usize)> {
+    stop: &AtomicBool,
+) -> Result<Option<(SubmissionUpdate, usize)>> {
+    if stop.load(Ordering::SeqCst) {
+        return Ok(None);
+    }
     lock(ledger).mark_sending(item.id)?;
     let delivery = match client.deliver(&item.payload).await {
         Ok(d) => d,
         Err(e @ (ClazarError::CredentialsRefused { .. } | ClazarError::TokenRefused { .. })) => {
             // Nothing reached the metering endpoint with a valid token: back to pending.
+            stop.store(true, Ordering::SeqCst);
             lock(ledger).release(item.id)?;
             return Err(crate::error::Fatal::Config(e.to_string()).into());
         }
@@ -459,7 +468,7 @@ async fn send_one(
     lock(ledger)
         .record_answer(item.id, &update)
         .with_context(|| format!("recording the answer for contract {}", item.contract_id))?;
-    Ok((update, item.lines.len()))
+    Ok(Some((update, item.lines.len())))
 }
 
 fn report_update(item: &OutboxItem, u: &SubmissionUpdate) {
