@@ -10,6 +10,7 @@
 //! payload and Clazar's duplicate answer confirms it had arrived. [`compute_plan`] is the dry run.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
@@ -398,19 +399,25 @@ pub async fn send_outbox(
             "re-sending {reconciling} submissions left in flight or without an answer by an earlier run"
         );
     }
-    let results: Vec<Result<(SubmissionUpdate, usize)>> = futures::stream::iter(
+    let bar = progress_bar(items.len());
+    // Set when Clazar refuses the credentials: what has not started yet stays pending.
+    let stop = AtomicBool::new(false);
+    let results: Vec<Result<Option<(SubmissionUpdate, usize)>>> = futures::stream::iter(
         items
             .into_iter()
-            .map(|item| send_one(ledger, client, item, failpoint)),
+            .map(|item| send_one(ledger, client, item, failpoint, &stop)),
     )
     .buffer_unordered(concurrency.max(1))
+    .inspect(|_| bar.inc(1))
     .collect()
     .await;
+    bar.finish_and_clear();
     let mut report = SendReport::default();
     let mut first_error = None;
     for r in results {
         match r {
-            Ok((u, lines)) => report.count(&u, lines),
+            Ok(Some((u, lines))) => report.count(&u, lines),
+            Ok(None) => {}
             Err(e) => {
                 first_error.get_or_insert(e);
             }
@@ -420,6 +427,22 @@ pub async fn send_outbox(
         Some(e) => Err(e),
         None => Ok(report),
     }
+}
+
+/// A bar on a terminal, nothing otherwise (the summary line says the rest).
+fn progress_bar(len: usize) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} requests [{elapsed_precise}]",
+        )
+        .expect("a valid template"),
+    );
+    bar
 }
 
 fn lock(ledger: &Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
@@ -433,12 +456,17 @@ async fn send_one(
     client: &Client,
     item: OutboxItem,
     failpoint: Option<&str>,
-) -> Result<(SubmissionUpdate, usize)> {
+    stop: &AtomicBool,
+) -> Result<Option<(SubmissionUpdate, usize)>> {
+    if stop.load(Ordering::SeqCst) {
+        return Ok(None);
+    }
     lock(ledger).mark_sending(item.id)?;
     let delivery = match client.deliver(&item.payload).await {
         Ok(d) => d,
         Err(e @ (ClazarError::CredentialsRefused { .. } | ClazarError::TokenRefused { .. })) => {
             // Nothing reached the metering endpoint with a valid token: back to pending.
+            stop.store(true, Ordering::SeqCst);
             lock(ledger).release(item.id)?;
             return Err(crate::error::Fatal::Config(e.to_string()).into());
         }
@@ -454,7 +482,7 @@ async fn send_one(
     lock(ledger)
         .record_answer(item.id, &update)
         .with_context(|| format!("recording the answer for contract {}", item.contract_id))?;
-    Ok((update, item.lines.len()))
+    Ok(Some((update, item.lines.len())))
 }
 
 fn report_update(item: &OutboxItem, u: &SubmissionUpdate) {
@@ -608,4 +636,60 @@ fn line_update(line_id: i64, r: &crate::clazar::MeteringResult) -> LineUpdate {
 fn snippet(body: &str) -> String {
     let flat: String = body.chars().take(200).collect();
     flat.replace(['\n', '\r'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clazar::classify_http;
+
+    fn item() -> OutboxItem {
+        OutboxItem {
+            id: 1,
+            service_key: "pg:PROD:pt-1".into(),
+            contract_id: "c1".into(),
+            period_kind: "month".into(),
+            period: "2025-06".into(),
+            payload: "{}".into(),
+            status: "pending".into(),
+            attempts: 0,
+            lines: vec![(10, "cpu".into()), (11, "mem".into()), (12, "disk".into())],
+        }
+    }
+
+    fn delivered(status: u16, body: &str) -> Delivery {
+        Delivery {
+            answer: classify_http(status, None, body.as_bytes()),
+            attempts: 1,
+        }
+    }
+
+    #[test]
+    fn results_are_matched_to_lines_by_dimension_when_out_of_order() {
+        let body = r#"{"results": [
+            {"dimension": "mem", "status": "fail"},
+            {"dimension": "cpu", "status": "success", "id": "r1"}
+        ]}"#;
+        let u = interpret(&item(), &delivered(200, body));
+        assert_eq!(u.status, "answered");
+        let got: Vec<(i64, &str)> = u.lines.iter().map(|l| (l.line_id, l.status)).collect();
+        assert_eq!(got, [(10, "accepted"), (11, "warning"), (12, "failed")]);
+        assert_eq!(u.lines[0].clazar_id.as_deref(), Some("r1"));
+        assert!(u.lines[2].message.as_deref().unwrap().contains("no result"));
+    }
+
+    #[test]
+    fn whole_request_outcomes_keep_status_and_body() {
+        let u = interpret(&item(), &delivered(404, "not here"));
+        assert_eq!(
+            (u.status, u.http_status, u.response_body.as_deref()),
+            ("rejected", Some(404), Some("not here"))
+        );
+        let u = interpret(&item(), &delivered(200, "<html>"));
+        assert_eq!(u.status, "failed");
+        assert!(u.error.unwrap().contains("<html>"));
+        let u = interpret(&item(), &delivered(503, ""));
+        assert_eq!(u.status, "transient");
+        assert!(u.lines.is_empty());
+    }
 }

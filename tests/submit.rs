@@ -725,7 +725,7 @@ fn refused_credentials_stop_the_run_with_a_configuration_error_and_keep_the_outb
     let env = TestEnv::new();
     june(&env);
     let emu = Emulator::start(&env, &[]);
-    let out = meterbook(&env, &emu, &["submit"])
+    let out = meterbook(&env, &emu, &["submit", "--clazar-concurrency", "1"])
         .env("CLAZAR_CLIENT_SECRET", "wrong-secret")
         .output()
         .unwrap();
@@ -735,6 +735,11 @@ fn refused_credentials_stop_the_run_with_a_configuration_error_and_keep_the_outb
     assert_eq!(
         env.count("SELECT COUNT(*) FROM submission_lines WHERE status = 'pending'"),
         3
+    );
+    assert_eq!(
+        emu.stats()["auth_requests"],
+        1,
+        "the run stops at the first refusal"
     );
     let out = run(&env, &emu, &["submit"]);
     assert_eq!(code(&out), 0, "{}", stderr_of(&out));

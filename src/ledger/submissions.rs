@@ -10,6 +10,7 @@ use rusqlite::{params, params_from_iter, Transaction};
 
 use super::{Ledger, QueryResult};
 use crate::dimensions::BaseUsage;
+use crate::error::Fatal;
 use crate::period::format_utc;
 use crate::plan::{Period, PeriodKind};
 
@@ -286,11 +287,21 @@ impl Ledger {
         let ids = subs
             .iter()
             .map(|s| {
-                insert_submission(&tx, run_id, s).with_context(|| {
-                    format!(
-                        "writing the submission of contract {} for {} {}",
-                        s.contract_id, s.period.kind, s.period
-                    )
+                let what = format!(
+                    "writing the submission of contract {} for {} {}",
+                    s.contract_id, s.period.kind, s.period
+                );
+                insert_submission(&tx, run_id, s).map_err(|e| {
+                    if is_constraint_violation(&e) {
+                        // The unique index: another run planned or sent the same line meanwhile.
+                        Fatal::Conflict(format!(
+                            "{what}: the ledger already holds an accepted or in-flight line for it \
+                             (another meterbook run?); nothing of this plan was written"
+                        ))
+                        .into()
+                    } else {
+                        e.context(what)
+                    }
                 })
             })
             .collect::<Result<Vec<i64>>>()?;
@@ -505,6 +516,16 @@ impl Ledger {
         );
         self.stream(&sql, &values, sink)
     }
+}
+
+fn is_constraint_violation(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::ConstraintViolation
+        )
+    })
 }
 
 fn quoted(items: &[&str]) -> String {
