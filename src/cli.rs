@@ -353,6 +353,9 @@ pub struct DoctorArgs {
 
     #[command(flatten)]
     pub state: StateArgs,
+
+    #[command(flatten)]
+    pub clazar: ClazarArgs,
 }
 
 /// How to reach Clazar. The credentials come from the environment only (`CLAZAR_CLIENT_ID`,

@@ -58,26 +58,6 @@ fn next_monthly(now: DateTime<Utc>) -> DateTime<Utc> {
         .expect("00:10 on the first exists")
 }
 
-/// Parses `90s`, `15m`, `1h`, `1d`, or a number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration; use e.g. 90s, 15m, 1h or 1d"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(format!("'{s}' has an unknown unit; use s, m, h or d")),
-    };
-    if secs == 0 {
-        return Err("a duration of zero would run without pause".into());
-    }
-    Ok(Duration::from_secs(secs))
-}
-
 /// What `/health` reports.
 #[derive(Debug, Default)]
 pub struct Health {
@@ -263,18 +243,6 @@ mod tests {
             s.next_start(t("2025-06-01T00:00:00Z"), t("2025-06-01T02:00:00Z")),
             t("2025-06-01T02:00:00Z")
         );
-    }
-
-    #[test]
-    fn parses_durations() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172800)));
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("1w").is_err());
-        assert!(parse_duration("soon").is_err());
     }
 
     #[test]

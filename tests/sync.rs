@@ -609,16 +609,32 @@ fn doctor_on_a_good_setup_says_ok_to_every_check() {
         HashMap::new(),
     );
     s3.cmd(&env).args(["sync", "push"]).assert().success();
+    let emu = crate::submit::Emulator::start(&env, &[]);
     let out = s3
         .cmd(&env)
         .env("S3_BUCKET_NAME", &s3.bucket)
-        .arg("doctor")
+        .env("CLAZAR_CLIENT_ID", crate::submit::CLIENT_ID)
+        .env("CLAZAR_CLIENT_SECRET", crate::submit::SECRET)
+        .env(
+            "DIMENSION_memory_gb_hours",
+            "memory_byte_hours / 1073741824",
+        )
+        .args(["doctor", "--clazar-base-url", &emu.url()])
         .output()
         .unwrap();
     let text = stdout_of(&out);
     assert!(out.status.success(), "{text}{}", stderr_of(&out));
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 8, "{text}");
+    assert_eq!(lines.len(), 10, "{text}");
+    assert!(
+        text.contains("clazar authentication: authenticated"),
+        "{text}"
+    );
+    assert!(
+        text.contains("formulas: 1 valid: memory_gb_hours"),
+        "{text}"
+    );
+    assert!(!text.contains(crate::submit::SECRET));
     for line in &lines {
         assert!(line.starts_with("ok "), "{line}");
     }
@@ -636,6 +652,7 @@ fn doctor_names_the_failing_check_and_exits_2() {
     let out = s3
         .cmd(&env)
         .env("S3_BUCKET_NAME", &s3.bucket)
+        .env("DIMENSION_bad", "cpu_core_hours * nope")
         .arg("doctor")
         .output()
         .unwrap();
@@ -647,8 +664,21 @@ fn doctor_names_the_failing_check_and_exits_2() {
         .unwrap();
     assert!(marker.starts_with("FAIL"), "{marker}");
     assert!(marker.contains("fix: "), "{marker}");
+    let clazar = text
+        .lines()
+        .find(|l| l.contains("clazar authentication"))
+        .unwrap();
     assert!(
-        stderr_of(&out).contains("1 of 8 checks failed"),
+        clazar.starts_with("FAIL") && clazar.contains("CLAZAR_CLIENT_ID"),
+        "{clazar}"
+    );
+    let formulas = text.lines().find(|l| l.contains("formulas")).unwrap();
+    assert!(
+        formulas.starts_with("FAIL") && formulas.contains("DIMENSION_bad"),
+        "{formulas}"
+    );
+    assert!(
+        stderr_of(&out).contains("3 of 10 checks failed"),
         "{}",
         stderr_of(&out)
     );

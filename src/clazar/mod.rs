@@ -327,6 +327,18 @@ impl Client {
         }
     }
 
+    /// Authenticates once, for `meterbook doctor`: `Err` says why it did not work.
+    pub async fn check_credentials(&self) -> Result<(), String> {
+        match self.authenticate().await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(answer)) => Err(format!(
+                "no token from {}: {answer:?}",
+                self.settings.auth_url
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     async fn authenticate(&self) -> Result<Result<Token, Answer>, ClazarError> {
         let s = &self.settings;
         tracing::debug!("authenticating with Clazar at {}", s.auth_url);

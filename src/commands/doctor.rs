@@ -44,6 +44,7 @@ pub struct Setup {
     source: std::result::Result<SourceSpec, String>,
     state: std::result::Result<StateLocation, String>,
     ledger: PathBuf,
+    clazar: std::result::Result<crate::clazar::ClazarSettings, String>,
 }
 
 type CheckFuture<'a> = Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;
@@ -88,6 +89,14 @@ pub const CHECKS: &[Check] = &[
         name: "lease",
         run: |s| Box::pin(lease_state(s)),
     },
+    Check {
+        name: "clazar authentication",
+        run: |s| Box::pin(clazar_authentication(s)),
+    },
+    Check {
+        name: "formulas",
+        run: |s| Box::pin(formulas(s)),
+    },
 ];
 
 pub async fn run(global: &GlobalArgs, args: &DoctorArgs) -> Result<Outcome> {
@@ -97,6 +106,7 @@ pub async fn run(global: &GlobalArgs, args: &DoctorArgs) -> Result<Outcome> {
         state: StateLocation::resolve(args.state.state_url.as_deref())
             .map_err(|e| format!("{e:#}")),
         ledger: global.ledger.clone(),
+        clazar: args.clazar.resolve().map_err(|e| format!("{e:#}")),
     };
     let mut out = std::io::stdout().lock();
     let mut failed = 0;
@@ -212,25 +222,19 @@ async fn completion_marker(s: &Setup) -> Verdict {
     }
 }
 
-/// The marker's service keys and its newest `last_processed_to` (or the older
-/// `lastSuccessfulExport`).
+/// The marker's service keys and its newest `last_processed_to`, or its first problem.
 fn parse_marker(body: &[u8]) -> std::result::Result<(usize, String), String> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("not JSON ({e})"))?;
-    let entries = value.as_object().ok_or("not a JSON object")?;
-    let mut newest = None;
-    for (service_key, entry) in entries {
-        let at = ["last_processed_to", "lastSuccessfulExport"]
-            .iter()
-            .find_map(|f| entry.get(*f).and_then(|v| v.as_str()))
-            .ok_or(format!("{service_key} has no last_processed_to"))?;
-        let at = chrono::DateTime::parse_from_rfc3339(at)
-            .map_err(|_| format!("{service_key}: last_processed_to '{at}' is not a time"))?
-            .with_timezone(&Utc);
-        newest = newest.max(Some(at));
+    let marker = crate::source::marker::parse_marker(body)?;
+    if let Some(problem) = marker.problems.first() {
+        return Err(problem.clone());
     }
-    let newest = newest.ok_or("it names no service key")?;
-    Ok((entries.len(), crate::period::format_utc(newest)))
+    let newest = marker
+        .entries
+        .iter()
+        .map(|e| e.last_processed_to)
+        .max()
+        .ok_or("it names no service key")?;
+    Ok((marker.entries.len(), crate::period::format_utc(newest)))
 }
 
 fn state_location(s: &Setup) -> std::result::Result<&StateLocation, Verdict> {
@@ -393,6 +397,62 @@ async fn lease_state(s: &Setup) -> Verdict {
             format!("{e:#}"),
             "delete the lease object if nothing else uses that key",
         ),
+    }
+}
+
+async fn clazar_authentication(s: &Setup) -> Verdict {
+    let settings = match &s.clazar {
+        Ok(settings) => settings.clone(),
+        Err(why) => {
+            return fail(
+                why.clone(),
+                "set CLAZAR_CLIENT_ID and CLAZAR_CLIENT_SECRET in the environment, and \
+                 CLAZAR_API_URL (or --clazar-base-url) when not using api.clazar.io",
+            )
+        }
+    };
+    let url = settings.auth_url.clone();
+    let client = match crate::clazar::Client::new(settings) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("{e:#}"), "check the Clazar settings"),
+    };
+    match client.check_credentials().await {
+        Ok(()) => Verdict::Ok(format!("authenticated at {url}")),
+        Err(why) => fail(
+            why,
+            "check CLAZAR_CLIENT_ID and CLAZAR_CLIENT_SECRET, and that CLAZAR_API_URL names Clazar's metering endpoint",
+        ),
+    }
+}
+
+async fn formulas(s: &Setup) -> Verdict {
+    use crate::dimensions::{Dimensions, Rounding, BASE_DIMENSIONS};
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    let specs = match Dimensions::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+        Ok(specs) => specs,
+        Err(e) => return fail(e.to_string(), "fix the DIMENSION_* variable it names"),
+    };
+    let mut base: std::collections::BTreeSet<String> =
+        BASE_DIMENSIONS.iter().map(|d| d.to_string()).collect();
+    if s.ledger.exists() {
+        if let Ok(ledger) = Ledger::open_read_only(&s.ledger) {
+            base.extend(ledger.dimensions_in_usage().unwrap_or_default());
+        }
+    }
+    match Dimensions::new(specs, &base, false, Rounding::Floor) {
+        Ok(d) if d.formulas.is_empty() => {
+            Verdict::Ok("none defined: the base dimensions are sent as they are".into())
+        }
+        Ok(d) => Verdict::Ok(format!(
+            "{} valid: {}",
+            d.formulas.len(),
+            d.formulas
+                .iter()
+                .map(|f| format!("{} = {}", f.name, f.source))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        Err(e) => fail(e.to_string(), "fix the DIMENSION_* variable it names"),
     }
 }
 

@@ -24,9 +24,15 @@ use crate::sync::{lease, StateLocation};
 
 pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
     let schedule = match (&args.every, args.cron_mode) {
-        (Some(every), _) => Some(Schedule::Every(
-            daemon::parse_duration(every).map_err(crate::error::Fatal::Config)?,
-        )),
+        (Some(every), _) => {
+            let every = parse_duration(every)?;
+            if every <= chrono::Duration::zero() {
+                return Err(
+                    crate::error::Fatal::Config("--every must be longer than zero".into()).into(),
+                );
+            }
+            Some(Schedule::Every(every.to_std()?))
+        }
         (None, true) => Some(Schedule::MonthlyCron),
         (None, false) => None,
     };
