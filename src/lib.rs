@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod costs;
 pub mod error;
 pub mod ingest;
 pub mod ledger;

@@ -3,5 +3,6 @@
 
 mod util;
 
+mod costs;
 mod ingest;
 mod sql;

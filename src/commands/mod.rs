@@ -1,5 +1,6 @@
 //! One module per subcommand, each a short story over the library's modules.
 
+pub mod costs;
 pub mod ingest;
 pub mod sql;
 
@@ -14,5 +15,6 @@ pub async fn dispatch(cli: Cli) -> Result<Outcome> {
     match &cli.command {
         Command::Ingest(args) => ingest::run(global, args).await,
         Command::Sql(args) => sql::run(global, args),
+        Command::Costs(args) => costs::run(global, args).await,
     }
 }

@@ -1,6 +1,7 @@
 //! The ledger: one SQLite file, the only place that speaks SQL. Opening it creates and migrates it
 //! (refinery, migrations embedded from `migrations/`), and refuses a ledger from a newer meterbook.
 
+mod costs;
 mod query;
 mod usage;
 
@@ -11,6 +12,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::error::Fatal;
 
+pub use costs::{CostFile, HourlyCost, MonthCheck, StoredCostFile};
 pub use query::{QueryResult, SqlValue};
 pub use usage::{FileVersion, KnownFile, RunCounts, StoreOutcome};
 
