@@ -37,6 +37,17 @@ fn generate(out: &Path, args: &[&str]) -> Vec<Value> {
     serde_json::from_slice(&std::fs::read(expect).unwrap()).unwrap()
 }
 
+/// Generates billing files into the test's billing folder and ingests them successfully.
+fn ingested(env: &TestEnv, args: &[&str]) -> Vec<Value> {
+    let expected = generate(&billing_dir(env), args);
+    env.cmd()
+        .args(["costs", "ingest", "--source"])
+        .arg(billing_dir(env))
+        .assert()
+        .success();
+    expected
+}
+
 fn nanos_map(v: &Value) -> BTreeMap<String, i64> {
     v.as_object()
         .unwrap()
@@ -198,9 +209,8 @@ fn s3_months_are_ingested_and_the_views_match_the_files() {
 #[test]
 fn a_rewritten_month_replaces_its_line_items() {
     let env = TestEnv::new();
-    let dir = billing_dir(&env);
-    generate(
-        &dir,
+    ingested(
+        &env,
         &[
             "--through",
             "2025-06-10",
@@ -210,22 +220,12 @@ fn a_rewritten_month_replaces_its_line_items() {
             "1",
         ],
     );
-    env.cmd()
-        .args(["costs", "ingest", "--source"])
-        .arg(&dir)
-        .assert()
-        .success();
     assert_eq!(
         env.count("SELECT COUNT(*) FROM cost_month_check WHERE invoice_total IS NULL"),
         1
     );
 
-    let full = generate(&dir, &["--plain", "--seed", "2", "--lines", "3000"]);
-    env.cmd()
-        .args(["costs", "ingest", "--source"])
-        .arg(&dir)
-        .assert()
-        .success();
+    let full = ingested(&env, &["--plain", "--seed", "2", "--lines", "3000"]);
     assert_eq!(env.count("SELECT COUNT(*) FROM cost_files"), 1);
     assert_eq!(env.count("SELECT version FROM cost_files"), 2);
     assert_eq!(
@@ -352,13 +352,7 @@ fn local_sums(
 #[test]
 fn the_report_counts_days_in_the_managers_time_zone() {
     let env = TestEnv::new();
-    let dir = billing_dir(&env);
-    let expected = generate(&dir, &["--month", "2025-06", "--lines", "2000"]);
-    env.cmd()
-        .args(["costs", "ingest", "--source"])
-        .arg(&dir)
-        .assert()
-        .success();
+    let expected = ingested(&env, &["--month", "2025-06", "--lines", "2000"]);
 
     let out = env
         .cmd()
@@ -439,13 +433,7 @@ fn the_report_counts_days_in_the_managers_time_zone() {
 #[test]
 fn the_plot_is_a_readable_png_and_an_svg() {
     let env = TestEnv::new();
-    let dir = billing_dir(&env);
-    generate(&dir, &["--month", "2025-06", "--lines", "2000"]);
-    env.cmd()
-        .args(["costs", "ingest", "--source"])
-        .arg(&dir)
-        .assert()
-        .success();
+    ingested(&env, &["--month", "2025-06", "--lines", "2000"]);
     let png = env.dir.path().join("plots/spend.png");
     std::fs::create_dir_all(png.parent().unwrap()).unwrap();
     env.cmd()
@@ -522,13 +510,7 @@ fn smtp_sink() -> (u16, std::thread::JoinHandle<String>) {
 #[test]
 fn the_report_is_emailed_with_the_headline_as_subject() {
     let env = TestEnv::new();
-    let dir = billing_dir(&env);
-    generate(&dir, &["--month", "2025-06", "--lines", "800"]);
-    env.cmd()
-        .args(["costs", "ingest", "--source"])
-        .arg(&dir)
-        .assert()
-        .success();
+    ingested(&env, &["--month", "2025-06", "--lines", "800"]);
     let (port, sink) = smtp_sink();
     let out = env
         .cmd()
@@ -589,15 +571,10 @@ fn the_report_is_emailed_with_the_headline_as_subject() {
 fn changing_the_user_tags_re_resolves_stored_users() {
     let env = TestEnv::new();
     let dir = billing_dir(&env);
-    generate(
-        &dir,
+    ingested(
+        &env,
         &["--month", "2025-06", "--layout", "0", "--lines", "500"],
     );
-    env.cmd()
-        .args(["costs", "ingest", "--source"])
-        .arg(&dir)
-        .assert()
-        .success();
     let decoys = "SELECT COUNT(*) FROM cost_line_items WHERE user LIKE 'not-%'";
     assert_eq!(env.count(decoys), 0);
     // Preferring user:Name first picks the generator's decoy values where they are set.

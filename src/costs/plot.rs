@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::money::to_dollars;
+use super::money::{format_dollars, to_dollars};
 use super::report::CostReport;
 
 /// Users drawn as their own line; the rest are summed into one "others" line.
@@ -21,6 +21,7 @@ const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 struct Line {
     name: String,
     dollars: Vec<f64>,
+    total_nanos: i64,
 }
 
 /// Writes the plot of `report`'s window to `png` and `svg`.
@@ -69,20 +70,18 @@ fn lines(report: &CostReport) -> Vec<Line> {
         .map(|u| Line {
             name: u.name.clone(),
             dollars: per_day(&u.name),
+            total_nanos: u.nanos,
         })
         .collect();
-    let rest: Vec<Vec<f64>> = report
-        .users
-        .iter()
-        .skip(MAX_USERS)
-        .map(|u| per_day(&u.name))
-        .collect();
+    let rest = &report.users[report.users.len().min(MAX_USERS)..];
     if !rest.is_empty() {
+        let per_user: Vec<Vec<f64>> = rest.iter().map(|u| per_day(&u.name)).collect();
         lines.push(Line {
             name: format!("{} others", rest.len()),
             dollars: (0..report.days.len())
-                .map(|i| rest.iter().map(|r| r[i]).sum())
+                .map(|i| per_user.iter().map(|r| r[i]).sum())
                 .collect(),
+            total_nanos: rest.iter().map(|u| u.nanos).sum(),
         });
     }
     lines
@@ -146,13 +145,16 @@ where
         .draw()?;
     for (i, line) in lines.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let total: f64 = line.dollars.iter().sum();
         chart
             .draw_series(LineSeries::new(
                 line.dollars.iter().enumerate().map(|(d, v)| (d as i32, *v)),
                 color.stroke_width(3),
             ))?
-            .label(format!("{} (${total:.2})", line.name))
+            .label(format!(
+                "{} ({})",
+                line.name,
+                format_dollars(line.total_nanos)
+            ))
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
             });

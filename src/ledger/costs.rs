@@ -244,37 +244,15 @@ impl Ledger {
     pub fn reject_cost_file(&mut self, file: &CostFile, reason: &str) -> Result<()> {
         let now = format_utc(Utc::now());
         let tx = self.conn.transaction()?;
-        let existing: Option<i64> = tx
-            .query_row(
-                "SELECT id FROM cost_files WHERE account_id = ?1 AND month = ?2",
-                [&file.account_id, &file.month],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let file_id = match existing {
-            Some(id) => {
-                tx.execute(
-                    "UPDATE cost_files SET key = ?2, source = ?3, etag = ?4, size = ?5,
-                         last_modified = ?6, ingested_at = ?7, problem_count = 1, status = 'rejected'
-                     WHERE id = ?1",
-                    params![
-                        id,
-                        file.key,
-                        file.source,
-                        file.etag,
-                        file.size,
-                        file.last_modified.map(format_mtime),
-                        now
-                    ],
-                )?;
-                tx.execute("DELETE FROM cost_ingest_problems WHERE file_id = ?1", [id])?;
-                id
-            }
-            None => {
-                insert_file(&tx, file, &now, "rejected")?;
-                tx.last_insert_rowid()
-            }
-        };
+        let (file_id, _) = record_file(&tx, file, &now)?;
+        tx.execute(
+            "UPDATE cost_files SET problem_count = 1, status = 'rejected' WHERE id = ?1",
+            [file_id],
+        )?;
+        tx.execute(
+            "DELETE FROM cost_ingest_problems WHERE file_id = ?1",
+            [file_id],
+        )?;
         tx.execute(
             "INSERT INTO cost_ingest_problems (file_id, line, reason, detected_at)
              VALUES (?1, NULL, ?2, ?3)",
@@ -337,60 +315,61 @@ impl Ledger {
 
 /// Finds or creates the month's file row and clears the rows of its earlier version.
 fn upsert_file(tx: &Transaction, f: &CostFile, now: &str) -> Result<(i64, bool)> {
-    let existing: Option<i64> = tx
-        .query_row(
-            "SELECT id FROM cost_files WHERE account_id = ?1 AND month = ?2",
-            [&f.account_id, &f.month],
-            |r| r.get(0),
-        )
-        .optional()?;
-    match existing {
-        Some(id) => {
-            for table in ["cost_line_items", "cost_totals", "cost_ingest_problems"] {
-                tx.execute(&format!("DELETE FROM {table} WHERE file_id = ?1"), [id])?;
-            }
-            tx.execute(
-                "UPDATE cost_files SET key = ?2, source = ?3, etag = ?4, size = ?5,
-                     last_modified = ?6, ingested_at = ?7, version = version + 1
-                 WHERE id = ?1",
-                params![
-                    id,
-                    f.key,
-                    f.source,
-                    f.etag,
-                    f.size,
-                    f.last_modified.map(format_mtime),
-                    now
-                ],
-            )?;
-            Ok((id, true))
+    let (id, existed) = record_file(tx, f, now)?;
+    if existed {
+        for table in ["cost_line_items", "cost_totals", "cost_ingest_problems"] {
+            tx.execute(&format!("DELETE FROM {table} WHERE file_id = ?1"), [id])?;
         }
-        None => {
-            insert_file(tx, f, now, "ok")?;
-            Ok((tx.last_insert_rowid(), false))
-        }
+        tx.execute(
+            "UPDATE cost_files SET version = version + 1 WHERE id = ?1",
+            [id],
+        )?;
     }
+    Ok((id, existed))
 }
 
-fn insert_file(tx: &Transaction, f: &CostFile, now: &str, status: &str) -> Result<()> {
-    tx.execute(
-        "INSERT INTO cost_files (key, source, account_id, month, etag, size, last_modified,
-             ingested_at, line_items, total_rows, problem_count, status)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, ?9, ?10)",
+/// Points the month's file row at this version of the file (creating the row if the month is
+/// new); returns its id and whether it existed.
+fn record_file(tx: &Transaction, f: &CostFile, now: &str) -> Result<(i64, bool)> {
+    let updated = tx.execute(
+        "UPDATE cost_files SET key = ?3, source = ?4, etag = ?5, size = ?6, last_modified = ?7,
+             ingested_at = ?8
+         WHERE account_id = ?1 AND month = ?2",
         params![
-            f.key,
-            f.source,
             f.account_id,
             f.month,
+            f.key,
+            f.source,
             f.etag,
             f.size,
             f.last_modified.map(format_mtime),
-            now,
-            i64::from(status == "rejected"),
-            status
+            now
         ],
     )?;
-    Ok(())
+    if updated == 0 {
+        tx.execute(
+            "INSERT INTO cost_files (account_id, month, key, source, etag, size, last_modified,
+                 ingested_at, line_items, total_rows, problem_count, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, 0, 'ok')",
+            params![
+                f.account_id,
+                f.month,
+                f.key,
+                f.source,
+                f.etag,
+                f.size,
+                f.last_modified.map(format_mtime),
+                now
+            ],
+        )?;
+        return Ok((tx.last_insert_rowid(), false));
+    }
+    let id = tx.query_row(
+        "SELECT id FROM cost_files WHERE account_id = ?1 AND month = ?2",
+        [&f.account_id, &f.month],
+        |r| r.get(0),
+    )?;
+    Ok((id, true))
 }
 
 fn format_naive(t: NaiveDateTime) -> String {
