@@ -89,7 +89,8 @@ fn upload(bucket: &str, prefix: &str, dir: &Path) {
             .force_path_style(true)
             .build();
         let client = aws_sdk_s3::Client::from_conf(config);
-        client.create_bucket().bucket(bucket).send().await.unwrap();
+        // The bucket may exist from an earlier upload of the same test.
+        let _ = client.create_bucket().bucket(bucket).send().await;
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             let key = format!("{prefix}{}", path.file_name().unwrap().to_string_lossy());
@@ -204,6 +205,38 @@ fn s3_months_are_ingested_and_the_views_match_the_files() {
         stderr_of(&again)
     );
     assert_eq!(env.count("SELECT MAX(version) FROM cost_files"), 1);
+
+    // June is rewritten on S3: its line items are replaced, May is left alone.
+    let rewritten = env.dir.path().join("rewritten");
+    let june = generate(
+        &rewritten,
+        &["--month", "2025-06", "--lines", "900", "--seed", "7"],
+    );
+    upload("costs-views", "copydbr/", &rewritten);
+    let third = s3_args(&env)
+        .args(["costs", "ingest", "--source", "s3://costs-views/copydbr"])
+        .output()
+        .unwrap();
+    assert!(third.status.success(), "{}", stderr_of(&third));
+    assert!(
+        stderr_of(&third).contains("1 replaced, 1 unchanged"),
+        "{}",
+        stderr_of(&third)
+    );
+    assert_eq!(
+        query_nanos(
+            &env,
+            "SELECT user, cost FROM user_costs WHERE month = '2025-06'"
+        ),
+        nanos_map(&june[0]["by_user"])
+    );
+    assert_eq!(
+        query_nanos(
+            &env,
+            "SELECT user, cost FROM user_costs WHERE month = '2025-05'"
+        ),
+        nanos_map(&expected[0]["by_user"])
+    );
 }
 
 #[test]
@@ -354,20 +387,18 @@ fn the_report_counts_days_in_the_managers_time_zone() {
     let env = TestEnv::new();
     let expected = ingested(&env, &["--month", "2025-06", "--lines", "2000"]);
 
+    let report_args = [
+        "costs",
+        "report",
+        "--tz",
+        "America/Los_Angeles",
+        "--today",
+        "2025-06-20",
+    ];
     let out = env
         .cmd()
-        .args([
-            "costs",
-            "report",
-            "--tz",
-            "America/Los_Angeles",
-            "--today",
-            "2025-06-20",
-            "--days",
-            "7",
-            "--format",
-            "json",
-        ])
+        .args(report_args)
+        .args(["--days", "7", "--format", "json"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
@@ -410,18 +441,7 @@ fn the_report_counts_days_in_the_managers_time_zone() {
     assert_eq!(check["invoice_total_nanos"], expected[0]["invoice_nanos"]);
 
     // Text: the headline first, and the invoice check.
-    let text = env
-        .cmd()
-        .args([
-            "costs",
-            "report",
-            "--tz",
-            "America/Los_Angeles",
-            "--today",
-            "2025-06-20",
-        ])
-        .output()
-        .unwrap();
+    let text = env.cmd().args(report_args).output().unwrap();
     let text = String::from_utf8(text.stdout).unwrap();
     assert!(
         text.starts_with("AWS spend yesterday (2025-06-19, America/Los_Angeles): $"),

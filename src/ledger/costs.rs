@@ -331,10 +331,20 @@ fn upsert_file(tx: &Transaction, f: &CostFile, now: &str) -> Result<(i64, bool)>
 /// Points the month's file row at this version of the file (creating the row if the month is
 /// new); returns its id and whether it existed.
 fn record_file(tx: &Transaction, f: &CostFile, now: &str) -> Result<(i64, bool)> {
-    let updated = tx.execute(
-        "UPDATE cost_files SET key = ?3, source = ?4, etag = ?5, size = ?6, last_modified = ?7,
-             ingested_at = ?8
-         WHERE account_id = ?1 AND month = ?2",
+    let existing: Option<i64> = tx
+        .query_row(
+            "SELECT id FROM cost_files WHERE account_id = ?1 AND month = ?2",
+            [&f.account_id, &f.month],
+            |r| r.get(0),
+        )
+        .optional()?;
+    tx.execute(
+        "INSERT INTO cost_files (account_id, month, key, source, etag, size, last_modified,
+             ingested_at, line_items, total_rows, problem_count, status)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, 0, 'ok')
+         ON CONFLICT (account_id, month) DO UPDATE SET key = excluded.key,
+             source = excluded.source, etag = excluded.etag, size = excluded.size,
+             last_modified = excluded.last_modified, ingested_at = excluded.ingested_at",
         params![
             f.account_id,
             f.month,
@@ -346,30 +356,10 @@ fn record_file(tx: &Transaction, f: &CostFile, now: &str) -> Result<(i64, bool)>
             now
         ],
     )?;
-    if updated == 0 {
-        tx.execute(
-            "INSERT INTO cost_files (account_id, month, key, source, etag, size, last_modified,
-                 ingested_at, line_items, total_rows, problem_count, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, 0, 'ok')",
-            params![
-                f.account_id,
-                f.month,
-                f.key,
-                f.source,
-                f.etag,
-                f.size,
-                f.last_modified.map(format_mtime),
-                now
-            ],
-        )?;
-        return Ok((tx.last_insert_rowid(), false));
-    }
-    let id = tx.query_row(
-        "SELECT id FROM cost_files WHERE account_id = ?1 AND month = ?2",
-        [&f.account_id, &f.month],
-        |r| r.get(0),
-    )?;
-    Ok((id, true))
+    Ok(match existing {
+        Some(id) => (id, true),
+        None => (tx.last_insert_rowid(), false),
+    })
 }
 
 fn format_naive(t: NaiveDateTime) -> String {
