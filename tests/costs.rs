@@ -563,6 +563,10 @@ fn the_report_is_emailed_with_the_headline_as_subject() {
         .unwrap()
         .to_string();
     assert!(
+        session.contains("AUTH "),
+        "the credentials were used: {session}"
+    );
+    assert!(
         session.contains("RCPT TO:<managers@example.org>"),
         "{session}"
     );
@@ -616,4 +620,33 @@ fn changing_the_user_tags_re_resolves_stored_users() {
         .assert()
         .success();
     assert_eq!(env.count(decoys), 0);
+}
+
+#[test]
+fn the_report_is_not_sent_in_the_clear_when_the_server_offers_no_starttls() {
+    let env = TestEnv::new();
+    ingested(&env, &["--month", "2025-06", "--lines", "300"]);
+    let (port, sink) = smtp_sink();
+    let out = env
+        .cmd()
+        .env("SMTP_USERNAME", "reporter")
+        .env("SMTP_PASSWORD", "s3cret-pass")
+        .args(["costs", "report", "--today", "2025-06-15"])
+        .args(["--email-to", "managers@example.org"])
+        .args([
+            "--email-from",
+            "meterbook@example.org",
+            "--smtp-host",
+            "127.0.0.1",
+        ])
+        .args(["--smtp-port", &port.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let session = sink.join().unwrap();
+    assert!(
+        !session.contains("AUTH") && !session.contains("DATA"),
+        "{session}"
+    );
+    assert!(!stderr_of(&out).contains("s3cret-pass"));
 }
