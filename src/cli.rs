@@ -110,6 +110,8 @@ pub enum Command {
     Ingest(IngestArgs),
     /// Run one read-only SQL statement against the ledger.
     Sql(SqlArgs),
+    /// AWS detailed billing files: ingest them, report and plot spend, email the report.
+    Costs(CostsArgs),
     /// Keep the ledger on S3: pull, push, status, restore, and the lease.
     Sync(SyncArgs),
     /// Check everything a run needs, one line per check with what to fix.
@@ -515,4 +517,126 @@ pub struct HistoryArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct CostsArgs {
+    #[command(subcommand)]
+    pub command: CostsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CostsCommand {
+    /// Read AWS detailed billing files from a folder or S3 into the ledger.
+    Ingest(CostsIngestArgs),
+    /// Yesterday's spend, spend per user, product and day, and the month against the invoice.
+    Report(CostsReportArgs),
+    /// Plot daily spend per user over the window as PNG and SVG.
+    Plot(CostsPlotArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CostsIngestArgs {
+    /// A folder or s3://BUCKET[/PREFIX] holding
+    /// {AccountId}-aws-billing-detailed-line-items-with-resources-and-tags-YYYY-MM.csv[.zip].
+    #[arg(long, env = "METERBOOK_COSTS_SOURCE")]
+    pub source: String,
+
+    /// Tags whose first non-empty value names a line item's user, in order of preference.
+    #[arg(
+        long,
+        env = "METERBOOK_COSTS_USER_TAGS",
+        value_delimiter = ',',
+        default_value = "user:Owner,user:Project,user:ProjectName,user:Name"
+    )]
+    pub user_tags: Vec<String>,
+}
+
+/// Which local days a cost report or plot covers.
+#[derive(Debug, Args, Clone)]
+pub struct CostsWindowArgs {
+    /// Days in the window, ending with --to.
+    #[arg(long, default_value_t = 28)]
+    pub days: u32,
+
+    /// First day of the window (YYYY-MM-DD, local), instead of counting --days back.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub from: Option<chrono::NaiveDate>,
+
+    /// Last day of the window, inclusive (YYYY-MM-DD, local). Default: yesterday.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub to: Option<chrono::NaiveDate>,
+
+    /// The account managers' time zone (IANA name, e.g. America/Los_Angeles); days are theirs.
+    #[arg(long, env = "METERBOOK_COSTS_TZ", default_value = "UTC")]
+    pub tz: String,
+
+    /// Report as if today were this day (YYYY-MM-DD, local). Default: today.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub today: Option<chrono::NaiveDate>,
+}
+
+/// Output format of the cost report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum ReportFormat {
+    /// Plain text for a terminal or an email body.
+    #[default]
+    Text,
+    /// One JSON object.
+    Json,
+    /// section,name,cost rows.
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct CostsReportArgs {
+    #[command(flatten)]
+    pub window: CostsWindowArgs,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+
+    #[command(flatten)]
+    pub email: EmailArgs,
+}
+
+/// Emailing the report. The SMTP username and password come from SMTP_USERNAME and
+/// SMTP_PASSWORD in the environment only.
+#[derive(Debug, Args, Clone)]
+pub struct EmailArgs {
+    /// Also email the text report to these addresses (comma-separated); the subject is the headline.
+    #[arg(long = "email-to", env = "METERBOOK_EMAIL_TO", value_delimiter = ',')]
+    pub email_to: Vec<String>,
+
+    /// The sender address.
+    #[arg(long = "email-from", env = "METERBOOK_EMAIL_FROM")]
+    pub email_from: Option<String>,
+
+    /// The SMTP server.
+    #[arg(long = "smtp-host", env = "SMTP_HOST")]
+    pub smtp_host: Option<String>,
+
+    /// The SMTP port (default: 587 for starttls, 465 for tls, 25 for none).
+    #[arg(long = "smtp-port", env = "SMTP_PORT")]
+    pub smtp_port: Option<u16>,
+
+    /// How the connection is secured.
+    #[arg(
+        long = "smtp-security",
+        env = "SMTP_SECURITY",
+        value_enum,
+        default_value_t
+    )]
+    pub smtp_security: crate::costs::mail::SmtpSecurity,
+}
+
+#[derive(Debug, Args)]
+pub struct CostsPlotArgs {
+    #[command(flatten)]
+    pub window: CostsWindowArgs,
+
+    /// The PNG to write; the SVG is written beside it with the same name.
+    #[arg(long, default_value = "costs.png")]
+    pub out: PathBuf,
 }

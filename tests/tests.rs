@@ -3,6 +3,7 @@
 
 mod util;
 
+mod costs;
 mod daemon;
 mod import_state;
 mod ingest;

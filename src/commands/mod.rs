@@ -1,5 +1,6 @@
 //! One module per subcommand, each a short story over the library's modules.
 
+pub mod costs;
 pub mod doctor;
 pub mod history;
 pub mod import_state;
@@ -28,5 +29,6 @@ pub async fn dispatch(cli: Cli) -> Result<Outcome> {
         Command::Submit(args) => submit::run(global, args).await,
         Command::History(args) => history::run(global, args),
         Command::Resubmit(args) => resubmit::run(global, args).await,
+        Command::Costs(args) => costs::run(global, args).await,
     }
 }

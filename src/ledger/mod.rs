@@ -1,6 +1,7 @@
 //! The ledger: one SQLite file, the only place that speaks SQL. Opening it creates and migrates it
 //! (refinery, migrations embedded from `migrations/`), and refuses a ledger from a newer meterbook.
 
+mod costs;
 mod markers;
 mod predecessor;
 mod query;
@@ -15,6 +16,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::error::Fatal;
 
+pub use costs::{CostFile, HourlyCost, MonthCheck, StoredCostFile};
 pub use markers::MarkerRead;
 pub use predecessor::ImportCounts;
 pub use query::{QueryResult, SqlValue};

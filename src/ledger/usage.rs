@@ -87,7 +87,7 @@ pub struct RunCounts {
 }
 
 /// Modification times keep sub-second precision so that a quick rewrite is still noticed.
-fn format_mtime(t: DateTime<Utc>) -> String {
+pub(super) fn format_mtime(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 

@@ -1,0 +1,61 @@
+//! Emailing the cost report over SMTP. STARTTLS by default; the username and password come from
+//! the environment only (`SMTP_USERNAME`, `SMTP_PASSWORD`) and never appear in logs or errors.
+
+use anyhow::{Context, Result};
+use lettre::message::header::ContentType;
+use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{Message, SmtpTransport, Transport};
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum SmtpSecurity {
+    /// Plain connection upgraded with STARTTLS, which is required (port 587 by default).
+    #[default]
+    Starttls,
+    /// TLS from the start (port 465 by default).
+    Tls,
+    /// No encryption, for a relay on localhost only (port 25 by default).
+    None,
+}
+
+/// Where and how to send.
+#[derive(Debug, Clone)]
+pub struct MailSettings {
+    pub host: String,
+    pub port: Option<u16>,
+    pub security: SmtpSecurity,
+    pub from: Mailbox,
+    pub to: Vec<Mailbox>,
+    /// Username and password, from the environment.
+    pub credentials: Option<(String, String)>,
+}
+
+/// Sends one plain-text message. Blocks until the server accepted it.
+pub fn send(settings: &MailSettings, subject: &str, body: String) -> Result<()> {
+    let mut message = Message::builder()
+        .from(settings.from.clone())
+        .subject(subject)
+        .header(ContentType::TEXT_PLAIN);
+    for to in &settings.to {
+        message = message.to(to.clone());
+    }
+    let message = message.body(body).context("building the email")?;
+    let host = settings.host.as_str();
+    let mut transport = match settings.security {
+        SmtpSecurity::Starttls => SmtpTransport::starttls_relay(host)?,
+        SmtpSecurity::Tls => SmtpTransport::relay(host)?,
+        SmtpSecurity::None => SmtpTransport::builder_dangerous(host),
+    };
+    if let Some(port) = settings.port {
+        transport = transport.port(port);
+    }
+    if let Some((user, password)) = &settings.credentials {
+        transport = transport.credentials(Credentials::new(user.clone(), password.clone()));
+    }
+    transport
+        .build()
+        .send(&message)
+        .with_context(|| format!("sending the report by SMTP via {host}"))?;
+    Ok(())
+}

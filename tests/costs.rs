@@ -1,0 +1,652 @@
+//! `meterbook costs`: billing files from S3 and folders into the ledger, views against the
+//! generator's exact sums, rewritten months, bad input, the report in a time zone, the plot, and
+//! the report emailed to an SMTP sink on 127.0.0.1.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command as StdCommand;
+
+use chrono::{NaiveDate, NaiveDateTime, TimeZone};
+use serde_json::Value;
+
+use crate::util::{stderr_of, TestEnv};
+
+const ACCOUNT: &str = "123456789012";
+
+fn billing_name(month: &str) -> String {
+    format!("{ACCOUNT}-aws-billing-detailed-line-items-with-resources-and-tags-{month}.csv")
+}
+
+/// Runs `scripts/gen-billing.py` into `out` and returns its expected sums, one object per month.
+fn generate(out: &Path, args: &[&str]) -> Vec<Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gen-billing.py");
+    let expect = out.with_extension("expect.json");
+    let status = StdCommand::new("python3")
+        .arg(script)
+        .arg("--out")
+        .arg(out)
+        .arg("--expect")
+        .arg(&expect)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("python3 runs");
+    assert!(status.success(), "gen-billing.py failed");
+    serde_json::from_slice(&std::fs::read(expect).unwrap()).unwrap()
+}
+
+/// Generates billing files into the test's billing folder and ingests them successfully.
+fn ingested(env: &TestEnv, args: &[&str]) -> Vec<Value> {
+    let expected = generate(&billing_dir(env), args);
+    env.cmd()
+        .args(["costs", "ingest", "--source"])
+        .arg(billing_dir(env))
+        .assert()
+        .success();
+    expected
+}
+
+fn nanos_map(v: &Value) -> BTreeMap<String, i64> {
+    v.as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_i64().unwrap()))
+        .collect()
+}
+
+/// `SELECT name, ROUND(cost * 1e9)` rows as a map of nano-dollars.
+fn query_nanos(env: &TestEnv, sql: &str) -> BTreeMap<String, i64> {
+    let db = env.db();
+    let mut stmt = db.prepare(sql).unwrap();
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?)))
+        .unwrap();
+    rows.map(|r| {
+        let (k, v) = r.unwrap();
+        (k, (v * 1e9).round() as i64)
+    })
+    .collect()
+}
+
+fn s3_endpoint() -> String {
+    std::env::var("METERBOOK_TEST_S3_ENDPOINT")
+        .expect("METERBOOK_TEST_S3_ENDPOINT: run the tests with scripts/test")
+}
+
+/// Creates `bucket` and uploads every file of `dir` under `prefix`.
+fn upload(bucket: &str, prefix: &str, dir: &Path) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version_latest()
+            .endpoint_url(s3_endpoint())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "testing", "testing", None, None, "tests",
+            ))
+            .force_path_style(true)
+            .build();
+        let client = aws_sdk_s3::Client::from_conf(config);
+        // The bucket may exist from an earlier upload of the same test.
+        let _ = client.create_bucket().bucket(bucket).send().await;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let key = format!("{prefix}{}", path.file_name().unwrap().to_string_lossy());
+            client
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(std::fs::read(&path).unwrap().into())
+                .send()
+                .await
+                .unwrap();
+        }
+    });
+}
+
+fn s3_args(env: &TestEnv) -> assert_cmd::Command {
+    let mut cmd = env.cmd();
+    cmd.args(["--s3-endpoint-url", &s3_endpoint(), "--s3-path-style"]);
+    cmd
+}
+
+fn billing_dir(env: &TestEnv) -> PathBuf {
+    env.dir.path().join("billing")
+}
+
+#[test]
+fn s3_months_are_ingested_and_the_views_match_the_files() {
+    let env = TestEnv::new();
+    let expected = generate(
+        &billing_dir(&env),
+        &[
+            "--month", "2025-05", "--month", "2025-06", "--lines", "1500",
+        ],
+    );
+    upload("costs-views", "copydbr/", &billing_dir(&env));
+    let out = s3_args(&env)
+        .args(["costs", "ingest", "--source", "s3://costs-views/copydbr"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM cost_files WHERE status = 'ok'"),
+        2
+    );
+    for month in &expected {
+        let m = month["month"].as_str().unwrap();
+        assert_eq!(
+            env.count(&format!(
+                "SELECT COUNT(*) FROM cost_line_items i JOIN cost_files f ON f.id = i.file_id WHERE f.month = '{m}'"
+            )),
+            month["line_items"].as_i64().unwrap()
+        );
+        assert_eq!(
+            query_nanos(
+                &env,
+                &format!("SELECT user, cost FROM user_costs WHERE month = '{m}'")
+            ),
+            nanos_map(&month["by_user"]),
+            "spend per user in {m}"
+        );
+        assert_eq!(
+            query_nanos(
+                &env,
+                &format!("SELECT product_name, cost FROM product_costs WHERE month = '{m}'")
+            ),
+            nanos_map(&month["by_product"]),
+            "spend per product in {m}"
+        );
+        let check: (i64, i64) = env
+            .db()
+            .query_row(
+                &format!("SELECT invoice_total_nanos, ROUND(difference * 1e9) FROM cost_month_check WHERE month = '{m}'"),
+                [],
+                |r| Ok((r.get(0)?, r.get::<_, f64>(1)? as i64)),
+            )
+            .unwrap();
+        assert_eq!(
+            check,
+            (month["invoice_nanos"].as_i64().unwrap(), 0),
+            "invoice check of {m}"
+        );
+    }
+    // Per UTC day, both months together; rows straddling month ends count on their start day.
+    let mut by_day = BTreeMap::new();
+    for month in &expected {
+        by_day.extend(nanos_map(&month["by_day"]));
+    }
+    assert_eq!(
+        query_nanos(&env, "SELECT day, cost FROM daily_costs"),
+        by_day
+    );
+    // Total rows are kept apart from line items.
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM cost_line_items WHERE record_type IN ('InvoiceTotal', 'AccountTotal', 'StatementTotal', 'Rounding')"),
+        0
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM cost_totals WHERE record_type = 'InvoiceTotal'"),
+        2
+    );
+
+    // A second run finds both unchanged and reads nothing.
+    let again = s3_args(&env)
+        .args(["costs", "ingest", "--source", "s3://costs-views/copydbr"])
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    assert!(
+        stderr_of(&again).contains("2 unchanged"),
+        "{}",
+        stderr_of(&again)
+    );
+    assert_eq!(env.count("SELECT MAX(version) FROM cost_files"), 1);
+
+    // June is rewritten on S3: its line items are replaced, May is left alone.
+    let rewritten = env.dir.path().join("rewritten");
+    let june = generate(
+        &rewritten,
+        &["--month", "2025-06", "--lines", "900", "--seed", "7"],
+    );
+    upload("costs-views", "copydbr/", &rewritten);
+    let third = s3_args(&env)
+        .args(["costs", "ingest", "--source", "s3://costs-views/copydbr"])
+        .output()
+        .unwrap();
+    assert!(third.status.success(), "{}", stderr_of(&third));
+    assert!(
+        stderr_of(&third).contains("1 replaced, 1 unchanged"),
+        "{}",
+        stderr_of(&third)
+    );
+    assert_eq!(
+        query_nanos(
+            &env,
+            "SELECT user, cost FROM user_costs WHERE month = '2025-06'"
+        ),
+        nanos_map(&june[0]["by_user"])
+    );
+    assert_eq!(
+        query_nanos(
+            &env,
+            "SELECT user, cost FROM user_costs WHERE month = '2025-05'"
+        ),
+        nanos_map(&expected[0]["by_user"])
+    );
+}
+
+#[test]
+fn a_rewritten_month_replaces_its_line_items() {
+    let env = TestEnv::new();
+    ingested(
+        &env,
+        &[
+            "--through",
+            "2025-06-10",
+            "--no-totals",
+            "--plain",
+            "--seed",
+            "1",
+        ],
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM cost_month_check WHERE invoice_total IS NULL"),
+        1
+    );
+
+    let full = ingested(&env, &["--plain", "--seed", "2", "--lines", "3000"]);
+    assert_eq!(env.count("SELECT COUNT(*) FROM cost_files"), 1);
+    assert_eq!(env.count("SELECT version FROM cost_files"), 2);
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM cost_line_items"),
+        full[0]["line_items"].as_i64().unwrap()
+    );
+    assert_eq!(
+        query_nanos(&env, "SELECT user, cost FROM user_costs"),
+        nanos_map(&full[0]["by_user"])
+    );
+}
+
+#[test]
+fn bad_rows_and_unreadable_archives_become_problems_and_lose_nothing_else() {
+    let env = TestEnv::new();
+    let dir = billing_dir(&env);
+    let expected = generate(&dir, &["--month", "2025-06", "--bad-rows"]);
+    // A zip without a CSV, and a truncated archive, for two other months.
+    let empty_zip = dir.join(format!("{}.zip", billing_name("2025-04")));
+    std::fs::write(&empty_zip, zip_with_readme()).unwrap();
+    let june = std::fs::read(dir.join(format!("{}.zip", billing_name("2025-06")))).unwrap();
+    std::fs::write(
+        dir.join(format!("{}.zip", billing_name("2025-03"))),
+        &june[..june.len() / 2],
+    )
+    .unwrap();
+
+    let out = env
+        .cmd()
+        .args(["costs", "ingest", "--source"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM cost_line_items"),
+        expected[0]["line_items"].as_i64().unwrap()
+    );
+    let db = env.db();
+    let mut stmt = db
+        .prepare("SELECT month, line, reason FROM cost_problems ORDER BY month, line")
+        .unwrap();
+    let problems: Vec<(String, Option<i64>, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(problems.len(), 5, "{problems:?}");
+    assert_eq!(problems[0].0, "2025-03");
+    assert!(problems[0].2.contains("zip"), "{problems:?}");
+    assert_eq!(
+        problems[1],
+        (
+            "2025-04".into(),
+            None,
+            "the zip archive holds no .csv file".into()
+        )
+    );
+    let june: Vec<&(String, Option<i64>, String)> = problems[2..].iter().collect();
+    let bad_line = expected[0]["line_items"].as_i64().unwrap() + 2;
+    assert_eq!(june[0].1, Some(bad_line));
+    assert_eq!(june[0].2, "bad number in BlendedCost: \"12,34x\"");
+    assert_eq!(june[1].1, Some(bad_line + 1));
+    assert_eq!(
+        june[1].2,
+        "bad date in UsageStartDate: \"2025-06-31 25:00:00\""
+    );
+    assert_eq!(june[2].1, Some(bad_line + 2));
+    assert!(june[2].2.starts_with("malformed row"), "{june:?}");
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM cost_files WHERE status = 'rejected'"),
+        2
+    );
+    assert_eq!(
+        env.count("SELECT status = 'partial' FROM cost_files WHERE month = '2025-06'"),
+        1
+    );
+}
+
+fn zip_with_readme() -> Vec<u8> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut zip = zip::ZipWriter::new(&mut buf);
+        zip.start_file(
+            "readme.txt",
+            zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored),
+        )
+        .unwrap();
+        zip.write_all(b"no billing here").unwrap();
+        zip.finish().unwrap();
+    }
+    buf.into_inner()
+}
+
+/// Expected spend per local day and per user from the generator's hourly sums.
+fn local_sums(
+    expected: &[Value],
+    tz: chrono_tz::Tz,
+    first: NaiveDate,
+    last: NaiveDate,
+) -> (BTreeMap<NaiveDate, i64>, BTreeMap<String, i64>) {
+    let mut days = BTreeMap::new();
+    let mut users = BTreeMap::new();
+    for month in expected {
+        for (hour, per_user) in month["by_hour_user"].as_object().unwrap() {
+            let utc = NaiveDateTime::parse_from_str(&format!("{hour}:00:00"), "%Y-%m-%dT%H:%M:%S")
+                .unwrap()
+                .and_utc();
+            let day = tz.from_utc_datetime(&utc.naive_utc()).date_naive();
+            if day < first || day > last {
+                continue;
+            }
+            for (user, n) in nanos_map(per_user) {
+                *days.entry(day).or_insert(0) += n;
+                *users.entry(user).or_insert(0) += n;
+            }
+        }
+    }
+    (days, users)
+}
+
+#[test]
+fn the_report_counts_days_in_the_managers_time_zone() {
+    let env = TestEnv::new();
+    let expected = ingested(&env, &["--month", "2025-06", "--lines", "2000"]);
+
+    let report_args = [
+        "costs",
+        "report",
+        "--tz",
+        "America/Los_Angeles",
+        "--today",
+        "2025-06-20",
+    ];
+    let out = env
+        .cmd()
+        .args(report_args)
+        .args(["--days", "7", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first: NaiveDate = "2025-06-13".parse().unwrap();
+    let last: NaiveDate = "2025-06-19".parse().unwrap();
+    let (days, users) = local_sums(&expected, chrono_tz::America::Los_Angeles, first, last);
+    let got_days: BTreeMap<NaiveDate, i64> = report["days"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["day"].as_str().unwrap().parse().unwrap(),
+                d["nanos"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got_days, days);
+    let got_users: BTreeMap<String, i64> = report["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["name"].as_str().unwrap().to_string(),
+                u["nanos"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got_users, users);
+    assert_eq!(report["yesterday"]["day"], "2025-06-19");
+    assert_eq!(report["yesterday"]["nanos"].as_i64().unwrap(), days[&last]);
+    assert_eq!(
+        report["yearly_run_rate_nanos"].as_i64().unwrap(),
+        days[&last] * 365
+    );
+    // June is complete with an invoice total that matches.
+    let check = &report["month_checks"][0];
+    assert_eq!(check["invoice_total_nanos"], expected[0]["invoice_nanos"]);
+
+    // Text: the headline first, and the invoice check.
+    let text = env.cmd().args(report_args).output().unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.starts_with("AWS spend yesterday (2025-06-19, America/Los_Angeles): $"),
+        "{text}"
+    );
+    assert!(text.contains("difference $0.00"), "{text}");
+}
+
+#[test]
+fn the_plot_is_a_readable_png_and_an_svg() {
+    let env = TestEnv::new();
+    ingested(&env, &["--month", "2025-06", "--lines", "2000"]);
+    let png = env.dir.path().join("plots/spend.png");
+    std::fs::create_dir_all(png.parent().unwrap()).unwrap();
+    env.cmd()
+        .args([
+            "costs",
+            "plot",
+            "--tz",
+            "America/Los_Angeles",
+            "--today",
+            "2025-06-29",
+            "--out",
+        ])
+        .arg(&png)
+        .assert()
+        .success();
+    let image = image::open(&png).expect("the PNG decodes");
+    assert_eq!((image.width(), image.height()), (1280, 720));
+    assert!(
+        std::fs::metadata(&png).unwrap().len() > 20_000,
+        "the PNG is nearly empty"
+    );
+    let svg = std::fs::read_to_string(png.with_extension("svg")).unwrap();
+    assert!(
+        svg.contains("<svg") && svg.contains("alice"),
+        "the SVG names the users"
+    );
+}
+
+/// A minimal SMTP server on 127.0.0.1 that accepts one message and returns the session.
+fn smtp_sink() -> (u16, std::thread::JoinHandle<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut out = stream.try_clone().unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut session = String::new();
+        let mut reply = |s: &str| out.write_all(format!("{s}\r\n").as_bytes()).unwrap();
+        reply("220 sink ESMTP");
+        let mut in_data = false;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            session.push_str(&line);
+            if in_data {
+                if line == ".\r\n" {
+                    in_data = false;
+                    reply("250 queued");
+                }
+                continue;
+            }
+            let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+            match verb.as_str() {
+                "EHLO" => reply("250-sink\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME"),
+                "AUTH" => reply("235 ok"),
+                "DATA" => {
+                    in_data = true;
+                    reply("354 go ahead");
+                }
+                "QUIT" => {
+                    reply("221 bye");
+                    break;
+                }
+                _ => reply("250 ok"),
+            }
+        }
+        session
+    });
+    (port, handle)
+}
+
+#[test]
+fn the_report_is_emailed_with_the_headline_as_subject() {
+    let env = TestEnv::new();
+    ingested(&env, &["--month", "2025-06", "--lines", "800"]);
+    let (port, sink) = smtp_sink();
+    let out = env
+        .cmd()
+        .env("SMTP_USERNAME", "reporter")
+        .env("SMTP_PASSWORD", "s3cret-pass")
+        .args([
+            "costs",
+            "report",
+            "--today",
+            "2025-06-15",
+            "--email-to",
+            "managers@example.org",
+            "--email-from",
+            "meterbook@example.org",
+            "--smtp-host",
+            "127.0.0.1",
+            "--smtp-security",
+            "none",
+            "--smtp-port",
+            &port.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let session = sink.join().unwrap();
+    let headline = String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        session.contains("AUTH "),
+        "the credentials were used: {session}"
+    );
+    assert!(
+        session.contains("RCPT TO:<managers@example.org>"),
+        "{session}"
+    );
+    // Header lines may be folded.
+    let unfolded = session.replace("\r\n ", " ");
+    assert!(
+        unfolded.contains(&format!("Subject: {headline}")),
+        "{unfolded}"
+    );
+    assert!(
+        unfolded.contains("Spend per user"),
+        "the body is the report"
+    );
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr_of(&out)
+    );
+    assert!(
+        !printed.contains("s3cret-pass"),
+        "the password never appears in output"
+    );
+}
+
+#[test]
+fn changing_the_user_tags_re_resolves_stored_users() {
+    let env = TestEnv::new();
+    let dir = billing_dir(&env);
+    ingested(
+        &env,
+        &["--month", "2025-06", "--layout", "0", "--lines", "500"],
+    );
+    let decoys = "SELECT COUNT(*) FROM cost_line_items WHERE user LIKE 'not-%'";
+    assert_eq!(env.count(decoys), 0);
+    // Preferring user:Name first picks the generator's decoy values where they are set.
+    env.cmd()
+        .args([
+            "costs",
+            "ingest",
+            "--user-tags",
+            "user:Name,user:Owner",
+            "--source",
+        ])
+        .arg(&dir)
+        .assert()
+        .success();
+    assert!(env.count(decoys) > 0);
+    env.cmd()
+        .args(["costs", "ingest", "--source"])
+        .arg(&dir)
+        .assert()
+        .success();
+    assert_eq!(env.count(decoys), 0);
+}
+
+#[test]
+fn the_report_is_not_sent_in_the_clear_when_the_server_offers_no_starttls() {
+    let env = TestEnv::new();
+    ingested(&env, &["--month", "2025-06", "--lines", "300"]);
+    let (port, sink) = smtp_sink();
+    let out = env
+        .cmd()
+        .env("SMTP_USERNAME", "reporter")
+        .env("SMTP_PASSWORD", "s3cret-pass")
+        .args(["costs", "report", "--today", "2025-06-15"])
+        .args(["--email-to", "managers@example.org"])
+        .args([
+            "--email-from",
+            "meterbook@example.org",
+            "--smtp-host",
+            "127.0.0.1",
+        ])
+        .args(["--smtp-port", &port.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let session = sink.join().unwrap();
+    assert!(
+        !session.contains("AUTH") && !session.contains("DATA"),
+        "{session}"
+    );
+    assert!(!stderr_of(&out).contains("s3cret-pass"));
+}
