@@ -21,8 +21,9 @@ CREATE TABLE usage_files (
 CREATE INDEX usage_files_by_hour ON usage_files (service_key, hour);
 
 -- One row per usage record of the current version of each file.
+-- Clustered by file (WITHOUT ROWID): rows are appended in file order, and replacing a file's
+-- records is one range delete, with no index to maintain for it.
 CREATE TABLE usage_records (
-    id              INTEGER PRIMARY KEY,
     file_id         INTEGER NOT NULL REFERENCES usage_files (id) ON DELETE CASCADE,
     record_index    INTEGER NOT NULL,       -- position in the file's JSON array, from 0
     service_key     TEXT    NOT NULL,
@@ -37,9 +38,9 @@ CREATE TABLE usage_records (
     pod_name        TEXT,
     host_name       TEXT,
     instance_type   TEXT,
-    timestamp       TEXT
-);
-CREATE INDEX usage_records_by_file ON usage_records (file_id);
+    timestamp       TEXT,
+    PRIMARY KEY (file_id, record_index)
+) WITHOUT ROWID;
 -- Covers hourly_usage and monthly_usage: they never touch the table itself.
 CREATE INDEX usage_records_by_period ON usage_records
     (service_key, hour, contract_id, dimension, value, price_per_unit, file_id);

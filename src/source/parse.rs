@@ -118,6 +118,14 @@ pub fn parse_usage_body(body: &[u8]) -> ParsedBody {
         )));
         return parsed;
     }
+    // Fast path: a well-formed array of objects parses in one pass.
+    if let Ok(records) = serde_json::from_str::<Vec<RawRecord>>(trimmed) {
+        for (index, rec) in records.into_iter().enumerate() {
+            convert_record(index, rec, &mut parsed);
+        }
+        return parsed;
+    }
+    // Otherwise one record at a time, so that one bad record cannot hide the others.
     let items: Vec<&RawValue> = match serde_json::from_str(trimmed) {
         Ok(items) => items,
         Err(e) => {
@@ -144,14 +152,16 @@ fn parse_record(index: usize, raw: &str, out: &mut ParsedBody) {
         ));
         return;
     }
-    let rec: RawRecord = match serde_json::from_str(raw) {
-        Ok(r) => r,
-        Err(e) => {
-            out.problems
-                .push(Problem::record(index, format!("invalid record: {e}")));
-            return;
-        }
-    };
+    match serde_json::from_str(raw) {
+        Ok(rec) => convert_record(index, rec, out),
+        Err(e) => out
+            .problems
+            .push(Problem::record(index, format!("invalid record: {e}"))),
+    }
+}
+
+/// Checks one record's fields and keeps it, or says what is wrong with it.
+fn convert_record(index: usize, rec: RawRecord, out: &mut ParsedBody) {
     let dimension = match rec.dimension {
         None | Some(Value::Null) => {
             out.problems
