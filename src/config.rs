@@ -7,9 +7,10 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::clazar::{ClazarSettings, Secret};
-use crate::cli::{ClazarArgs, QuantityArgs, S3Args, ScopeArgs};
+use crate::cli::{ClazarArgs, QuantityArgs, S3Args, ScopeArgs, SubmitArgs};
 use crate::dimensions::{Dimensions, BASE_DIMENSIONS};
 use crate::error::Fatal;
+use crate::plan::{PeriodKind, PeriodRules};
 use crate::s3::S3Settings;
 use crate::source::Scope;
 
@@ -20,15 +21,20 @@ pub enum SourceSpec {
     S3 { bucket: String, prefix: String },
 }
 
+/// The export bucket named by the predecessor's variables (`S3_BUCKET_NAME`, or the newest
+/// version's `AWS_S3_BUCKET_NAME`).
+pub fn export_bucket() -> Option<String> {
+    ["S3_BUCKET_NAME", "AWS_S3_BUCKET_NAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok())
+        .map(|b| b.trim().to_string())
+        .filter(|b| !b.is_empty())
+}
+
 impl SourceSpec {
     /// `s3://bucket[/prefix]` or a folder; without one, the predecessor's bucket variables.
     pub fn resolve(flag: Option<&str>) -> Result<SourceSpec> {
-        let from_env = || {
-            ["S3_BUCKET_NAME", "AWS_S3_BUCKET_NAME"]
-                .iter()
-                .find_map(|v| std::env::var(v).ok().filter(|b| !b.trim().is_empty()))
-                .map(|b| format!("s3://{}", b.trim()))
-        };
+        let from_env = || export_bucket().map(|b| format!("s3://{b}"));
         let Some(spec) = flag.map(str::to_string).or_else(from_env) else {
             return Err(Fatal::Config(
                 "no source: pass --source DIR or --source s3://BUCKET, or set S3_BUCKET_NAME"
@@ -87,6 +93,25 @@ impl S3Args {
                 defaults.attempt_timeout
             },
         }
+    }
+}
+
+impl SubmitArgs {
+    /// Which periods are due: kind, START_MONTH, the per-run bound of that kind, the grace delay.
+    pub fn period_rules(&self) -> Result<PeriodRules> {
+        Ok(PeriodRules {
+            kind: self.period,
+            start_month: self.start_month,
+            max_per_run: match self.period {
+                PeriodKind::Month => self.max_months_per_run,
+                PeriodKind::Hour => self.max_hours_per_run,
+            },
+            grace_without_marker: self
+                .grace_without_marker
+                .as_deref()
+                .map(parse_duration)
+                .transpose()?,
+        })
     }
 }
 

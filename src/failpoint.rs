@@ -5,8 +5,8 @@
 //!
 //! Steps: `during-ingest` (after a batch of files is committed), `after-plan` (outbox rows
 //! committed, not yet on S3), `before-upload` (a snapshot is made, the conditional PUT not sent),
-//! `after-upload` (the PUT succeeded, the local sync record not yet written). The submit step's
-//! `after-send` (an answer arrived, not yet recorded) is in `submit.rs`.
+//! `after-upload` (the PUT succeeded, the local sync record not yet written), and `after-send`
+//! (an answer from Clazar arrived, not yet recorded).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

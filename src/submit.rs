@@ -27,7 +27,7 @@ use crate::ledger::{
 use crate::plan::{due_periods, Completeness, Period, PeriodKind, PeriodRules};
 use crate::source::{Scope, ServiceKey};
 
-/// The failpoint that aborts the process right after an answer arrives, before it is recorded
+/// The failpoint that kills the process right after an answer arrives, before it is recorded
 /// (`METERBOOK_FAILPOINT=after-send`), to test crash recovery.
 pub const FAILPOINT_AFTER_SEND: &str = "after-send";
 
@@ -390,7 +390,6 @@ pub async fn send_outbox(
     client: &Client,
     only: Option<&[i64]>,
     concurrency: usize,
-    failpoint: Option<&str>,
 ) -> Result<SendReport> {
     let items = lock(ledger).outbox(only)?;
     let reconciling = items.iter().filter(|i| i.status != "pending").count();
@@ -405,7 +404,7 @@ pub async fn send_outbox(
     let results: Vec<Result<Option<(SubmissionUpdate, usize)>>> = futures::stream::iter(
         items
             .into_iter()
-            .map(|item| send_one(ledger, client, item, failpoint, &stop)),
+            .map(|item| send_one(ledger, client, item, &stop)),
     )
     .buffer_unordered(concurrency.max(1))
     .inspect(|_| bar.inc(1))
@@ -455,7 +454,6 @@ async fn send_one(
     ledger: &Mutex<Ledger>,
     client: &Client,
     item: OutboxItem,
-    failpoint: Option<&str>,
     stop: &AtomicBool,
 ) -> Result<Option<(SubmissionUpdate, usize)>> {
     if stop.load(Ordering::SeqCst) {
@@ -471,12 +469,7 @@ async fn send_one(
             return Err(crate::error::Fatal::Config(e.to_string()).into());
         }
     };
-    if failpoint == Some(FAILPOINT_AFTER_SEND) {
-        eprintln!(
-            "meterbook: failpoint {FAILPOINT_AFTER_SEND}: aborting before recording the answer"
-        );
-        std::process::abort();
-    }
+    crate::failpoint::hit(FAILPOINT_AFTER_SEND);
     let update = interpret(&item, &delivery);
     report_update(&item, &update);
     lock(ledger)

@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use crate::util::{record, stderr_of, usage_key, TestEnv};
+use crate::util::{files_under, record, stderr_of, usage_key, TestEnv};
 
 /// Sums every record of every generated file, independently of meterbook.
 fn expected_monthly(env: &TestEnv) -> BTreeMap<(String, String), f64> {
     let mut sums = BTreeMap::new();
-    for entry in walkdir(env.export().join("omnistrate-metering")) {
+    for entry in files_under(&env.export().join("omnistrate-metering")) {
         if entry.file_name().unwrap() == "last_success_export.json" {
             continue;
         }
@@ -25,22 +25,6 @@ fn expected_monthly(env: &TestEnv) -> BTreeMap<(String, String), f64> {
         }
     }
     sums
-}
-
-fn walkdir(dir: std::path::PathBuf) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[test]

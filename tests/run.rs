@@ -7,7 +7,7 @@ use std::process::Output;
 
 use crate::s3_ingest::{endpoint, Bucket};
 use crate::submit::{Emulator, CLIENT_ID, SECRET};
-use crate::util::{stderr_of, TestEnv};
+use crate::util::{files_under, stderr_of, TestEnv};
 
 /// An export on S3 (3 subscriptions, 6 hours of June 2025, marked complete) and an emulator.
 struct Job {
@@ -32,7 +32,7 @@ fn job(env: &TestEnv) -> Job {
     let bucket = Bucket::new("run");
     let records = bucket.upload_tree(&env.export(), "");
     let mut sums: BTreeMap<(String, String), f64> = BTreeMap::new();
-    for entry in walk(&env.export().join("omnistrate-metering")) {
+    for entry in files_under(&env.export().join("omnistrate-metering")) {
         if entry.ends_with("last_success_export.json") {
             continue;
         }
@@ -57,19 +57,6 @@ fn job(env: &TestEnv) -> Job {
         records,
         expected,
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// `meterbook run` on the host `env` against the job's bucket, state and emulator.

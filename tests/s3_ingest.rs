@@ -12,7 +12,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::util::{record, stderr_of, usage_key, TestEnv};
+use crate::util::{files_under, record, stderr_of, usage_key, TestEnv};
 
 pub(crate) fn endpoint() -> String {
     std::env::var("METERBOOK_TEST_S3_ENDPOINT")
@@ -102,23 +102,6 @@ impl Bucket {
             .unwrap();
         head.e_tag().unwrap().trim_matches('"').to_string()
     }
-}
-
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// `meterbook ingest --source s3://BUCKET/PREFIX` through `endpoint`.

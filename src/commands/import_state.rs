@@ -64,15 +64,12 @@ async fn read_state(global: &GlobalArgs, args: &ImportStateArgs) -> Result<(Stri
         let body = std::fs::read(from).with_context(|| format!("reading {from}"))?;
         return Ok((from.to_string(), body));
     } else {
-        let bucket = ["S3_BUCKET_NAME", "AWS_S3_BUCKET_NAME"]
-            .iter()
-            .find_map(|v| std::env::var(v).ok().filter(|b| !b.trim().is_empty()))
-            .ok_or_else(|| {
-                Fatal::Config(format!(
-                    "no state file {from}: not a local file, and no S3_BUCKET_NAME to look in"
-                ))
-            })?;
-        format!("s3://{}/{}", bucket.trim(), from.trim_start_matches('/'))
+        let bucket = crate::config::export_bucket().ok_or_else(|| {
+            Fatal::Config(format!(
+                "no state file {from}: not a local file, and no S3_BUCKET_NAME to look in"
+            ))
+        })?;
+        format!("s3://{bucket}/{}", from.trim_start_matches('/'))
     };
     let (bucket, key) = crate::s3::parse_url(&url)
         .filter(|(_, k)| !k.is_empty())

@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use crate::clazar::Client;
 use crate::cli::{GlobalArgs, ResubmitArgs};
-use crate::commands::submit::{dry_run, failpoint, finish, run_settings, settings};
+use crate::commands::submit::{dry_run, finish, run_settings, settings};
 use crate::error::Outcome;
 use crate::ledger::{Ledger, SubmissionFilter};
 use crate::plan::{PeriodKind, PeriodRules};
@@ -47,14 +47,7 @@ pub async fn run(global: &GlobalArgs, args: &ResubmitArgs) -> Result<Outcome> {
     notes.iter().for_each(|n| tracing::warn!("{n}"));
     tracing::info!("re-sending {} submissions", ids.len());
     let ledger = Mutex::new(ledger);
-    let sent = send_outbox(
-        &ledger,
-        &client,
-        Some(&ids),
-        args.clazar.concurrency,
-        failpoint().as_deref(),
-    )
-    .await?;
+    let sent = send_outbox(&ledger, &client, Some(&ids), args.clazar.concurrency).await?;
     let ledger = ledger.into_inner().unwrap_or_else(|p| p.into_inner());
     ledger.finish_submission_run(run_id, ids.len() as u64, sent.requests)?;
     finish(&ledger, &sent)

@@ -17,7 +17,6 @@ use crate::daemon::{self, Schedule};
 use crate::error::Outcome;
 use crate::failpoint;
 use crate::ledger::Ledger;
-use crate::plan::{PeriodKind, PeriodRules};
 use crate::submit::{plan_submissions, send_outbox};
 use crate::sync::state::{self, Pulled, Pushed};
 use crate::sync::{lease, StateLocation};
@@ -98,19 +97,7 @@ async fn steps(
     let ingested = super::ingest::run(global, &ingest_args).await?;
 
     let submit = &args.submit;
-    let rules = PeriodRules {
-        kind: submit.period,
-        start_month: submit.start_month,
-        max_per_run: match submit.period {
-            PeriodKind::Month => submit.max_months_per_run,
-            PeriodKind::Hour => submit.max_hours_per_run,
-        },
-        grace_without_marker: submit
-            .grace_without_marker
-            .as_deref()
-            .map(parse_duration)
-            .transpose()?,
-    };
+    let rules = submit.period_rules()?;
     let mut ledger = Ledger::open(ledger_path)?;
     let settings = super::submit::settings(
         &ledger,
@@ -143,14 +130,7 @@ async fn steps(
     push(client, loc, global, args).await?;
 
     let ledger = Mutex::new(Ledger::open(ledger_path)?);
-    let sent = send_outbox(
-        &ledger,
-        &clazar,
-        None,
-        submit.clazar.concurrency,
-        super::submit::failpoint().as_deref(),
-    )
-    .await?;
+    let sent = send_outbox(&ledger, &clazar, None, submit.clazar.concurrency).await?;
     let ledger = ledger.into_inner().unwrap_or_else(|p| p.into_inner());
     ledger.finish_submission_run(run_id, plan.submissions.len() as u64, sent.requests)?;
     let submitted = super::submit::finish(&ledger, &sent)?;

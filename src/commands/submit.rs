@@ -8,30 +8,16 @@ use chrono::Utc;
 
 use crate::clazar::Client;
 use crate::cli::{ClazarArgs, GlobalArgs, QuantityArgs, SubmitArgs};
-use crate::config::parse_duration;
 use crate::error::Outcome;
 use crate::ledger::{Ledger, NewSubmission};
-use crate::plan::{Completeness, PeriodKind, PeriodRules};
+use crate::plan::{Completeness, PeriodRules};
 use crate::source::Scope;
 use crate::submit::{
     compute_plan, plan_submissions, send_outbox, Plan, SendReport, SubmitSettings,
 };
 
 pub async fn run(global: &GlobalArgs, args: &SubmitArgs) -> Result<Outcome> {
-    let grace = args
-        .grace_without_marker
-        .as_deref()
-        .map(parse_duration)
-        .transpose()?;
-    let rules = PeriodRules {
-        kind: args.period,
-        start_month: args.start_month,
-        max_per_run: match args.period {
-            PeriodKind::Month => args.max_months_per_run,
-            PeriodKind::Hour => args.max_hours_per_run,
-        },
-        grace_without_marker: grace,
-    };
+    let rules = args.period_rules()?;
     let mut ledger = Ledger::open(&global.ledger)?;
     let settings = settings(
         &ledger,
@@ -60,14 +46,7 @@ pub async fn run(global: &GlobalArgs, args: &SubmitArgs) -> Result<Outcome> {
         plan.formula_failures()
     );
     let ledger = Mutex::new(ledger);
-    let sent = send_outbox(
-        &ledger,
-        &client,
-        None,
-        args.clazar.concurrency,
-        failpoint().as_deref(),
-    )
-    .await?;
+    let sent = send_outbox(&ledger, &client, None, args.clazar.concurrency).await?;
     let ledger = ledger.into_inner().unwrap_or_else(|p| p.into_inner());
     ledger.finish_submission_run(run_id, plan.submissions.len() as u64, sent.requests)?;
     let outcome = finish(&ledger, &sent)?;
@@ -119,11 +98,6 @@ pub(crate) fn run_settings(s: &SubmitSettings, clazar: &ClazarArgs) -> Result<St
         "max_retries": clazar.max_retries,
     })
     .to_string())
-}
-
-/// The failpoint for crash tests, from `METERBOOK_FAILPOINT`.
-pub(crate) fn failpoint() -> Option<String> {
-    std::env::var("METERBOOK_FAILPOINT").ok()
 }
 
 /// Says which periods wait and why; true when one waits for a marker that was never seen.

@@ -48,12 +48,9 @@ impl StateLocation {
                 .into()),
             };
         }
-        let bucket = ["S3_BUCKET_NAME", "AWS_S3_BUCKET_NAME"]
-            .iter()
-            .find_map(|v| std::env::var(v).ok().filter(|b| !b.trim().is_empty()));
-        match bucket {
+        match crate::config::export_bucket() {
             Some(bucket) => Ok(StateLocation {
-                bucket: bucket.trim().to_string(),
+                bucket,
                 key: DEFAULT_STATE_KEY.to_string(),
             }),
             None => Err(Fatal::Config(
