@@ -152,7 +152,7 @@ pub struct RunArgs {
     #[arg(long, env = "METERBOOK_SOURCE")]
     pub source: Option<String>,
 
-    /// How many files to read at once.
+    /// How many objects to read at once from S3 (from a folder: at most twice the CPUs).
     #[arg(
         id = "ingest_concurrency",
         long = "concurrency",
@@ -237,7 +237,7 @@ pub struct IngestArgs {
     #[command(flatten)]
     pub scope: ScopeArgs,
 
-    /// How many files to read at once.
+    /// How many objects to read at once from S3 (from a folder: at most twice the CPUs).
     #[arg(long, env = "METERBOOK_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
 
@@ -533,6 +533,20 @@ pub enum CostsCommand {
     Report(CostsReportArgs),
     /// Plot daily spend per user over the window as PNG and SVG.
     Plot(CostsPlotArgs),
+    /// Grants: how much each user may spend over which days (shown by the report).
+    #[command(subcommand)]
+    Grants(GrantsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantsCommand {
+    /// Replace every grant with those of a CSV file: columns user, amount (dollars), start
+    /// (YYYY-MM-DD) and optionally end (inclusive) and note, matched by header name. A file with
+    /// any problem loads nothing.
+    Load {
+        /// The CSV file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -599,6 +613,10 @@ pub struct CostsReportArgs {
 
     #[command(flatten)]
     pub email: EmailArgs,
+
+    /// Do not attach the plot of daily spend per user (PNG) to the email.
+    #[arg(long)]
+    pub no_plot: bool,
 }
 
 /// Emailing the report. The SMTP username and password come from SMTP_USERNAME and

@@ -111,7 +111,7 @@ pub async fn ingest(
         .name("ledger-writer".into())
         .spawn(move || write_batches(ledger, file_rx, batch_files))?;
 
-    let (list_tx, mut list_rx) = tokio::sync::mpsc::channel::<ObjectMeta>(4096);
+    let (list_tx, mut list_rx) = tokio::sync::mpsc::channel::<Vec<ObjectMeta>>(16);
     let lister = {
         let (source, scope) = (source.clone(), scope.clone());
         tokio::spawn(async move { source.list(&scope, floors, list_tx).await })
@@ -123,39 +123,57 @@ pub async fn ingest(
     let mut skipped = 0u64;
     let mut lookup_error: Option<anyhow::Error> = None;
     let listed = futures::stream::poll_fn(|cx| list_rx.poll_recv(cx));
-    let candidates = listed.filter_map(|meta| {
-        let kind = classify_key(&meta.key);
-        let wanted = if !scope.admits(&kind) {
-            ignored += 1;
-            None
-        } else {
-            progress.listed();
-            match reader.known_file(&meta.key) {
-                Ok(Some(known))
-                    if known.matches(meta.etag.as_deref(), meta.size, meta.last_modified) =>
-                {
-                    skipped += 1;
-                    progress.skipped();
-                    None
-                }
-                Ok(_) => Some((meta, kind)),
-                Err(e) => {
-                    lookup_error.get_or_insert(e);
-                    None
+    let candidates = listed.flat_map(|batch| {
+        let in_scope: Vec<(ObjectMeta, KeyKind)> = batch
+            .into_iter()
+            .filter_map(|meta| {
+                let kind = classify_key(&meta.key);
+                let admitted = scope.admits(&kind);
+                ignored += u64::from(!admitted);
+                admitted.then_some((meta, kind))
+            })
+            .collect();
+        progress.listed(in_scope.len());
+        let mut wanted = Vec::new();
+        let mut unchanged = 0;
+        match reader.known_files(in_scope.iter().map(|(meta, _)| meta.key.as_str())) {
+            Ok(known) => {
+                for ((meta, kind), known) in in_scope.into_iter().zip(known) {
+                    match known {
+                        Some(k)
+                            if k.matches(meta.etag.as_deref(), meta.size, meta.last_modified) =>
+                        {
+                            unchanged += 1;
+                        }
+                        known => {
+                            let legacy = known.is_some_and(|k| k.has_legacy_fingerprint());
+                            wanted.push((meta, kind, legacy));
+                        }
+                    }
                 }
             }
-        };
-        futures::future::ready(wanted)
+            Err(e) => {
+                lookup_error.get_or_insert(e);
+            }
+        }
+        skipped += unchanged as u64;
+        progress.skipped(unchanged);
+        futures::stream::iter(wanted)
     });
+    let name: std::sync::Arc<str> = source_name.as_str().into();
     let mut fetched = candidates
-        .map(|(meta, kind)| async move { (kind, source.fetch(meta).await) })
-        .buffer_unordered(opts.concurrency.max(1));
+        .map(|(meta, kind, legacy)| {
+            let name = name.clone();
+            source.fetch(meta, move |meta, body| {
+                file_version(&name, meta, kind, &body, legacy)
+            })
+        })
+        .buffer_unordered(source.reads_in_flight(opts.concurrency));
 
     let mut failure: Option<anyhow::Error> = None;
-    while let Some((kind, read)) = fetched.next().await {
+    while let Some(read) = fetched.next().await {
         match read {
-            Ok((meta, body)) => {
-                let version = file_version(&source_name, meta, kind, &body);
+            Ok(version) => {
                 progress.fetched(version.records.len());
                 if file_tx.send(version).is_err() {
                     break; // the writer stopped; its error is reported below
@@ -298,9 +316,25 @@ fn is_fatal(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<Fatal>().is_some())
 }
 
-/// Hashes and parses one body into the version the ledger stores.
-pub fn file_version(source: &str, meta: ObjectMeta, kind: KeyKind, body: &[u8]) -> FileVersion {
-    let sha256 = hex::encode(Sha256::digest(body));
+/// A body's content fingerprint as the ledger stores it: `blake3:<hex>`.
+pub fn fingerprint(body: &[u8]) -> String {
+    format!("blake3:{}", blake3::hash(body).to_hex())
+}
+
+/// The fingerprint ledgers stored before migration V6: `sha256:<hex>`.
+pub fn legacy_fingerprint(body: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(body)))
+}
+
+/// Hashes and parses one body into the version the ledger stores. `legacy` asks for the SHA-256
+/// fingerprint too, for a file the ledger knows by one.
+pub fn file_version(
+    source: &str,
+    meta: ObjectMeta,
+    kind: KeyKind,
+    body: &[u8],
+    legacy: bool,
+) -> FileVersion {
     let (service_key, hour, parsed) = match kind {
         KeyKind::Usage(u) => (
             Some(u.service_key.to_string()),
@@ -325,7 +359,8 @@ pub fn file_version(source: &str, meta: ObjectMeta, kind: KeyKind, body: &[u8]) 
         source: source.to_string(),
         service_key,
         hour,
-        sha256,
+        fingerprint: fingerprint(body),
+        legacy_fingerprint: legacy.then(|| legacy_fingerprint(body)),
         etag: meta.etag,
         size: meta.size,
         last_modified: meta.last_modified,

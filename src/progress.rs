@@ -10,7 +10,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub struct IngestProgress {
     bar: Option<ProgressBar>,
     started: Instant,
-    last_log: Cell<Instant>,
+    /// When the bar's message or the last log line was written.
+    last_shown: Cell<Instant>,
     listed: Cell<u64>,
     skipped: Cell<u64>,
     fetched: Cell<u64>,
@@ -18,6 +19,7 @@ pub struct IngestProgress {
 }
 
 const LOG_EVERY: Duration = Duration::from_secs(10);
+const BAR_EVERY: Duration = Duration::from_millis(100);
 
 impl IngestProgress {
     pub fn new(enabled: bool) -> IngestProgress {
@@ -33,7 +35,7 @@ impl IngestProgress {
         IngestProgress {
             bar,
             started: Instant::now(),
-            last_log: Cell::new(Instant::now()),
+            last_shown: Cell::new(Instant::now()),
             listed: Cell::new(0),
             skipped: Cell::new(0),
             fetched: Cell::new(0),
@@ -41,13 +43,13 @@ impl IngestProgress {
         }
     }
 
-    pub fn listed(&self) {
-        self.listed.set(self.listed.get() + 1);
+    pub fn listed(&self, files: usize) {
+        self.listed.set(self.listed.get() + files as u64);
         self.tick();
     }
 
-    pub fn skipped(&self) {
-        self.skipped.set(self.skipped.get() + 1);
+    pub fn skipped(&self, files: usize) {
+        self.skipped.set(self.skipped.get() + files as u64);
         self.tick();
     }
 
@@ -70,18 +72,18 @@ impl IngestProgress {
     }
 
     fn tick(&self) {
+        let every = if self.bar.is_some() {
+            BAR_EVERY
+        } else {
+            LOG_EVERY
+        };
+        if self.last_shown.get().elapsed() < every {
+            return;
+        }
+        self.last_shown.set(Instant::now());
         match &self.bar {
-            Some(bar) => {
-                if (self.listed.get() + self.fetched.get()) % 256 == 0 {
-                    bar.set_message(self.message());
-                }
-            }
-            None => {
-                if self.last_log.get().elapsed() >= LOG_EVERY {
-                    self.last_log.set(Instant::now());
-                    tracing::info!("ingest: {}", self.message());
-                }
-            }
+            Some(bar) => bar.set_message(self.message()),
+            None => tracing::info!("ingest: {}", self.message()),
         }
     }
 

@@ -382,22 +382,24 @@ fn local_sums(
     (days, users)
 }
 
+/// The report in Los Angeles, as on 2025-06-20.
+const REPORT_IN_LA: [&str; 6] = [
+    "costs",
+    "report",
+    "--tz",
+    "America/Los_Angeles",
+    "--today",
+    "2025-06-20",
+];
+
 #[test]
 fn the_report_counts_days_in_the_managers_time_zone() {
     let env = TestEnv::new();
     let expected = ingested(&env, &["--month", "2025-06", "--lines", "2000"]);
 
-    let report_args = [
-        "costs",
-        "report",
-        "--tz",
-        "America/Los_Angeles",
-        "--today",
-        "2025-06-20",
-    ];
     let out = env
         .cmd()
-        .args(report_args)
+        .args(REPORT_IN_LA)
         .args(["--days", "7", "--format", "json"])
         .output()
         .unwrap();
@@ -441,7 +443,7 @@ fn the_report_counts_days_in_the_managers_time_zone() {
     assert_eq!(check["invoice_total_nanos"], expected[0]["invoice_nanos"]);
 
     // Text: the headline first, and the invoice check.
-    let text = env.cmd().args(report_args).output().unwrap();
+    let text = env.cmd().args(REPORT_IN_LA).output().unwrap();
     let text = String::from_utf8(text.stdout).unwrap();
     assert!(
         text.starts_with("AWS spend yesterday (2025-06-19, America/Los_Angeles): $"),
@@ -580,6 +582,29 @@ fn the_report_is_emailed_with_the_headline_as_subject() {
         unfolded.contains("Spend per user"),
         "the body is the report"
     );
+    // The plot of the window is attached as a PNG that decodes.
+    let (_, attachment) = session
+        .split_once("Content-Disposition: attachment;")
+        .expect("the message has an attachment");
+    assert!(
+        attachment.contains("spend-per-user-2025-05-18-to-2025-06-14.png"),
+        "{attachment}"
+    );
+    assert!(
+        attachment.contains("Content-Type: image/png"),
+        "{attachment}"
+    );
+    let (_, encoded) = attachment.split_once("\r\n\r\n").unwrap();
+    let encoded: String = encoded
+        .lines()
+        .take_while(|l| !l.starts_with("--"))
+        .collect();
+    use base64::Engine as _;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .expect("the attachment is base64");
+    let image = image::load_from_memory(&png).expect("the attachment is a PNG");
+    assert_eq!((image.width(), image.height()), (1280, 720));
     let printed = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -649,4 +674,130 @@ fn the_report_is_not_sent_in_the_clear_when_the_server_offers_no_starttls() {
         "{session}"
     );
     assert!(!stderr_of(&out).contains("s3cret-pass"));
+}
+
+/// Writes a grants CSV into the test folder.
+fn grants_file(env: &TestEnv, name: &str, body: &str) -> PathBuf {
+    let path = env.dir.path().join(name);
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+#[test]
+fn grants_are_reported_against_spend_over_their_local_days() {
+    let env = TestEnv::new();
+    let expected = ingested(&env, &["--month", "2025-06", "--lines", "2000"]);
+    let la = chrono_tz::America::Los_Angeles;
+    let day = |d: &str| d.parse::<NaiveDate>().unwrap();
+    let (_, alice_days) = local_sums(&expected, la, day("2025-06-05"), day("2025-06-12"));
+    let (_, bob_days) = local_sums(&expected, la, day("2025-06-10"), day("2025-06-30"));
+    let (alice_spent, bob_spent) = (alice_days["alice"], bob_days["bob"]);
+    assert!(
+        alice_spent > 0 && bob_spent > 1_000_000,
+        "the generator gave them spend"
+    );
+
+    // alice's grant is ample; bob's is a dollar, and open-ended; "zoe" has no spend at all.
+    let file = grants_file(
+        &env,
+        "grants.csv",
+        "user,amount,start,end,note\n\
+         alice,\"$100,000.00\",2025-06-05,2025-06-12,lab\n\
+         bob,1,2025-06-10,,\n\
+         zoe,50,2025-06-01,2025-06-30,\n",
+    );
+    let out = env
+        .cmd()
+        .args(["costs", "grants", "load"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("grant user \"zoe\": no line item names this user"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    let out = env
+        .cmd()
+        .args(REPORT_IN_LA)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    // bob has spent more than his dollar.
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("bob has spent more than the grant starting 2025-06-10"));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let grants = report["grants"].as_array().unwrap();
+    let grant = |user: &str| grants.iter().find(|g| g["user"] == user).unwrap();
+    assert_eq!(grant("alice")["spent_nanos"].as_i64().unwrap(), alice_spent);
+    assert_eq!(
+        grant("alice")["remaining_nanos"].as_i64().unwrap(),
+        100_000_000_000_000 - alice_spent
+    );
+    assert_eq!(grant("bob")["spent_nanos"].as_i64().unwrap(), bob_spent);
+    assert_eq!(
+        grant("bob")["remaining_nanos"].as_i64().unwrap(),
+        1_000_000_000 - bob_spent
+    );
+    assert_eq!(grant("zoe")["spent_nanos"].as_i64().unwrap(), 0);
+
+    let text = env.cmd().args(REPORT_IN_LA).output().unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.contains("Spend against grants (days in America/Los_Angeles)"),
+        "{text}"
+    );
+    assert!(text.contains("OVERSPENT"), "{text}");
+
+    // The view counts the same grants in UTC days.
+    let (_, alice_utc) = local_sums(
+        &expected,
+        chrono_tz::UTC,
+        day("2025-06-05"),
+        day("2025-06-12"),
+    );
+    assert_eq!(
+        env.count("SELECT spent_nanos FROM grant_spend WHERE user = 'alice'"),
+        alice_utc["alice"]
+    );
+}
+
+#[test]
+fn a_grants_file_with_a_problem_loads_nothing_and_names_each_line() {
+    let env = TestEnv::new();
+    let good = grants_file(&env, "good.csv", "user,amount,start\nalice,10,2025-06-01\n");
+    env.cmd()
+        .args(["costs", "grants", "load"])
+        .arg(&good)
+        .assert()
+        .code(3); // alice has no line items in this empty ledger
+    let bad = grants_file(
+        &env,
+        "bad.csv",
+        "user,amount,start,end\nalice,20,2025-06-01,\nbob,ten,2025-06-01,\ncarol,5,2025-06-31,\n",
+    );
+    let out = env
+        .cmd()
+        .args(["costs", "grants", "load"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("bad.csv: line 3: amount \"ten\" is not a number of dollars"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.csv: line 4: start \"2025-06-31\" is not a date"),
+        "{err}"
+    );
+    // The grants loaded before are untouched.
+    assert_eq!(env.count("SELECT COUNT(*) FROM cost_grants"), 1);
+    assert_eq!(
+        env.count("SELECT amount_nanos FROM cost_grants"),
+        10_000_000_000
+    );
 }

@@ -10,10 +10,11 @@ use chrono_tz::Tz;
 
 use crate::cli::{
     CostsArgs, CostsCommand, CostsIngestArgs, CostsPlotArgs, CostsReportArgs, CostsWindowArgs,
-    EmailArgs, GlobalArgs, ReportFormat,
+    EmailArgs, GlobalArgs, GrantsCommand, ReportFormat,
 };
 use crate::config::SourceSpec;
-use crate::costs::mail::{self, MailSettings};
+use crate::costs::grants::read_grants;
+use crate::costs::mail::{self, Attachment, MailSettings};
 use crate::costs::parse::BillingRows;
 use crate::costs::plot::write_plots;
 use crate::costs::report::{CostReport, Window};
@@ -26,7 +27,40 @@ pub async fn run(global: &GlobalArgs, args: &CostsArgs) -> Result<Outcome> {
         CostsCommand::Ingest(a) => ingest(global, a).await,
         CostsCommand::Report(a) => report(global, a).await,
         CostsCommand::Plot(a) => plot(global, a),
+        CostsCommand::Grants(GrantsCommand::Load { file }) => load_grants(global, file),
     }
+}
+
+/// Replaces the grants with a file's; warns of users no line item names (a misspelt user would
+/// otherwise show a grant with nothing spent).
+fn load_grants(global: &GlobalArgs, file: &std::path::Path) -> Result<Outcome> {
+    let grants = read_grants(file).map_err(Fatal::Config)?;
+    let mut ledger = Ledger::open(&global.ledger)?;
+    let replaced = ledger.replace_cost_grants(&grants, &file.display().to_string())?;
+    let mut users: Vec<&str> = grants.iter().map(|g| g.user.as_str()).collect();
+    users.sort_unstable();
+    users.dedup();
+    let mut unknown = 0;
+    for user in &users {
+        if !ledger.user_has_line_items(user)? {
+            unknown += 1;
+            tracing::warn!(
+                "grant user {user:?}: no line item names this user; check the spelling against \
+                 meterbook sql \"SELECT DISTINCT user FROM cost_line_items\""
+            );
+        }
+    }
+    tracing::info!(
+        "loaded {} grants for {} users from {} (replacing {replaced})",
+        grants.len(),
+        users.len(),
+        file.display()
+    );
+    Ok(if unknown > 0 {
+        Outcome::NeedsAttention
+    } else {
+        Outcome::Success
+    })
 }
 
 /// Counts for the closing summary line.
@@ -179,16 +213,45 @@ async fn report(global: &GlobalArgs, args: &CostsReportArgs) -> Result<Outcome> 
         let mut body = Vec::new();
         report.write_text(&mut body)?;
         let body = String::from_utf8(body).context("the report is not UTF-8")?;
+        let attachments = match args.no_plot {
+            true => Vec::new(),
+            false => vec![plot_attachment(&report)?],
+        };
         let subject = report.headline();
         let recipients = settings.to.len();
-        tokio::task::spawn_blocking(move || mail::send(&settings, &subject, body)).await??;
+        tokio::task::spawn_blocking(move || mail::send(&settings, &subject, body, attachments))
+            .await??;
         tracing::info!("emailed the report to {recipients} recipient(s)");
     }
+    let mut outcome = Outcome::Success;
     if report.has_invoice_difference() {
         tracing::warn!("a month's line items differ from its invoice total; see: meterbook sql \"SELECT * FROM cost_month_check\"");
-        return Ok(Outcome::NeedsAttention);
+        outcome = Outcome::NeedsAttention;
     }
-    Ok(Outcome::Success)
+    for g in report.grants.iter().filter(|g| g.overspent()) {
+        tracing::warn!(
+            "{} has spent more than the grant starting {}",
+            g.user,
+            g.starts_on
+        );
+        outcome = Outcome::NeedsAttention;
+    }
+    Ok(outcome)
+}
+
+/// The window's plot as a PNG for the email, drawn in a temporary folder.
+fn plot_attachment(report: &CostReport) -> Result<Attachment> {
+    let dir = tempfile::tempdir().context("creating a temporary folder for the plot")?;
+    let (png, svg) = (dir.path().join("plot.png"), dir.path().join("plot.svg"));
+    write_plots(report, &png, &svg)?;
+    Ok(Attachment {
+        name: format!(
+            "spend-per-user-{}-to-{}.png",
+            report.window_first, report.window_last
+        ),
+        content_type: "image/png".into(),
+        body: std::fs::read(&png).context("reading the plot back")?,
+    })
 }
 
 fn plot(global: &GlobalArgs, args: &CostsPlotArgs) -> Result<Outcome> {
@@ -211,7 +274,12 @@ fn build_report(global: &GlobalArgs, window: &Window) -> Result<CostReport> {
     let hours = ledger.hourly_costs(from, to)?;
     let month = window.yesterday().format("%Y-%m").to_string();
     let checks = ledger.cost_month_checks(&month)?;
-    Ok(CostReport::build(window, &hours, checks))
+    let mut report = CostReport::build(window, &hours, checks);
+    for grant in ledger.cost_grants()? {
+        let (from, to) = CostReport::grant_range(window, &grant);
+        report.add_grant(&grant, ledger.user_spend(&grant.user, from, to)?);
+    }
+    Ok(report)
 }
 
 fn resolve_window(args: &CostsWindowArgs) -> Result<Window> {

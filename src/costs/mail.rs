@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use lettre::message::header::ContentType;
-use lettre::message::Mailbox;
+use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{Message, SmtpTransport, Transport};
 
@@ -31,16 +31,40 @@ pub struct MailSettings {
     pub credentials: Option<(String, String)>,
 }
 
-/// Sends one plain-text message. Blocks until the server accepted it.
-pub fn send(settings: &MailSettings, subject: &str, body: String) -> Result<()> {
+/// A file sent with the message.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub name: String,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+/// Sends one plain-text message, with attachments if any. Blocks until the server accepted it.
+pub fn send(
+    settings: &MailSettings,
+    subject: &str,
+    body: String,
+    attachments: Vec<Attachment>,
+) -> Result<()> {
     let mut message = Message::builder()
         .from(settings.from.clone())
-        .subject(subject)
-        .header(ContentType::TEXT_PLAIN);
+        .subject(subject);
     for to in &settings.to {
         message = message.to(to.clone());
     }
-    let message = message.body(body).context("building the email")?;
+    let message = if attachments.is_empty() {
+        message.header(ContentType::TEXT_PLAIN).body(body)
+    } else {
+        let mut parts = MultiPart::mixed().singlepart(SinglePart::plain(body));
+        for a in attachments {
+            let content_type = ContentType::parse(&a.content_type)
+                .with_context(|| format!("content type {:?}", a.content_type))?;
+            parts = parts
+                .singlepart(lettre::message::Attachment::new(a.name).body(a.body, content_type));
+        }
+        message.multipart(parts)
+    }
+    .context("building the email")?;
     let host = settings.host.as_str();
     let mut transport = match settings.security {
         SmtpSecurity::Starttls => SmtpTransport::starttls_relay(host)?,

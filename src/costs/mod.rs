@@ -6,6 +6,7 @@
 //! [`source`] finds and opens them, [`parse`] turns CSV rows into line items, total rows and
 //! problems, [`money`] keeps costs exact, and [`report`], [`plot`] and [`mail`] present them.
 
+pub mod grants;
 pub mod mail;
 pub mod money;
 pub mod parse;

@@ -11,6 +11,7 @@ use chrono::{DateTime, Datelike, Days, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
+use super::grants::Grant;
 use super::money::{format_dollars, to_dollars};
 use crate::ledger::{HourlyCost, MonthCheck};
 
@@ -96,6 +97,32 @@ pub struct CostReport {
     pub month_to_date_nanos: i64,
     /// The UTC billing month of yesterday, checked against the invoice total per account.
     pub month_checks: Vec<MonthCheck>,
+    /// Each grant against its user's spend over the grant's local days.
+    pub grants: Vec<GrantSpend>,
+}
+
+/// A grant and what its user has spent of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrantSpend {
+    pub user: String,
+    pub starts_on: NaiveDate,
+    /// Inclusive; `None` when open-ended.
+    pub ends_on: Option<NaiveDate>,
+    pub grant_nanos: i64,
+    /// Over the grant's days so far (every line item ingested).
+    pub spent_nanos: i64,
+    /// Negative when overspent.
+    pub remaining_nanos: i64,
+    /// The user's average daily spend over the report's window.
+    pub daily_rate_nanos: i64,
+    /// At that rate, the day the remainder is used up, when that is within the grant.
+    pub runs_out_on: Option<NaiveDate>,
+}
+
+impl GrantSpend {
+    pub fn overspent(&self) -> bool {
+        self.remaining_nanos < 0
+    }
 }
 
 impl CostReport {
@@ -151,7 +178,55 @@ impl CostReport {
             user_days,
             month_to_date_nanos: month_to_date,
             month_checks,
+            grants: Vec::new(),
         }
+    }
+
+    /// The UTC instants that bound a grant's local days (`None`: open-ended).
+    pub fn grant_range(window: &Window, grant: &Grant) -> (DateTime<Utc>, Option<DateTime<Utc>>) {
+        (
+            local_midnight(window.tz, grant.starts_on),
+            grant
+                .ends_on
+                .map(|end| local_midnight(window.tz, end + Days::new(1))),
+        )
+    }
+
+    /// Adds a grant with what its user spent over its days (see [`CostReport::grant_range`]);
+    /// the rate it runs out at is the user's average over the window.
+    pub fn add_grant(&mut self, grant: &Grant, spent_nanos: i64) {
+        let window_days = self.days.len().max(1) as i64;
+        let in_window = self
+            .users
+            .iter()
+            .find(|u| u.name == grant.user)
+            .map_or(0, |u| u.nanos);
+        let daily_rate_nanos = in_window / window_days;
+        let remaining_nanos = grant.amount_nanos - spent_nanos;
+        let runs_out_on = (remaining_nanos > 0 && daily_rate_nanos > 0)
+            .then(|| {
+                let days = (remaining_nanos + daily_rate_nanos - 1) / daily_rate_nanos;
+                self.yesterday
+                    .day
+                    .checked_add_days(Days::new(u64::try_from(days).ok()?))
+            })
+            .flatten()
+            .filter(|day| grant.ends_on.is_none_or(|end| *day <= end));
+        self.grants.push(GrantSpend {
+            user: grant.user.clone(),
+            starts_on: grant.starts_on,
+            ends_on: grant.ends_on,
+            grant_nanos: grant.amount_nanos,
+            spent_nanos,
+            remaining_nanos,
+            daily_rate_nanos,
+            runs_out_on,
+        });
+    }
+
+    /// Has a user spent more than a grant?
+    pub fn has_overspent_grant(&self) -> bool {
+        self.grants.iter().any(GrantSpend::overspent)
     }
 
     /// One line: yesterday's spend and the yearly run rate (also the email subject).
@@ -200,6 +275,7 @@ impl CostReport {
             "Spend per day",
             self.days.iter().map(|d| (d.day.to_string(), d.nanos)),
         )?;
+        self.write_grants(out)?;
         writeln!(out)?;
         writeln!(
             out,
@@ -230,8 +306,71 @@ impl CostReport {
         Ok(())
     }
 
-    /// `section,name,cost` rows: yesterday, run_rate, user, product, day, month_to_date, and
-    /// invoice_difference per account.
+    /// The grants as a table; nothing when there are none.
+    fn write_grants(&self, out: &mut dyn Write) -> Result<()> {
+        if self.grants.is_empty() {
+            return Ok(());
+        }
+        let mut rows = vec![[
+            "user".to_string(),
+            "grant period".into(),
+            "grant".into(),
+            "spent".into(),
+            "used".into(),
+            "remaining".into(),
+            "at the window's daily rate".into(),
+        ]];
+        for g in &self.grants {
+            let used = match g.grant_nanos {
+                0 => "-".to_string(),
+                total => format!("{:.1}%", 100.0 * g.spent_nanos as f64 / total as f64),
+            };
+            let outlook = if g.overspent() {
+                "OVERSPENT".to_string()
+            } else if let Some(day) = g.runs_out_on {
+                format!("runs out {day}")
+            } else if g.remaining_nanos == 0 {
+                "used up".to_string()
+            } else {
+                "lasts the grant".to_string()
+            };
+            rows.push([
+                g.user.clone(),
+                format!(
+                    "{} to {}",
+                    g.starts_on,
+                    g.ends_on.map_or("(open)".to_string(), |d| d.to_string())
+                ),
+                format_dollars(g.grant_nanos),
+                format_dollars(g.spent_nanos),
+                used,
+                format_dollars(g.remaining_nanos),
+                outlook,
+            ]);
+        }
+        let widths: Vec<usize> = (0..7)
+            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+            .collect();
+        writeln!(out)?;
+        writeln!(out, "Spend against grants (days in {})", self.time_zone)?;
+        for row in rows {
+            let mut line = String::from(" ");
+            for (c, cell) in row.iter().enumerate() {
+                let w = widths[c];
+                // Names and text left, money and percentages right.
+                match c {
+                    0 | 1 | 6 => line.push_str(&format!(" {cell:<w$}")),
+                    _ => line.push_str(&format!(" {cell:>w$}")),
+                }
+            }
+            writeln!(out, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
+
+    /// `section,name,cost` rows: yesterday, run_rate, user, product, day, month_to_date,
+    /// invoice_difference per account, and grant_spent and grant_remaining per grant (named
+    /// `user:start`).
     pub fn write_csv(&self, out: &mut dyn Write) -> Result<()> {
         let mut w = csv::Writer::from_writer(out);
         w.write_record(["section", "name", "cost"])?;
@@ -266,6 +405,11 @@ impl CostReport {
                     diff,
                 )?;
             }
+        }
+        for g in &self.grants {
+            let name = format!("{}:{}", g.user, g.starts_on);
+            row("grant_spent", &name, g.spent_nanos)?;
+            row("grant_remaining", &name, g.remaining_nanos)?;
         }
         w.flush()?;
         Ok(())
@@ -432,6 +576,42 @@ mod tests {
             }
         );
         assert_eq!(report.month_to_date_nanos, 7_000_000_000);
+    }
+
+    #[test]
+    fn a_grant_runs_out_at_the_window_rate_unless_it_ends_first() {
+        let w = window(chrono_tz::UTC, "2025-06-11", 10);
+        // alice spends $10 a day over the 10-day window.
+        let hours: Vec<HourlyCost> = (1..=10)
+            .map(|d| cost(&format!("2025-06-{d:02}T12:00:00Z"), Some("alice"), 10))
+            .collect();
+        let mut report = CostReport::build(&w, &hours, Vec::new());
+        let grant = |amount: i64, ends_on: Option<&str>| Grant {
+            user: "alice".into(),
+            amount_nanos: amount * 1_000_000_000,
+            starts_on: "2025-06-01".parse().unwrap(),
+            ends_on: ends_on.map(|d| d.parse().unwrap()),
+            note: None,
+            line: 2,
+        };
+        // $100 spent of $125: $25 left lasts 3 more days at $10 a day.
+        report.add_grant(&grant(125, None), 100_000_000_000);
+        // The same, but the grant ends before then.
+        report.add_grant(&grant(125, Some("2025-06-12")), 100_000_000_000);
+        // Overspent.
+        report.add_grant(&grant(90, None), 100_000_000_000);
+        let g = &report.grants;
+        assert_eq!(g[0].daily_rate_nanos, 10_000_000_000);
+        assert_eq!(g[0].remaining_nanos, 25_000_000_000);
+        assert_eq!(g[0].runs_out_on, Some("2025-06-13".parse().unwrap()));
+        assert_eq!(g[1].runs_out_on, None);
+        assert!(g[2].overspent() && report.has_overspent_grant());
+        let mut text = Vec::new();
+        report.write_text(&mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains("runs out 2025-06-13"), "{text}");
+        assert!(text.contains("lasts the grant"), "{text}");
+        assert!(text.contains("OVERSPENT"), "{text}");
     }
 
     #[test]

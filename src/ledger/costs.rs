@@ -7,6 +7,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::usage::format_mtime;
 use super::{KnownFile, Ledger};
+use crate::costs::grants::Grant;
 use crate::costs::parse::Parsed;
 use crate::period::format_utc;
 
@@ -93,6 +94,7 @@ impl Ledger {
                 Ok((
                     r.get(0)?,
                     KnownFile {
+                        fingerprint: None,
                         etag: r.get(1)?,
                         size: r.get::<_, i64>(2)? as u64,
                         last_modified: r.get(3)?,
@@ -292,6 +294,96 @@ impl Ledger {
             });
         }
         Ok(out)
+    }
+
+    /// Replaces every grant with `grants`, loaded from `source`; returns how many were replaced.
+    pub fn replace_cost_grants(&mut self, grants: &[Grant], source: &str) -> Result<u64> {
+        let now = format_utc(Utc::now());
+        let tx = self.conn.transaction()?;
+        let replaced = tx.execute("DELETE FROM cost_grants", [])?;
+        {
+            let mut insert = tx.prepare(
+                "INSERT INTO cost_grants (user, amount_nanos, starts_on, ends_on, note, source,
+                     line, loaded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for g in grants {
+                insert.execute(params![
+                    g.user,
+                    g.amount_nanos,
+                    g.starts_on.to_string(),
+                    g.ends_on.map(|d| d.to_string()),
+                    g.note,
+                    source,
+                    g.line,
+                    now
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(replaced as u64)
+    }
+
+    /// Every grant, by user and start.
+    pub fn cost_grants(&self) -> Result<Vec<Grant>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT user, amount_nanos, starts_on, ends_on, note, line FROM cost_grants
+             ORDER BY user, starts_on, id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })?;
+        let date = |s: &str| {
+            s.parse()
+                .with_context(|| format!("a stored grant date is not a date: {s}"))
+        };
+        let mut grants = Vec::new();
+        for row in rows {
+            let (user, amount_nanos, starts_on, ends_on, note, line) = row?;
+            grants.push(Grant {
+                user,
+                amount_nanos,
+                starts_on: date(&starts_on)?,
+                ends_on: ends_on.as_deref().map(date).transpose()?,
+                note,
+                line: line as u64,
+            });
+        }
+        Ok(grants)
+    }
+
+    /// A user's spend over line items starting in `[from, to)` (`to` open-ended when `None`).
+    pub fn user_spend(
+        &self,
+        user: &str,
+        from: DateTime<Utc>,
+        to: Option<DateTime<Utc>>,
+    ) -> Result<i64> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(blended_nanos), 0) FROM cost_line_items
+             WHERE user = ?1 AND usage_start >= ?2 AND (?3 IS NULL OR usage_start < ?3)",
+            )?
+            .query_row(params![user, format_utc(from), to.map(format_utc)], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// Does any line item name `user`?
+    pub fn user_has_line_items(&self, user: &str) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM cost_line_items WHERE user = ?1)",
+            [user],
+            |r| r.get(0),
+        )?)
     }
 
     /// Every account's check of `month` (YYYY-MM) against its invoice total.

@@ -20,7 +20,11 @@ pub struct FileVersion {
     pub service_key: Option<String>,
     /// The usage hour from the path; `None` when it does not parse (then there are no records).
     pub hour: Option<DateTime<Utc>>,
-    pub sha256: String,
+    /// `blake3:<hex>` of the body.
+    pub fingerprint: String,
+    /// `sha256:<hex>` of the body, computed only when the ledger holds this key under a
+    /// fingerprint from before BLAKE3 (see [`KnownFile::has_legacy_fingerprint`]).
+    pub legacy_fingerprint: Option<String>,
     pub etag: Option<String>,
     pub size: u64,
     pub last_modified: Option<DateTime<Utc>>,
@@ -51,12 +55,22 @@ pub enum StoreOutcome {
 /// What the ledger knows of a key, for deciding whether to read it again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownFile {
+    /// The stored content fingerprint, where the caller needs it.
+    pub fingerprint: Option<String>,
     pub etag: Option<String>,
     pub size: u64,
     pub last_modified: Option<String>,
 }
 
 impl KnownFile {
+    /// Was this file stored with a SHA-256 fingerprint (before migration V6)? Then a re-read
+    /// must hash its body with SHA-256 too, to tell whether it changed.
+    pub fn has_legacy_fingerprint(&self) -> bool {
+        self.fingerprint
+            .as_deref()
+            .is_some_and(|f| f.starts_with("sha256:"))
+    }
+
     /// Is a listed object the version already stored? S3 objects compare by ETag; local files by
     /// size and modification time.
     pub fn matches(
@@ -92,19 +106,33 @@ pub(super) fn format_mtime(t: DateTime<Utc>) -> String {
 }
 
 impl Ledger {
-    pub fn known_file(&self, key: &str) -> Result<Option<KnownFile>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT etag, size, last_modified FROM usage_files WHERE key = ?1")?;
-        Ok(stmt
-            .query_row([key], |r| {
-                Ok(KnownFile {
-                    etag: r.get(0)?,
-                    size: r.get::<_, i64>(1)? as u64,
-                    last_modified: r.get(2)?,
+    /// What the ledger knows of each key, looked up in one read transaction (a transaction per
+    /// lookup would take and release SQLite's file locks once per key).
+    pub fn known_files<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k str>,
+    ) -> Result<Vec<Option<KnownFile>>> {
+        let tx = self.conn.unchecked_transaction()?;
+        let mut stmt = tx.prepare_cached(
+            "SELECT fingerprint, etag, size, last_modified FROM usage_files WHERE key = ?1",
+        )?;
+        let mut known = Vec::new();
+        for key in keys {
+            known.push(
+                stmt.query_row([key], |r| {
+                    Ok(KnownFile {
+                        fingerprint: r.get(0)?,
+                        etag: r.get(1)?,
+                        size: r.get::<_, i64>(2)? as u64,
+                        last_modified: r.get(3)?,
+                    })
                 })
-            })
-            .optional()?)
+                .optional()?,
+            );
+        }
+        drop(stmt);
+        tx.commit()?;
+        Ok(known)
     }
 
     /// The newest month with usage files per service key (`SERVICE:ENV:PLAN`) from `source`.
@@ -194,24 +222,34 @@ impl Ledger {
 
 fn store_file(tx: &Transaction, f: &FileVersion, now: &str) -> Result<StoreOutcome> {
     let existing: Option<(i64, String)> = tx
-        .prepare_cached("SELECT id, sha256 FROM usage_files WHERE key = ?1")?
+        .prepare_cached("SELECT id, fingerprint FROM usage_files WHERE key = ?1")?
         .query_row([&f.key], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let hour = f.hour.map(format_utc);
     let last_modified = f.last_modified.map(format_mtime);
     let (file_id, outcome) = match existing {
-        Some((id, sha)) if sha == f.sha256 => {
+        Some((id, stored))
+            if stored == f.fingerprint || Some(&stored) == f.legacy_fingerprint.as_ref() =>
+        {
             tx.prepare_cached(
-                "UPDATE usage_files SET etag = ?2, last_modified = ?3, size = ?4, source = ?5
+                "UPDATE usage_files SET etag = ?2, last_modified = ?3, size = ?4, source = ?5,
+                     fingerprint = ?6
                  WHERE id = ?1",
             )?
-            .execute(params![id, f.etag, last_modified, f.size, f.source])?;
+            .execute(params![
+                id,
+                f.etag,
+                last_modified,
+                f.size,
+                f.source,
+                f.fingerprint
+            ])?;
             return Ok(StoreOutcome::Unchanged);
         }
         Some((id, _)) => {
             keep_replaced_version(tx, id, now)?;
             tx.prepare_cached(
-                "UPDATE usage_files SET source = ?2, service_key = ?3, hour = ?4, sha256 = ?5,
+                "UPDATE usage_files SET source = ?2, service_key = ?3, hour = ?4, fingerprint = ?5,
                      etag = ?6, size = ?7, last_modified = ?8, ingested_at = ?9,
                      record_count = ?10, problem_count = ?11, status = ?12, version = version + 1
                  WHERE id = ?1",
@@ -221,7 +259,7 @@ fn store_file(tx: &Transaction, f: &FileVersion, now: &str) -> Result<StoreOutco
                 f.source,
                 f.service_key,
                 hour,
-                f.sha256,
+                f.fingerprint,
                 f.etag,
                 f.size,
                 last_modified,
@@ -234,7 +272,7 @@ fn store_file(tx: &Transaction, f: &FileVersion, now: &str) -> Result<StoreOutco
         }
         None => {
             tx.prepare_cached(
-                "INSERT INTO usage_files (key, source, service_key, hour, sha256, etag, size,
+                "INSERT INTO usage_files (key, source, service_key, hour, fingerprint, etag, size,
                      last_modified, ingested_at, record_count, problem_count, status)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
@@ -243,7 +281,7 @@ fn store_file(tx: &Transaction, f: &FileVersion, now: &str) -> Result<StoreOutco
                 f.source,
                 f.service_key,
                 hour,
-                f.sha256,
+                f.fingerprint,
                 f.etag,
                 f.size,
                 last_modified,
@@ -302,26 +340,143 @@ fn store_file(tx: &Transaction, f: &FileVersion, now: &str) -> Result<StoreOutco
     Ok(outcome)
 }
 
-/// Moves the current version of a file into history (with its totals) and clears its rows.
+/// Moves the current version of a file into history (with its totals) and clears its rows. The
+/// records sit in the file's service key and hour (the table is clustered by period), so both
+/// statements read one hour's range.
 fn keep_replaced_version(tx: &Transaction, file_id: i64, now: &str) -> Result<()> {
     tx.prepare_cached(
-        "INSERT INTO usage_file_versions (file_id, version, sha256, etag, size, record_count,
-             ingested_at, replaced_at)
-         SELECT id, version, sha256, etag, size, record_count, ingested_at, ?2
+        "INSERT INTO usage_file_versions (file_id, version, fingerprint, etag, size,
+             record_count, ingested_at, replaced_at)
+         SELECT id, version, fingerprint, etag, size, record_count, ingested_at, ?2
          FROM usage_files WHERE id = ?1",
     )?
     .execute(params![file_id, now])?;
     let version_id = tx.last_insert_rowid();
-    tx.prepare_cached(
-        "INSERT INTO usage_file_version_totals (version_id, contract_id, dimension, records, value, amount)
-         SELECT ?2, contract_id, dimension, COUNT(*), SUM(value), SUM(value * price_per_unit)
-         FROM usage_records WHERE file_id = ?1
-         GROUP BY contract_id, dimension",
-    )?
-    .execute(params![file_id, version_id])?;
-    tx.prepare_cached("DELETE FROM usage_records WHERE file_id = ?1")?
-        .execute([file_id])?;
+    let (service_key, hour): (Option<String>, Option<String>) = tx
+        .prepare_cached("SELECT service_key, hour FROM usage_files WHERE id = ?1")?
+        .query_row([file_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if let (Some(service_key), Some(hour)) = (service_key, hour) {
+        tx.prepare_cached(
+            "INSERT INTO usage_file_version_totals (version_id, contract_id, dimension, records, value, amount)
+             SELECT ?4, contract_id, dimension, COUNT(*), SUM(value), SUM(value * price_per_unit)
+             FROM usage_records WHERE service_key = ?2 AND hour = ?3 AND file_id = ?1
+             GROUP BY contract_id, dimension",
+        )?
+        .execute(params![file_id, service_key, hour, version_id])?;
+        tx.prepare_cached(
+            "DELETE FROM usage_records WHERE service_key = ?2 AND hour = ?3 AND file_id = ?1",
+        )?
+        .execute(params![file_id, service_key, hour])?;
+    }
     tx.prepare_cached("DELETE FROM ingest_problems WHERE file_id = ?1")?
         .execute([file_id])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::{file_version, legacy_fingerprint};
+    use crate::source::{classify_key, ObjectMeta};
+
+    const KEY: &str = "omnistrate-metering/pg/PROD/pt-1/2025/07/01/00/sub-1.json";
+    const BODY: &[u8] =
+        br#"[{"externalPayerId":"c-1","dimension":"cpu_core_hours","value":8,"pricePerUnit":0.5},
+        {"externalPayerId":"c-1","dimension":"replica_hours","value":1},
+        {"dimension":"cpu_core_hours","value":4}]"#;
+
+    fn version(body: &[u8], legacy: bool) -> FileVersion {
+        let meta = ObjectMeta {
+            key: KEY.into(),
+            size: body.len() as u64,
+            etag: None,
+            last_modified: None,
+        };
+        file_version("test", meta, classify_key(KEY), body, legacy)
+    }
+
+    fn count(ledger: &Ledger, sql: &str) -> i64 {
+        ledger.conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// A ledger written before V6 (records clustered by file, SHA-256 fingerprints) is migrated
+    /// with its records, and its files are still recognised as unchanged or rewritten.
+    #[test]
+    fn a_ledger_from_before_v6_keeps_its_records_and_fingerprints() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite");
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        super::super::embedded::migrations::runner()
+            .set_target(refinery::Target::Version(5))
+            .run(&mut conn)
+            .unwrap();
+        let sha = legacy_fingerprint(BODY).replace("sha256:", "");
+        conn.execute_batch(&format!(
+            "INSERT INTO usage_files (id, key, source, service_key, hour, sha256, size,
+                 ingested_at, record_count, problem_count, status)
+             VALUES (7, '{KEY}', 'test', 'pg:PROD:pt-1', '2025-07-01T00:00:00Z', '{sha}', 1,
+                 '2025-07-01T01:00:00Z', 3, 0, 'ok');
+             INSERT INTO usage_records (file_id, record_index, service_key, hour, contract_id,
+                 dimension, value, price_per_unit)
+             VALUES (7, 0, 'pg:PROD:pt-1', '2025-07-01T00:00:00Z', 'c-1', 'cpu_core_hours', 8, 0.5),
+                    (7, 1, 'pg:PROD:pt-1', '2025-07-01T00:00:00Z', 'c-1', 'replica_hours', 1, NULL),
+                    (7, 2, 'pg:PROD:pt-1', '2025-07-01T00:00:00Z', NULL, 'cpu_core_hours', 4, NULL);"
+        ))
+        .unwrap();
+        drop(conn);
+
+        let mut ledger = Ledger::open(&path).unwrap();
+        assert_eq!(
+            count(
+                &ledger,
+                "SELECT SUM(value) FROM usage_records WHERE file_id = 7"
+            ),
+            13
+        );
+        assert_eq!(
+            count(
+                &ledger,
+                "SELECT SUM(value) FROM monthly_usage WHERE month = '2025-07'"
+            ),
+            9
+        );
+        assert_eq!(count(&ledger, "SELECT value FROM unattributed_usage"), 4);
+        let known = ledger.known_files([KEY]).unwrap().remove(0).unwrap();
+        assert_eq!(known.fingerprint, Some(format!("sha256:{sha}")));
+        assert!(known.has_legacy_fingerprint());
+
+        // The same body read again is unchanged, and from now on known by its BLAKE3 fingerprint.
+        let same = version(BODY, true);
+        assert_eq!(
+            ledger.store_files(std::slice::from_ref(&same)).unwrap(),
+            [StoreOutcome::Unchanged]
+        );
+        let known = ledger.known_files([KEY]).unwrap().remove(0).unwrap();
+        assert_eq!(
+            known.fingerprint.as_deref(),
+            Some(same.fingerprint.as_str())
+        );
+        assert!(same.fingerprint.starts_with("blake3:"));
+
+        // A rewritten body replaces the records and keeps the old version's totals.
+        let rewritten = version(
+            br#"[{"externalPayerId":"c-1","dimension":"cpu_core_hours","value":3}]"#,
+            false,
+        );
+        assert_eq!(
+            ledger.store_files(&[rewritten]).unwrap(),
+            [StoreOutcome::Replaced]
+        );
+        assert_eq!(
+            count(
+                &ledger,
+                "SELECT SUM(value) FROM usage_records WHERE file_id = 7"
+            ),
+            3
+        );
+        assert_eq!(
+            count(&ledger, "SELECT SUM(value) FROM usage_file_version_totals"),
+            13
+        );
+    }
 }

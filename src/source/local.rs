@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
-use walkdir::WalkDir;
 
 use super::{ObjectMeta, Scope, EXPORT_PREFIX};
 use crate::error::Fatal;
@@ -43,37 +42,15 @@ impl LocalSource {
 
     /// Lists every `.json` file under the export prefix that could be in `scope`, in key order,
     /// pruning folders of other service keys and months. Calls `found` for each; stops early when
-    /// it returns false.
+    /// it returns false. Names that are not UTF-8 are skipped (they cannot be keys).
     pub fn list(&self, scope: &Scope, mut found: impl FnMut(ObjectMeta) -> bool) -> Result<()> {
-        let base = self.root.join(EXPORT_PREFIX.trim_end_matches('/'));
-        let walker = WalkDir::new(&base)
-            .sort_by_file_name()
-            .into_iter()
-            .filter_entry(|e| !e.file_type().is_dir() || folder_in_scope(scope, e.path(), &base));
-        for entry in walker {
-            let entry = entry.with_context(|| format!("listing {}", base.display()))?;
-            if !entry.file_type().is_file() || entry.path().extension().is_none_or(|x| x != "json")
-            {
-                continue;
-            }
-            let rel = entry
-                .path()
-                .strip_prefix(&self.root)
-                .expect("walked paths are under the root");
-            let Some(key) = key_of(rel) else { continue };
-            let md = entry
-                .metadata()
-                .with_context(|| format!("reading metadata of {}", entry.path().display()))?;
-            let meta = ObjectMeta {
-                key,
-                size: md.len(),
-                etag: None,
-                last_modified: md.modified().ok().map(DateTime::<Utc>::from),
-            };
-            if !found(meta) {
-                break;
-            }
-        }
+        let prefix = EXPORT_PREFIX.trim_end_matches('/');
+        let mut walk = Walk {
+            scope,
+            found: &mut found,
+            segments: Vec::new(),
+        };
+        walk.folder(&self.root.join(prefix), prefix)?;
         Ok(())
     }
 
@@ -82,26 +59,70 @@ impl LocalSource {
     }
 }
 
-/// A `/`-separated key from a relative path; `None` for a name that is not UTF-8.
-fn key_of(rel: &Path) -> Option<String> {
-    let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
-    Some(parts?.join("/"))
+/// One folder walk. Each folder is read once, its entries sorted by name; a file's metadata comes
+/// from its folder entry (`fstatat`), without resolving its whole path again.
+struct Walk<'a, F> {
+    scope: &'a Scope,
+    found: &'a mut F,
+    /// Folder names below the export prefix down to the current folder.
+    segments: Vec<String>,
 }
 
-/// Prunes folders by the scope: depth 1-3 are service, environment and plan; 4 and 5 year and
-/// month. Folders whose names do not parse are kept so that their files are reported.
-fn folder_in_scope(scope: &Scope, path: &Path, base: &Path) -> bool {
-    let Ok(rel) = path.strip_prefix(base) else {
+impl<F: FnMut(ObjectMeta) -> bool> Walk<'_, F> {
+    /// Walks `dir`, whose key is `key`; false when `found` asked to stop.
+    fn folder(&mut self, dir: &Path, key: &str) -> Result<bool> {
+        let listing = || format!("listing {}", dir.display());
+        let mut entries = Vec::new();
+        for entry in std::fs::read_dir(dir).with_context(listing)? {
+            let entry = entry.with_context(listing)?;
+            if let Ok(name) = entry.file_name().into_string() {
+                entries.push((name, entry));
+            }
+        }
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (name, entry) in entries {
+            let file_type = entry
+                .file_type()
+                .with_context(|| format!("reading {}", entry.path().display()))?;
+            let entry_key = format!("{key}/{name}");
+            if file_type.is_dir() {
+                self.segments.push(name);
+                let go_on = !folder_in_scope(self.scope, &self.segments)
+                    || self.folder(&entry.path(), &entry_key)?;
+                self.segments.pop();
+                if !go_on {
+                    return Ok(false);
+                }
+            } else if file_type.is_file() && name.ends_with(".json") {
+                let md = entry
+                    .metadata()
+                    .with_context(|| format!("reading metadata of {}", entry.path().display()))?;
+                let meta = ObjectMeta {
+                    key: entry_key,
+                    size: md.len(),
+                    etag: None,
+                    last_modified: md.modified().ok().map(DateTime::<Utc>::from),
+                };
+                if !(self.found)(meta) {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Prunes folders by the scope: `segments` are the folder names below the export prefix; depth
+/// 1-3 are service, environment and plan, 4 and 5 year and month. Folders whose names do not
+/// parse are kept so that their files are reported.
+fn folder_in_scope(scope: &Scope, segments: &[String]) -> bool {
+    let Some(last) = segments.last() else {
         return true;
     };
-    let parts: Vec<&str> = rel.iter().filter_map(|p| p.to_str()).collect();
-    let Some(last) = parts.last() else {
-        return true;
-    };
-    match parts.len() {
+    match segments.len() {
         d @ 1..=3 => scope.admits_segment(d - 1, last),
         4 => last.parse().map_or(true, |y| scope.admits_year(y)),
-        5 => format!("{}-{}", parts[3], last)
+        5 => format!("{}-{}", segments[3], last)
             .parse::<Month>()
             .map_or(true, |m| scope.admits_month(m)),
         _ => true,

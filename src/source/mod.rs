@@ -268,6 +268,9 @@ mod tests {
     }
 }
 
+/// Files of a folder walk passed on at once: one hand-over between threads per batch, not per file.
+const LIST_BATCH: usize = 512;
+
 /// A place usage files are read from. Cheap to clone.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -284,24 +287,55 @@ impl Source {
         }
     }
 
+    /// How many reads to keep in flight when `requested` are asked for. A local read is work for
+    /// this machine's CPUs (read, hash, parse on the blocking pool): more than two per CPU only
+    /// adds threads, switching and memory. An S3 read mostly waits on the network.
+    pub fn reads_in_flight(&self, requested: usize) -> usize {
+        let wanted = match self {
+            Source::Local(_) => {
+                let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+                requested.min(2 * cpus)
+            }
+            Source::S3(_) => requested,
+        };
+        wanted.max(1)
+    }
+
     /// Does listing honour [`s3::MonthFloors`]? A folder walk is cheap and always complete; an S3
     /// listing costs a request per 1,000 keys, so it starts at each service key's floor.
     pub fn lists_from_floors(&self) -> bool {
         matches!(self, Source::S3(_))
     }
 
-    /// Sends every object that could be in `scope` to `tx`, then returns.
+    /// Sends every object that could be in `scope` to `tx`, in batches (an S3 page, or up to
+    /// [`LIST_BATCH`] files of a folder walk), then returns.
     pub async fn list(
         &self,
         scope: &Scope,
         floors: s3::MonthFloors,
-        tx: tokio::sync::mpsc::Sender<ObjectMeta>,
+        tx: tokio::sync::mpsc::Sender<Vec<ObjectMeta>>,
     ) -> anyhow::Result<()> {
         match self {
             Source::Local(l) => {
                 let (l, scope) = (l.clone(), scope.clone());
-                tokio::task::spawn_blocking(move || l.list(&scope, |m| tx.blocking_send(m).is_ok()))
-                    .await?
+                tokio::task::spawn_blocking(move || {
+                    let mut batch = Vec::with_capacity(LIST_BATCH);
+                    l.list(&scope, |m| {
+                        batch.push(m);
+                        batch.len() < LIST_BATCH
+                            || tx
+                                .blocking_send(std::mem::replace(
+                                    &mut batch,
+                                    Vec::with_capacity(LIST_BATCH),
+                                ))
+                                .is_ok()
+                    })?;
+                    if !batch.is_empty() {
+                        let _ = tx.blocking_send(batch);
+                    }
+                    Ok(())
+                })
+                .await?
             }
             Source::S3(s) => s.clone().list(scope.clone(), floors, tx).await,
         }
@@ -322,18 +356,30 @@ impl Source {
         }
     }
 
-    /// Reads one object's body, with its metadata as of the read. Errors that must stop the run
-    /// are [`crate::error::Fatal`].
-    pub async fn fetch(&self, meta: ObjectMeta) -> anyhow::Result<(ObjectMeta, Vec<u8>)> {
+    /// Reads one object's body and hands it, with its metadata as of the read, to `process` on
+    /// the blocking pool, so that hashing and parsing never hold up the task driving the reads. A
+    /// local file is read and processed in one hand-over. Errors that must stop the run are
+    /// [`crate::error::Fatal`].
+    pub async fn fetch<T: Send + 'static>(
+        &self,
+        meta: ObjectMeta,
+        process: impl FnOnce(ObjectMeta, Vec<u8>) -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
         match self {
             Source::Local(l) => {
-                let (l, key) = (l.clone(), meta.key.clone());
-                let body = tokio::task::spawn_blocking(move || l.read(&key))
-                    .await?
-                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", meta.key))?;
-                Ok((meta, body))
+                let l = l.clone();
+                tokio::task::spawn_blocking(move || {
+                    let body = l
+                        .read(&meta.key)
+                        .map_err(|e| anyhow::anyhow!("reading {}: {e}", meta.key))?;
+                    Ok(process(meta, body))
+                })
+                .await?
             }
-            Source::S3(s) => s.fetch(&meta).await,
+            Source::S3(s) => {
+                let (meta, body) = s.fetch(&meta).await?;
+                Ok(tokio::task::spawn_blocking(move || process(meta, body)).await?)
+            }
         }
     }
 }

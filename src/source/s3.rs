@@ -82,12 +82,12 @@ impl S3Source {
     }
 
     /// Sends every object under the export layout that could be in `scope` (and, per service key,
-    /// in a month at or after its floor) to `tx`.
+    /// in a month at or after its floor) to `tx`, a page at a time.
     pub async fn list(
         self: Arc<Self>,
         scope: Scope,
         floors: MonthFloors,
-        tx: Sender<ObjectMeta>,
+        tx: Sender<Vec<ObjectMeta>>,
     ) -> Result<()> {
         let lister = Arc::new(Lister {
             source: self,
@@ -256,7 +256,7 @@ struct Lister {
     source: Arc<S3Source>,
     scope: Scope,
     floors: MonthFloors,
-    tx: Sender<ObjectMeta>,
+    tx: Sender<Vec<ObjectMeta>>,
     permits: tokio::sync::Semaphore,
 }
 
@@ -281,9 +281,7 @@ impl Lister {
                 None => {
                     let mut children = Vec::new();
                     for page in this.list_level(&prefix).await? {
-                        for object in page.objects {
-                            this.send(object).await?;
-                        }
+                        this.send(page.objects).await;
                         children.extend(page.folders);
                     }
                     children
@@ -351,9 +349,7 @@ impl Lister {
     /// Every object under `prefix`, sent on as each page arrives.
     async fn list_all(&self, prefix: &str) -> Result<()> {
         self.pages(prefix, None, |page| async move {
-            for object in page.objects {
-                self.send(object).await?;
-            }
+            self.send(page.objects).await;
             Ok(())
         })
         .await
@@ -411,10 +407,12 @@ impl Lister {
         }
     }
 
-    async fn send(&self, object: ObjectMeta) -> Result<()> {
-        // A closed channel means the ingest stopped early; its own error says why.
-        let _ = self.tx.send(object).await;
-        Ok(())
+    /// Passes on one page's objects.
+    async fn send(&self, objects: Vec<ObjectMeta>) {
+        if !objects.is_empty() {
+            // A closed channel means the ingest stopped early; its own error says why.
+            let _ = self.tx.send(objects).await;
+        }
     }
 }
 
