@@ -98,13 +98,40 @@ impl FromStr for Month {
     }
 }
 
-/// Formats an instant as the ledger stores it: RFC 3339, UTC, whole seconds, `Z`.
+/// Formats an instant as the ledger stores it: RFC 3339, UTC, whole seconds, `Z`. Written out
+/// field by field: `costs ingest` formats two per line item, and chrono's `format` re-reads its
+/// pattern every time.
 pub fn format_utc(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    use chrono::Timelike;
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn instants_are_formatted_like_chrono_rfc3339_in_whole_seconds() {
+        for text in [
+            "2025-07-01T00:00:00Z",
+            "2024-02-29T23:59:59Z",
+            "0999-01-02T03:04:05Z",
+        ] {
+            let t = chrono::DateTime::parse_from_rfc3339(text).unwrap().to_utc();
+            assert_eq!(super::format_utc(t), text);
+            assert_eq!(
+                super::format_utc(t),
+                t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+            );
+        }
+    }
+
     use super::*;
 
     #[test]
