@@ -6,8 +6,8 @@ use std::net::TcpStream;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::s3_ingest::{endpoint, Bucket};
-use crate::submit::{Emulator, CLIENT_ID, SECRET};
+use crate::emulator::{Emulator, CLIENT_ID, SECRET};
+use crate::s3::{endpoint, Bucket};
 use crate::util::TestEnv;
 
 fn free_port() -> u16 {

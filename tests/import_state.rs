@@ -5,8 +5,8 @@ use std::process::Output;
 
 use serde_json::json;
 
-use crate::s3_ingest::{endpoint, Bucket};
-use crate::submit::{Emulator, CLIENT_ID, SECRET};
+use crate::emulator::{Emulator, CLIENT_ID, SECRET};
+use crate::s3::{endpoint, Bucket};
 use crate::util::{record, stderr_of, usage_key, TestEnv};
 
 const KEY: &str = "pg:PROD:pt-1";

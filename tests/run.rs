@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::process::Output;
 
-use crate::s3_ingest::{endpoint, Bucket};
-use crate::submit::{Emulator, CLIENT_ID, SECRET};
+use crate::emulator::{Emulator, CLIENT_ID, SECRET};
+use crate::s3::{endpoint, Bucket};
 use crate::util::{files_under, stderr_of, TestEnv};
 
 /// An export on S3 (3 subscriptions, 6 hours of June 2025, marked complete) and an emulator.

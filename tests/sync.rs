@@ -609,12 +609,12 @@ fn doctor_on_a_good_setup_says_ok_to_every_check() {
         HashMap::new(),
     );
     s3.cmd(&env).args(["sync", "push"]).assert().success();
-    let emu = crate::submit::Emulator::start(&env, &[]);
+    let emu = crate::emulator::Emulator::start(&env, &[]);
     let out = s3
         .cmd(&env)
         .env("S3_BUCKET_NAME", &s3.bucket)
-        .env("CLAZAR_CLIENT_ID", crate::submit::CLIENT_ID)
-        .env("CLAZAR_CLIENT_SECRET", crate::submit::SECRET)
+        .env("CLAZAR_CLIENT_ID", crate::emulator::CLIENT_ID)
+        .env("CLAZAR_CLIENT_SECRET", crate::emulator::SECRET)
         .env(
             "DIMENSION_memory_gb_hours",
             "memory_byte_hours / 1073741824",
@@ -634,7 +634,7 @@ fn doctor_on_a_good_setup_says_ok_to_every_check() {
         text.contains("formulas: 1 valid: memory_gb_hours"),
         "{text}"
     );
-    assert!(!text.contains(crate::submit::SECRET));
+    assert!(!text.contains(crate::emulator::SECRET));
     for line in &lines {
         assert!(line.starts_with("ok "), "{line}");
     }

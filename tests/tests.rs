@@ -1,6 +1,8 @@
 //! Integration tests: the real `meterbook` binary over real SQLite files, a real S3-compatible
 //! server and the Clazar emulator on 127.0.0.1. One test binary, one module per area.
 
+mod emulator;
+mod s3;
 mod util;
 
 mod costs;
