@@ -221,14 +221,18 @@ impl Ledger {
 }
 
 fn store_file(tx: &Transaction, f: &FileVersion, now: &str) -> Result<StoreOutcome> {
-    let existing: Option<(i64, String)> = tx
-        .prepare_cached("SELECT id, fingerprint FROM usage_files WHERE key = ?1")?
-        .query_row([&f.key], |r| Ok((r.get(0)?, r.get(1)?)))
+    let existing: Option<(i64, String, StoredPeriod)> = tx
+        .prepare_cached(
+            "SELECT id, fingerprint, service_key, hour FROM usage_files WHERE key = ?1",
+        )?
+        .query_row([&f.key], |r| {
+            Ok((r.get(0)?, r.get(1)?, (r.get(2)?, r.get(3)?)))
+        })
         .optional()?;
     let hour = f.hour.map(format_utc);
     let last_modified = f.last_modified.map(format_mtime);
     let (file_id, outcome) = match existing {
-        Some((id, stored))
+        Some((id, stored, _))
             if stored == f.fingerprint || Some(&stored) == f.legacy_fingerprint.as_ref() =>
         {
             tx.prepare_cached(
@@ -246,8 +250,8 @@ fn store_file(tx: &Transaction, f: &FileVersion, now: &str) -> Result<StoreOutco
             ])?;
             return Ok(StoreOutcome::Unchanged);
         }
-        Some((id, _)) => {
-            keep_replaced_version(tx, id, now)?;
+        Some((id, _, period)) => {
+            keep_replaced_version(tx, id, &period, now)?;
             tx.prepare_cached(
                 "UPDATE usage_files SET source = ?2, service_key = ?3, hour = ?4, fingerprint = ?5,
                      etag = ?6, size = ?7, last_modified = ?8, ingested_at = ?9,
@@ -340,10 +344,19 @@ fn store_file(tx: &Transaction, f: &FileVersion, now: &str) -> Result<StoreOutco
     Ok(outcome)
 }
 
+/// The service key and hour a stored file's records sit under (NULL for a file whose path did
+/// not say, which has no records).
+type StoredPeriod = (Option<String>, Option<String>);
+
 /// Moves the current version of a file into history (with its totals) and clears its rows. The
-/// records sit in the file's service key and hour (the table is clustered by period), so both
-/// statements read one hour's range.
-fn keep_replaced_version(tx: &Transaction, file_id: i64, now: &str) -> Result<()> {
+/// records sit in the file's stored service key and hour (the table is clustered by period), so
+/// both statements read one hour's range.
+fn keep_replaced_version(
+    tx: &Transaction,
+    file_id: i64,
+    (service_key, hour): &StoredPeriod,
+    now: &str,
+) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO usage_file_versions (file_id, version, fingerprint, etag, size,
              record_count, ingested_at, replaced_at)
@@ -352,9 +365,6 @@ fn keep_replaced_version(tx: &Transaction, file_id: i64, now: &str) -> Result<()
     )?
     .execute(params![file_id, now])?;
     let version_id = tx.last_insert_rowid();
-    let (service_key, hour): (Option<String>, Option<String>) = tx
-        .prepare_cached("SELECT service_key, hour FROM usage_files WHERE id = ?1")?
-        .query_row([file_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     if let (Some(service_key), Some(hour)) = (service_key, hour) {
         tx.prepare_cached(
             "INSERT INTO usage_file_version_totals (version_id, contract_id, dimension, records, value, amount)
