@@ -10,53 +10,28 @@ use std::process::{Command, Output};
 use serde_json::json;
 
 use crate::emulator::{Emulator, CLIENT_ID, SECRET};
+use crate::import_state::{marker, meterbook, sent, usage};
 use crate::s3::{endpoint, Bucket};
-use crate::util::{compose_env, files_under, record, stderr_of, usage_key, TestEnv};
+use crate::util::{compose_env, files_under, stderr_of, TestEnv};
 
-fn usage(env: &TestEnv, hour: &str, contract: &str) {
-    let body = json!([
-        record(Some(contract), "cpu_core_hours", json!(2)),
-        record(Some(contract), "replica_hours", json!(1)),
-    ]);
-    env.write_usage(
-        &usage_key("pt-1", hour, &format!("sub-{contract}")),
-        body.to_string().as_bytes(),
-    );
-}
-
-fn marker(env: &TestEnv, to: &str) {
-    env.write_usage(
-        "omnistrate-metering/last_success_export.json",
-        json!({ "pg:PROD:pt-1": {"last_processed_to": to, "last_updated_at": to} })
-            .to_string()
-            .as_bytes(),
-    );
-}
-
-/// `meterbook ARGS` against the emulator, with the Clazar credentials.
-fn meterbook(env: &TestEnv, emu: &Emulator, args: &[&str]) -> Output {
+/// `meterbook submit` against the emulator, with the Clazar credentials and `vars`.
+fn submit(env: &TestEnv, emu: &Emulator, vars: &[(&str, &str)]) -> Output {
     env.cmd()
+        .envs(vars.iter().copied())
         .env("CLAZAR_CLIENT_ID", CLIENT_ID)
         .env("CLAZAR_CLIENT_SECRET", SECRET)
-        .args(args)
-        .args(["--clazar-base-url", &emu.url()])
+        .args(["submit", "--clazar-base-url", &emu.url()])
         .output()
         .unwrap()
 }
 
-/// (contract, month) pairs the emulator accepted, sorted, without repeats.
-fn sent(emu: &Emulator) -> Vec<(String, String)> {
-    let set: BTreeSet<(String, String)> = emu
-        .accepted()
-        .iter()
-        .map(|r| {
-            (
-                r["contract_id"].as_str().unwrap().to_string(),
-                r["start_time"].as_str().unwrap()[..7].to_string(),
-            )
-        })
-        .collect();
-    set.into_iter().collect()
+/// The export tree ingested.
+fn ingested(env: &TestEnv) {
+    env.cmd()
+        .args(["ingest", "--source"])
+        .arg(env.export())
+        .assert()
+        .success();
 }
 
 fn pair(contract: &str, month: &str) -> (String, String) {
@@ -68,9 +43,9 @@ fn blank_variables_are_unset() {
     let env = TestEnv::new();
     usage(&env, "2025/06/10/00", "A");
     marker(&env, "2025-06-30T23:59:59Z");
+    ingested(&env);
     let emu = Emulator::start(&env, &[]);
-    let mut cmd = env.cmd();
-    for name in [
+    let mut blank: Vec<(&str, &str)> = [
         "DRY_RUN",
         "START_MONTH",
         "MAX_MONTHS_PER_RUN",
@@ -86,42 +61,22 @@ fn blank_variables_are_unset() {
         "DIMENSION1_FORMULA",
         "METERBOOK_PERIOD",
         "METERBOOK_ROUNDING",
-    ] {
-        cmd.env(name, "");
-    }
-    cmd.env("LOG_LEVEL", " ");
-    let out = cmd
-        .env("CLAZAR_CLIENT_ID", CLIENT_ID)
-        .env("CLAZAR_CLIENT_SECRET", SECRET)
-        .args(["submit", "--clazar-base-url", &emu.url()])
-        .output()
-        .unwrap();
-    // Nothing ingested yet: the empty variables are accepted, and nothing is due.
+    ]
+    .iter()
+    .map(|name| (*name, ""))
+    .collect();
+    blank.push(("LOG_LEVEL", " "));
+    let out = submit(&env, &emu, &blank);
+    // DRY_RUN="" is false: the month is sent, with every default.
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert_eq!(sent(&emu), [pair("A", "2025-06")]);
+    assert_eq!(emu.accepted()[0]["cloud"], "aws");
     assert!(
         stderr_of(&out).contains("empty variables treated as unset: ")
             && stderr_of(&out).contains("DRY_RUN"),
         "{}",
         stderr_of(&out)
     );
-    env.cmd()
-        .env("DRY_RUN", "")
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .assert()
-        .success();
-    let out = env
-        .cmd()
-        .env("DRY_RUN", "")
-        .env("START_MONTH", "")
-        .env("CLAZAR_CLIENT_ID", CLIENT_ID)
-        .env("CLAZAR_CLIENT_SECRET", SECRET)
-        .args(["submit", "--clazar-base-url", &emu.url()])
-        .output()
-        .unwrap();
-    // DRY_RUN="" is false: the month is sent.
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
-    assert_eq!(sent(&emu), [pair("A", "2025-06")]);
 }
 
 #[test]
@@ -167,13 +122,9 @@ fn start_month_defaults_to_2025_01_and_says_what_it_left_out() {
     usage(&env, "2024/12/10/00", "A");
     usage(&env, "2025/01/10/00", "A");
     marker(&env, "2025-01-31T23:59:59Z");
-    env.cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .assert()
-        .success();
+    ingested(&env);
     let emu = Emulator::start(&env, &[]);
-    let out = meterbook(&env, &emu, &["submit"]);
+    let out = submit(&env, &emu, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     assert_eq!(sent(&emu), [pair("A", "2025-01")]);
     let err = stderr_of(&out);
@@ -185,14 +136,7 @@ fn start_month_defaults_to_2025_01_and_says_what_it_left_out() {
         "{err}"
     );
     // The way it says works.
-    let out = env
-        .cmd()
-        .env("START_MONTH", "2024-11")
-        .env("CLAZAR_CLIENT_ID", CLIENT_ID)
-        .env("CLAZAR_CLIENT_SECRET", SECRET)
-        .args(["submit", "--clazar-base-url", &emu.url()])
-        .output()
-        .unwrap();
+    let out = submit(&env, &emu, &[("START_MONTH", "2024-11")]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     assert!(!stderr_of(&out).contains("not submitted"));
     assert_eq!(
@@ -221,11 +165,7 @@ fn imported_failure(env: &TestEnv) -> Bucket {
     usage(env, "2025/06/10/00", "A");
     usage(env, "2025/06/10/00", "C");
     marker(env, "2025-06-30T23:59:59Z");
-    env.cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .assert()
-        .success();
+    ingested(env);
     let bucket = Bucket::new("import");
     bucket.put(
         "clazar/pg-PROD-pt-1-export_state.json",
@@ -265,7 +205,7 @@ fn import_state_finds_the_newest_versions_state_and_its_failure_clears_once_resu
     let _bucket = imported_failure(&env);
     let emu = Emulator::start(&env, &[]);
     // The failure needs attention, and nothing of June is sent by `submit`.
-    let out = meterbook(&env, &emu, &["submit"]);
+    let out = submit(&env, &emu, &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
     assert!(sent(&emu).is_empty());
 
@@ -287,7 +227,7 @@ fn import_state_finds_the_newest_versions_state_and_its_failure_clears_once_resu
         2
     );
     assert_eq!(env.count("SELECT COUNT(*) FROM submission_failures"), 0);
-    let out = meterbook(&env, &emu, &["submit"]);
+    let out = submit(&env, &emu, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
 }
 
