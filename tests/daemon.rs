@@ -58,20 +58,22 @@ fn cycles(body: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// `meterbook run --every 1s` against `source_bucket`, its health check on 127.0.0.1:`port`.
-fn start(env: &TestEnv, source_bucket: &str, emu: &Emulator, port: u16, secret: &str) -> Child {
+/// `meterbook run --every 1s` against `source_bucket` on the S3 server at `s3`, its health check
+/// on 127.0.0.1:`port`.
+fn start(
+    env: &TestEnv,
+    s3: &str,
+    source_bucket: &str,
+    emu: &Emulator,
+    port: u16,
+    secret: &str,
+) -> Child {
     let mut cmd = env.std_cmd();
     cmd.env("CLAZAR_CLIENT_ID", CLIENT_ID)
         .env("CLAZAR_CLIENT_SECRET", secret)
         .env("S3_BUCKET_NAME", source_bucket)
-        .args([
-            "--s3-endpoint-url",
-            &endpoint(),
-            "--s3-path-style",
-            "run",
-            "--every",
-            "1s",
-        ])
+        .args(["--s3-endpoint-url", s3, "--s3-path-style"])
+        .args(["--s3-max-attempts", "2", "run", "--every", "1s"])
         .args([
             "--healthcheck-port",
             &port.to_string(),
@@ -119,12 +121,13 @@ fn june_bucket(env: &TestEnv, plan: &str) -> Bucket {
 }
 
 #[test]
-fn a_missing_bucket_turns_health_to_503_and_sigterm_exits_with_the_failure() {
+fn an_unreachable_s3_turns_health_to_503_and_sigterm_exits_with_the_failure() {
     let env = TestEnv::new();
     let emu = Emulator::start(&env, &[]);
     let port = free_port();
-    let bucket = "no-such-bucket-for-meterbook";
-    let mut child = start(&env, bucket, &emu, port, SECRET);
+    // Nothing listens there: every cycle fails to take the lease.
+    let s3 = format!("http://127.0.0.1:{}", free_port());
+    let mut child = start(&env, &s3, "export-bucket", &emu, port, SECRET);
     let (_, body) = wait_for(port, "503", |code, _| code == 503);
     // The kind of failure (the lease and state on S3), never the error's text.
     assert_eq!(body, "unhealthy: the last 3 failed (state)\n");
@@ -138,7 +141,14 @@ fn refused_credentials_are_reported_as_a_config_failure_without_naming_anything(
     let emu = Emulator::start(&env, &[]);
     let bucket = june_bucket(&env, "pt-HJSv20iWX0");
     let port = free_port();
-    let mut child = start(&env, &bucket.name, &emu, port, "not-the-secret");
+    let mut child = start(
+        &env,
+        &endpoint(),
+        &bucket.name,
+        &emu,
+        port,
+        "not-the-secret",
+    );
     let (_, body) = wait_for(port, "503", |code, _| code == 503);
     assert_eq!(body, "unhealthy: the last 3 failed (config)\n");
     // The error itself names the client id, the authentication URL and the bucket: the health
@@ -162,7 +172,7 @@ fn good_cycles_are_healthy_and_sigterm_stops_cleanly() {
     let emu = Emulator::start(&env, &[]);
     let bucket = june_bucket(&env, "pt-HJSv20iWX0");
     let port = free_port();
-    let mut child = start(&env, &bucket.name, &emu, port, SECRET);
+    let mut child = start(&env, &endpoint(), &bucket.name, &emu, port, SECRET);
     let (code, body) = wait_for(port, "two good cycles", |code, body| {
         code == 200 && cycles(body) >= 2
     });

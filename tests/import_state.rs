@@ -145,6 +145,11 @@ fn what_the_predecessor_sent_is_never_sent_again_and_its_failures_can_be_resubmi
         ]
     );
     emu.assert_exactly_once();
+    // Its failure (one line per dimension of its stored request) no longer needs attention.
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM submission_failures WHERE contract_id = 'C'"),
+        0
+    );
     // An imported month cannot be resubmitted.
     let out = meterbook(&env, &emu, &["resubmit", "--contract", "A"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
