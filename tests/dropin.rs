@@ -442,3 +442,34 @@ fn a_plan_keeps_the_shared_state_of_earlier_versions_until_it_is_moved() {
     assert_eq!(emu.metering_requests(), requests);
     emu.assert_exactly_once();
 }
+
+#[test]
+fn submit_sends_nothing_for_a_service_key_whose_local_predecessor_state_was_not_imported() {
+    let env = TestEnv::new();
+    usage(&env, "2025/06/10/00", "A");
+    usage(&env, "2025/07/10/00", "A");
+    marker(&env, "2025-07-31T23:59:59Z");
+    ingested(&env);
+    // The older monthly version's state file, in the working directory.
+    std::fs::write(
+        env.dir.path().join("metering_state.json"),
+        json!({"pg:PROD:pt-1": {"last_processed_month": "2025-06",
+            "success_contracts": {"2025-06": ["A"]}}})
+        .to_string(),
+    )
+    .unwrap();
+    let emu = Emulator::start(&env, &[]);
+    let out = submit(&env, &emu, &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert_eq!(emu.metering_requests(), 0);
+    assert!(
+        stderr_of(&out).contains("`meterbook import-state --from metering_state.json`"),
+        "{}",
+        stderr_of(&out)
+    );
+    // Imported (found without --from), the month after the predecessor's is sent.
+    env.cmd().arg("import-state").assert().success();
+    let out = submit(&env, &emu, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert_eq!(sent(&emu), [pair("A", "2025-07")]);
+}
