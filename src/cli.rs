@@ -40,8 +40,35 @@ pub struct GlobalArgs {
     #[arg(short, long, global = true)]
     pub quiet: bool,
 
+    /// The log level, as the predecessor reads LOG_LEVEL (any case); -v, -q and METERBOOK_LOG win.
+    #[arg(long, global = true, env = "LOG_LEVEL", value_enum, ignore_case = true)]
+    pub log_level: Option<LogLevel>,
+
     #[command(flatten)]
     pub s3: S3Args,
+}
+
+/// `LOG_LEVEL`: the predecessor's level names (Python's logging).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    #[value(alias = "warn")]
+    Warning,
+    #[value(alias = "critical")]
+    Error,
+}
+
+impl LogLevel {
+    /// The tracing filter for this level.
+    pub fn filter(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warning => "warn",
+            LogLevel::Error => "error",
+        }
+    }
 }
 
 /// How to reach S3 or an S3-compatible store. Credentials come from aws-config's default chain
@@ -131,9 +158,11 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ImportStateArgs {
     /// The predecessor's state JSON: a local file, s3://BUCKET/KEY, or a key in the export bucket
-    /// (S3_BUCKET_NAME), e.g. clazar/Postgres-PROD-pt-HJSv20iWX0-export_state.json.
-    #[arg(long, env = "STATE_FILE_PATH", default_value = "metering_state.json")]
-    pub from: String,
+    /// (S3_BUCKET_NAME), e.g. clazar/Postgres-PROD-pt-HJSv20iWX0-export_state.json. Default: the
+    /// newest version's clazar/SERVICE_NAME-ENVIRONMENT_TYPE-PLAN_ID-export_state.json in the
+    /// export bucket, then STATE_FILE_PATH, then metering_state.json (a local file or a key).
+    #[arg(long)]
+    pub from: Option<String>,
 
     /// SERVICE:ENVIRONMENT:PLAN of a state file that holds one service key's state without naming
     /// it (default: from the file name, else SERVICE_NAME, ENVIRONMENT_TYPE and PLAN_ID).
@@ -183,7 +212,18 @@ pub struct RunArgs {
     #[arg(long, env = "METERBOOK_EVERY", value_name = "DURATION")]
     pub every: Option<String>,
 
-    /// Keep running: a cycle on the first day of each month at 00:10 UTC (the predecessor's mode).
+    /// Keep running: a cycle every SECONDS (the predecessor's PROCESSING_INTERVAL_SECONDS);
+    /// --every wins when both are set.
+    #[arg(
+        long,
+        env = "PROCESSING_INTERVAL_SECONDS",
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub processing_interval_seconds: Option<u64>,
+
+    /// Keep running: a cycle on the first day of each month at 00:10 UTC (the predecessor's older
+    /// mode); an interval (--every, PROCESSING_INTERVAL_SECONDS) wins when both are set.
     #[arg(
         long,
         env = "CRON_MODE",
@@ -194,11 +234,11 @@ pub struct RunArgs {
     )]
     pub cron_mode: bool,
 
-    /// Port of `GET /health` while running on a schedule.
+    /// Port of the health check (GET or HEAD /health and /health/) while running on a schedule.
     #[arg(long, env = "HEALTHCHECK_PORT", default_value_t = 8080)]
     pub healthcheck_port: u16,
 
-    /// Address `GET /health` listens on.
+    /// Address the health check listens on (e.g. 127.0.0.1 to keep it on this host).
     #[arg(long, env = "METERBOOK_HEALTHCHECK_BIND", default_value = "0.0.0.0")]
     pub healthcheck_bind: std::net::IpAddr,
 }
@@ -265,7 +305,9 @@ pub struct SqlArgs {
 #[derive(Debug, Args, Clone)]
 pub struct StateArgs {
     /// The state object: s3://BUCKET/KEY. Defaults to
-    /// s3://$S3_BUCKET_NAME/meterbook/state/ledger.sqlite (or $AWS_S3_BUCKET_NAME).
+    /// s3://$S3_BUCKET_NAME/meterbook/state/ledger.sqlite (or $AWS_S3_BUCKET_NAME), or, for one
+    /// plan (SERVICE_NAME, ENVIRONMENT_TYPE and PLAN_ID all set),
+    /// .../meterbook/state/SERVICE/ENVIRONMENT/PLAN/ledger.sqlite.
     #[arg(
         long,
         global = true,
@@ -451,7 +493,7 @@ pub struct SubmitArgs {
     #[arg(long, env = "METERBOOK_PERIOD", value_enum, default_value_t = PeriodKind::Month)]
     pub period: PeriodKind,
 
-    /// Nothing before this month, YYYY-MM.
+    /// Nothing before this month, YYYY-MM (default 2025-01, the predecessor's newest default).
     #[arg(long, env = "START_MONTH", value_name = "YYYY-MM")]
     pub start_month: Option<Month>,
 

@@ -10,9 +10,17 @@ use crate::clazar::{ClazarSettings, Secret};
 use crate::cli::{ClazarArgs, QuantityArgs, S3Args, ScopeArgs, SubmitArgs};
 use crate::dimensions::{Dimensions, BASE_DIMENSIONS};
 use crate::error::Fatal;
+use crate::period::Month;
 use crate::plan::{PeriodKind, PeriodRules};
 use crate::s3::S3Settings;
-use crate::source::Scope;
+use crate::source::{Scope, ServiceKey};
+
+/// `START_MONTH` when it is not set: the predecessor's newest version's default, so that a
+/// switched deployment bills exactly the months its predecessor would have.
+pub const DEFAULT_START_MONTH: Month = Month {
+    year: 2025,
+    month: 1,
+};
 
 /// Where usage files are read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +37,30 @@ pub fn export_bucket() -> Option<String> {
         .find_map(|v| std::env::var(v).ok())
         .map(|b| b.trim().to_string())
         .filter(|b| !b.is_empty())
+}
+
+/// The plan the predecessor's variables name (`SERVICE_NAME`, `ENVIRONMENT_TYPE`, `PLAN_ID`), when
+/// all three are set: for commands without scope flags (sync, doctor, import-state).
+pub fn plan_from_env() -> Option<ServiceKey> {
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    Some(ServiceKey {
+        service: var("SERVICE_NAME")?,
+        environment: var("ENVIRONMENT_TYPE")?,
+        plan: var("PLAN_ID")?,
+    })
+}
+
+/// The older predecessor versions' `STATE_FILE_PATH`: where their state JSON was.
+pub fn predecessor_state_file() -> Option<String> {
+    std::env::var("STATE_FILE_PATH")
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 impl SourceSpec {
@@ -97,11 +129,12 @@ impl S3Args {
 }
 
 impl SubmitArgs {
-    /// Which periods are due: kind, START_MONTH, the per-run bound of that kind, the grace delay.
+    /// Which periods are due: kind, START_MONTH (default [`DEFAULT_START_MONTH`]), the per-run
+    /// bound of that kind, the grace delay.
     pub fn period_rules(&self) -> Result<PeriodRules> {
         Ok(PeriodRules {
             kind: self.period,
-            start_month: self.start_month,
+            start_month: Some(self.start_month.unwrap_or(DEFAULT_START_MONTH)),
             max_per_run: match self.period {
                 PeriodKind::Month => self.max_months_per_run,
                 PeriodKind::Hour => self.max_hours_per_run,

@@ -1,20 +1,22 @@
-//! Staying up: run a job on a schedule (`--every DURATION`, or the predecessor's `CRON_MODE`: the
-//! first day of each month at 00:10 UTC), survive a failed cycle, stop cleanly on SIGTERM/SIGINT,
-//! and serve `GET /health` (200 while healthy, 503 with the reason after repeated failures).
+//! Staying up: run a job on a schedule (`--every DURATION` or `PROCESSING_INTERVAL_SECONDS`, or
+//! the predecessor's older `CRON_MODE`: the first day of each month at 00:10 UTC), survive a failed
+//! cycle, stop on SIGTERM/SIGINT with the last cycle's exit code, and serve the health check
+//! (`GET`/`HEAD` on `/health` and `/health/`: 200 while healthy, 503 after repeated failures; the
+//! body names the kind of failure, never its text).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 
-use crate::error::Outcome;
+use crate::error::{FailureKind, Fatal, Outcome};
 
 /// When cycles run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +28,42 @@ pub enum Schedule {
 }
 
 impl Schedule {
+    /// The schedule the settings ask for, if any: `--every` (a duration), else
+    /// `PROCESSING_INTERVAL_SECONDS`, else `CRON_MODE`. An interval wins over `CRON_MODE` (said in
+    /// a warning): the monthly cron runs too early in the month for Omnistrate's marker to cover
+    /// the month before, so an interval is what both settings together can sensibly mean.
+    pub fn choose(
+        every: Option<&str>,
+        interval_seconds: Option<u64>,
+        cron_mode: bool,
+    ) -> Result<Option<Schedule>> {
+        let interval = match (every, interval_seconds) {
+            (Some(every), _) => {
+                let d = crate::config::parse_duration(every)?;
+                if d <= chrono::Duration::zero() {
+                    return Err(Fatal::Config("--every must be longer than zero".into()).into());
+                }
+                Some(d.to_std().context("--every")?)
+            }
+            (None, Some(secs)) => Some(Duration::from_secs(secs)),
+            (None, None) => None,
+        };
+        Ok(match (interval, cron_mode) {
+            (Some(d), cron) => {
+                if cron {
+                    tracing::warn!(
+                        "CRON_MODE is ignored: a cycle runs every {}s (--every or \
+                         PROCESSING_INTERVAL_SECONDS wins)",
+                        d.as_secs()
+                    );
+                }
+                Some(Schedule::Every(d))
+            }
+            (None, true) => Some(Schedule::MonthlyCron),
+            (None, false) => None,
+        })
+    }
+
     /// When the next cycle starts, given that the last one started at `last_start` and it is `now`.
     pub fn next_start(self, last_start: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
         match self {
@@ -58,44 +96,64 @@ fn next_monthly(now: DateTime<Utc>) -> DateTime<Utc> {
         .expect("00:10 on the first exists")
 }
 
-/// What `/health` reports.
-#[derive(Debug, Default)]
-pub struct Health {
-    consecutive_failures: u32,
-    last_error: Option<String>,
-    cycles: u64,
+/// How the last finished cycle went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LastCycle {
+    Succeeded,
+    NeedsAttention,
+    Failed(FailureKind),
 }
 
-/// Failures in a row after which `/health` answers 503.
+/// What the health check reports.
+#[derive(Debug, Default)]
+pub struct Health {
+    cycles: u64,
+    consecutive_failures: u32,
+    last: Option<LastCycle>,
+}
+
+/// Failures in a row after which the health check answers 503.
 pub const UNHEALTHY_AFTER: u32 = 3;
 
 impl Health {
     fn record(&mut self, result: &Result<Outcome>) {
         self.cycles += 1;
-        match result {
-            Ok(_) => {
-                self.consecutive_failures = 0;
-                self.last_error = None;
-            }
-            Err(e) => {
-                self.consecutive_failures += 1;
-                self.last_error = Some(format!("{e:#}"));
-            }
-        }
+        let last = match result {
+            Ok(Outcome::Success) => LastCycle::Succeeded,
+            Ok(Outcome::NeedsAttention) => LastCycle::NeedsAttention,
+            Err(e) => LastCycle::Failed(FailureKind::of(e)),
+        };
+        self.consecutive_failures = match last {
+            LastCycle::Failed(_) => self.consecutive_failures + 1,
+            _ => 0,
+        };
+        self.last = Some(last);
     }
 
+    /// The status and a one-line body. The body says how the last cycle went and, for a failure,
+    /// its kind; never the error's text, which names buckets, URLs and client ids (the port may be
+    /// reachable by anyone on the network).
     fn answer(&self) -> (StatusCode, String) {
+        let last = match self.last {
+            None => "no cycle has finished yet".to_string(),
+            Some(LastCycle::Succeeded) => "the last one succeeded".to_string(),
+            Some(LastCycle::NeedsAttention) => "the last one needs attention".to_string(),
+            Some(LastCycle::Failed(kind)) => format!(
+                "the last {} failed ({})",
+                self.consecutive_failures,
+                kind.as_str()
+            ),
+        };
         if self.consecutive_failures >= UNHEALTHY_AFTER {
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "unhealthy: {} cycles failed in a row; last error: {}\n",
-                    self.consecutive_failures,
-                    self.last_error.as_deref().unwrap_or("unknown")
-                ),
+                format!("unhealthy: {last}\n"),
             )
         } else {
-            (StatusCode::OK, format!("ok: {} cycles run\n", self.cycles))
+            (
+                StatusCode::OK,
+                format!("ok: {} cycles run, {last}\n", self.cycles),
+            )
         }
     }
 }
@@ -106,16 +164,18 @@ async fn health(State(h): State<SharedHealth>) -> (StatusCode, String) {
     h.lock().expect("health lock").answer()
 }
 
-/// Binds `GET /health` on `addr` and serves it in the background until the process ends.
+/// Binds the health check on `addr` and serves it in the background until the process ends.
+/// Axum answers `HEAD` on a `GET` route, without the body.
 async fn start_health(addr: SocketAddr, state: SharedHealth) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        crate::error::Fatal::Config(format!(
+        Fatal::Config(format!(
             "cannot serve the health check on {addr} (HEALTHCHECK_PORT): {e}"
         ))
     })?;
     tracing::info!("health check on http://{}/health", listener.local_addr()?);
     let app = Router::new()
         .route("/health", get(health))
+        .route("/health/", get(health))
         .with_state(state);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -143,10 +203,12 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Runs `cycle` on `schedule` until SIGTERM/SIGINT. A signal during a cycle lets the cycle finish
-/// (its steps are bounded, and each leaves the ledger and the state consistent); a second signal
-/// abandons it at once, which is safe too: transactions roll back, the lease expires, and an
-/// in-flight submission is reconciled by the next run.
+/// Runs `cycle` on `schedule` until SIGTERM/SIGINT, then ends as the last finished cycle did: its
+/// outcome, or its error (so the exit code says a failing job failed). A signal during a cycle
+/// lets the cycle finish (its steps are bounded, and each leaves the ledger and the state
+/// consistent); a second signal abandons it at once, which is safe too: transactions roll back,
+/// the lease expires, and an in-flight submission is reconciled by the next run. An abandoned
+/// cycle did not finish: that ends with an error.
 pub async fn run_forever<F, Fut>(
     schedule: Schedule,
     health_addr: Option<SocketAddr>,
@@ -160,7 +222,6 @@ where
     if let Some(addr) = health_addr {
         start_health(addr, state.clone()).await?;
     }
-    let mut last = Outcome::Success;
     loop {
         let started = Utc::now();
         let running = cycle();
@@ -174,21 +235,20 @@ where
                 tokio::select! {
                     r = &mut running => r,
                     _ = shutdown_signal() => {
-                        tracing::warn!("abandoning the current cycle");
-                        return Ok(last);
+                        anyhow::bail!("stopped during a cycle; the next run finishes its work");
                     }
                 }
             }
         };
-        match &result {
-            Ok(outcome) => last = *outcome,
-            Err(e) => {
-                tracing::error!("cycle failed: {e:#}; trying again at the next scheduled time")
-            }
+        if let Err(e) = &result {
+            tracing::error!(
+                "cycle failed ({}): {e:#}; trying again at the next scheduled time",
+                FailureKind::of(e).as_str()
+            );
         }
         state.lock().expect("health lock").record(&result);
         if stopping {
-            return Ok(last);
+            return stopped(result);
         }
         let next = schedule.next_start(started, Utc::now());
         tracing::info!("next cycle at {}", crate::period::format_utc(next));
@@ -197,10 +257,15 @@ where
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown_signal() => {
                 tracing::info!("stopping between cycles");
-                return Ok(last);
+                return stopped(result);
             }
         }
     }
+}
+
+/// The end of a scheduled run: the last cycle's outcome, or its error.
+fn stopped(last: Result<Outcome>) -> Result<Outcome> {
+    last.context("stopped; the last cycle failed")
 }
 
 #[cfg(test)]
@@ -245,19 +310,89 @@ mod tests {
         );
     }
 
+    fn s3_failure() -> anyhow::Error {
+        anyhow::anyhow!("reading s3://secret-bucket/key at http://10.0.0.1:9000: unreachable")
+            .context(crate::error::Step::new(FailureKind::State, "pulling"))
+    }
+
     #[test]
     fn health_turns_503_after_repeated_failures_and_recovers() {
         let mut h = Health::default();
-        assert_eq!(h.answer().0, StatusCode::OK);
+        assert_eq!(
+            h.answer(),
+            (
+                StatusCode::OK,
+                "ok: 0 cycles run, no cycle has finished yet\n".into()
+            )
+        );
         for _ in 0..UNHEALTHY_AFTER - 1 {
-            h.record(&Err(anyhow::anyhow!("S3 unreachable")));
+            h.record(&Err(s3_failure()));
         }
-        assert_eq!(h.answer().0, StatusCode::OK);
-        h.record(&Err(anyhow::anyhow!("S3 unreachable")));
-        let (code, body) = h.answer();
-        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(body.contains("S3 unreachable"), "{body}");
+        assert_eq!(
+            h.answer(),
+            (
+                StatusCode::OK,
+                "ok: 2 cycles run, the last 2 failed (state)\n".into()
+            )
+        );
+        h.record(&Err(s3_failure()));
+        assert_eq!(
+            h.answer(),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unhealthy: the last 3 failed (state)\n".into()
+            )
+        );
+        h.record(&Ok(Outcome::NeedsAttention));
+        assert_eq!(
+            h.answer(),
+            (
+                StatusCode::OK,
+                "ok: 4 cycles run, the last one needs attention\n".into()
+            )
+        );
         h.record(&Ok(Outcome::Success));
-        assert_eq!(h.answer().0, StatusCode::OK);
+        assert_eq!(
+            h.answer(),
+            (
+                StatusCode::OK,
+                "ok: 5 cycles run, the last one succeeded\n".into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_stopped_schedule_ends_as_its_last_cycle_did() {
+        assert_eq!(
+            stopped(Ok(Outcome::NeedsAttention)).unwrap(),
+            Outcome::NeedsAttention
+        );
+        let denied = stopped(Err(Fatal::Config("access denied".into()).into())).unwrap_err();
+        assert_eq!(
+            crate::error::exit_code_for(&denied),
+            crate::error::exit::CONFIG
+        );
+        let unreachable = stopped(Err(s3_failure())).unwrap_err();
+        assert_eq!(
+            crate::error::exit_code_for(&unreachable),
+            crate::error::exit::FAILURE
+        );
+    }
+
+    #[test]
+    fn an_interval_wins_over_cron_mode_and_every_over_the_interval() {
+        let choose = |every, secs, cron| Schedule::choose(every, secs, cron).unwrap();
+        assert_eq!(choose(None, None, false), None);
+        assert_eq!(choose(None, None, true), Some(Schedule::MonthlyCron));
+        assert_eq!(
+            choose(None, Some(300), true),
+            Some(Schedule::Every(Duration::from_secs(300)))
+        );
+        assert_eq!(
+            choose(Some("1h"), Some(300), false),
+            Some(Schedule::Every(Duration::from_secs(3600)))
+        );
+        assert!(Schedule::choose(Some("0s"), None, false).is_err());
+        assert!(Schedule::choose(Some("soon"), None, false).is_err());
     }
 }

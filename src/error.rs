@@ -62,3 +62,114 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     }
     exit::FAILURE
 }
+
+/// What kind of thing a failed cycle ran into, for the health check: one word, never the error's
+/// text (which names buckets, URLs and client ids; it stays in the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Settings, credentials or permissions the operator must fix.
+    Config,
+    /// Another run holds the lease, or the state on S3 changed underneath.
+    Conflict,
+    /// Reading Omnistrate's export.
+    Export,
+    /// Reading or writing the ledger's state or lease on S3.
+    State,
+    /// Talking to Clazar.
+    Clazar,
+    /// The local ledger (SQLite, its disk).
+    Ledger,
+    /// Anything else.
+    Other,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Config => "config",
+            FailureKind::Conflict => "conflict",
+            FailureKind::Export => "export",
+            FailureKind::State => "state",
+            FailureKind::Clazar => "clazar",
+            FailureKind::Ledger => "ledger",
+            FailureKind::Other => "other",
+        }
+    }
+
+    /// The kind of an error: what it asks of the operator ([`Fatal`]) first, then a SQLite error
+    /// (the ledger), then the (outermost) [`Step`] it happened in.
+    pub fn of(err: &anyhow::Error) -> FailureKind {
+        for cause in err.chain() {
+            match cause.downcast_ref::<Fatal>() {
+                Some(Fatal::Config(_)) => return FailureKind::Config,
+                Some(Fatal::Conflict(_)) => return FailureKind::Conflict,
+                None => {}
+            }
+            if cause.downcast_ref::<rusqlite::Error>().is_some() {
+                return FailureKind::Ledger;
+            }
+        }
+        err.downcast_ref::<Step>()
+            .map_or(FailureKind::Other, |s| s.kind)
+    }
+}
+
+/// Context for an error: the step it happened in (its text) and what that step talks to.
+#[derive(Debug)]
+pub struct Step {
+    pub kind: FailureKind,
+    pub what: &'static str,
+}
+
+impl Step {
+    pub fn new(kind: FailureKind, what: &'static str) -> Step {
+        Step { kind, what }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.what)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context;
+
+    use super::*;
+
+    #[test]
+    fn failure_kinds_prefer_what_the_operator_must_do_then_the_ledger_then_the_step() {
+        let s3 = Err::<(), _>(anyhow::anyhow!("reading s3://bucket/key: timeout"))
+            .context(Step::new(FailureKind::State, "pulling the ledger"))
+            .unwrap_err();
+        assert_eq!(FailureKind::of(&s3), FailureKind::State);
+        assert_eq!(s3.to_string(), "pulling the ledger");
+
+        let denied = Err::<(), _>(Fatal::Config("access denied".into()))
+            .context(Step::new(FailureKind::Export, "ingesting"))
+            .unwrap_err();
+        assert_eq!(FailureKind::of(&denied), FailureKind::Config);
+
+        let held = anyhow::Error::from(Fatal::Conflict("lease held".into()));
+        assert_eq!(FailureKind::of(&held), FailureKind::Conflict);
+
+        let sqlite = Err::<(), _>(rusqlite::Error::InvalidQuery)
+            .context("storing a file")
+            .context(Step::new(FailureKind::Export, "ingesting"))
+            .unwrap_err();
+        assert_eq!(FailureKind::of(&sqlite), FailureKind::Ledger);
+
+        // A step under further context still names the kind.
+        let nested = Err::<(), _>(anyhow::anyhow!("refused"))
+            .context(Step::new(FailureKind::Clazar, "sending"))
+            .context("the cycle")
+            .unwrap_err();
+        assert_eq!(FailureKind::of(&nested), FailureKind::Clazar);
+        assert_eq!(
+            FailureKind::of(&anyhow::anyhow!("what")),
+            FailureKind::Other
+        );
+    }
+}

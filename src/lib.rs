@@ -10,6 +10,7 @@ pub mod config;
 pub mod costs;
 pub mod daemon;
 pub mod dimensions;
+pub mod env;
 pub mod error;
 pub mod failpoint;
 pub mod ingest;

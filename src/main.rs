@@ -4,13 +4,18 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use meterbook::cli::Cli;
+use meterbook::cli::{Cli, LogLevel};
 use meterbook::error::{exit, exit_code_for};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // Before anything reads the environment, and while this is the only thread.
+    let unset = meterbook::env::unset_empty();
     let cli = Cli::parse();
-    init_logging(cli.global.verbose, cli.global.quiet);
+    init_logging(cli.global.verbose, cli.global.quiet, cli.global.log_level);
+    if !unset.is_empty() {
+        tracing::info!("empty variables treated as unset: {}", unset.join(", "));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -31,10 +36,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+/// METERBOOK_LOG (a filter) wins, then -q/-v, then LOG_LEVEL, then info.
+fn init_logging(verbose: u8, quiet: bool, level: Option<LogLevel>) {
     let default = match (quiet, verbose) {
         (true, _) => "warn",
-        (false, 0) => "info",
+        (false, 0) => level.map_or("info", LogLevel::filter),
         (false, 1) => "debug",
         (false, _) => "trace",
     };

@@ -156,33 +156,45 @@ pub struct PeriodRules {
     pub grace_without_marker: Option<Duration>,
 }
 
-/// The periods with work to do that a run takes: complete, not before `START_MONTH`, oldest
-/// first, at most `max_per_run`. `with_work` lists the periods that have unplanned usage (any
-/// order, duplicates allowed); the ones left out, and why, come back too.
+/// Which of the periods with work a run takes, and why it leaves the others.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DuePeriods {
+    /// Complete, from `START_MONTH` on, oldest first, at most `max_per_run`.
+    pub due: Vec<Period>,
+    /// Not complete yet, and why.
+    pub waiting: Vec<(Period, Completeness)>,
+    /// Before `START_MONTH`: never submitted while it says so.
+    pub before_start: Vec<Period>,
+}
+
+/// The periods with work to do that a run takes. `with_work` lists the periods that have
+/// unplanned usage (any order, duplicates allowed).
 pub fn due_periods(
     with_work: &[Period],
     marker: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
     rules: &PeriodRules,
-) -> (Vec<Period>, Vec<(Period, Completeness)>) {
+) -> DuePeriods {
     let mut candidates: Vec<Period> = with_work
         .iter()
         .copied()
         .filter(|p| p.kind == rules.kind)
-        .filter(|p| rules.start_month.is_none_or(|m| p.month_of() >= m))
         .collect();
     candidates.sort();
     candidates.dedup();
-    let mut due = Vec::new();
-    let mut waiting = Vec::new();
+    let mut out = DuePeriods::default();
     for p in candidates {
+        if rules.start_month.is_some_and(|m| p.month_of() < m) {
+            out.before_start.push(p);
+            continue;
+        }
         match completeness(p, marker, now, rules.grace_without_marker) {
-            Completeness::Complete if due.len() < rules.max_per_run => due.push(p),
+            Completeness::Complete if out.due.len() < rules.max_per_run => out.due.push(p),
             Completeness::Complete => {}
-            other => waiting.push((p, other)),
+            other => out.waiting.push((p, other)),
         }
     }
-    (due, waiting)
+    out
 }
 
 #[cfg(test)]
@@ -278,10 +290,12 @@ mod tests {
             grace_without_marker: None,
         };
         let marker = Some(t("2025-04-30T23:59:59Z"));
-        let (due, waiting) = due_periods(&months, marker, t("2025-09-01T00:00:00Z"), &rules);
-        let keys: Vec<String> = due.iter().map(|p| p.key()).collect();
+        let out = due_periods(&months, marker, t("2025-09-01T00:00:00Z"), &rules);
+        let keys: Vec<String> = out.due.iter().map(|p| p.key()).collect();
         assert_eq!(keys, ["2025-03", "2025-04"]);
-        assert_eq!(waiting.len(), 1);
-        assert_eq!(waiting[0].0.key(), "2025-05");
+        assert_eq!(out.waiting.len(), 1);
+        assert_eq!(out.waiting[0].0.key(), "2025-05");
+        let before: Vec<String> = out.before_start.iter().map(|p| p.key()).collect();
+        assert_eq!(before, ["2025-02"]);
     }
 }

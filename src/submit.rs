@@ -9,7 +9,7 @@
 //! A crash between the POST and the record leaves `sending` rows; the next run re-sends the same
 //! payload and Clazar's duplicate answer confirms it had arrived. [`compute_plan`] is the dry run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -42,6 +42,8 @@ pub struct SubmitSettings {
     pub max_records_per_request: usize,
     /// Which service keys.
     pub scope: Scope,
+    /// Service keys not planned at all (the predecessor's state is there but was not imported).
+    pub held_back: BTreeSet<String>,
 }
 
 /// The result of planning.
@@ -50,6 +52,8 @@ pub struct Plan {
     pub submissions: Vec<NewSubmission>,
     /// Periods with usage that are not due yet, and why.
     pub waiting: Vec<(String, Period, Completeness)>,
+    /// Periods with usage before `START_MONTH`, per service key: never submitted while it says so.
+    pub before_start: Vec<(String, Period)>,
 }
 
 impl Plan {
@@ -77,7 +81,7 @@ fn service_key_in_scope(scope: &Scope, key: &str) -> bool {
 pub fn compute_plan(ledger: &Ledger, s: &SubmitSettings, now: DateTime<Utc>) -> Result<Plan> {
     let mut by_key: BTreeMap<String, Vec<Period>> = BTreeMap::new();
     for (key, period) in ledger.periods_with_unplanned_usage(s.rules.kind)? {
-        if !service_key_in_scope(&s.scope, &key) {
+        if !service_key_in_scope(&s.scope, &key) || s.held_back.contains(&key) {
             continue;
         }
         if let Some(p) = Period::parse(s.rules.kind, &period) {
@@ -102,10 +106,16 @@ pub fn compute_plan(ledger: &Ledger, s: &SubmitSettings, now: DateTime<Utc>) -> 
                 !theirs
             });
         }
-        let (due, waiting) = due_periods(&periods, marker, now, &s.rules);
-        plan.waiting
-            .extend(waiting.into_iter().map(|(p, why)| (key.clone(), p, why)));
-        for period in due {
+        let periods = due_periods(&periods, marker, now, &s.rules);
+        plan.waiting.extend(
+            periods
+                .waiting
+                .into_iter()
+                .map(|(p, why)| (key.clone(), p, why)),
+        );
+        plan.before_start
+            .extend(periods.before_start.into_iter().map(|p| (key.clone(), p)));
+        for period in periods.due {
             let done = ledger.contracts_with_submissions(&key, period)?;
             for (contract, usage) in ledger.usage_by_contract(&key, period)? {
                 if done.contains(&contract) {
@@ -211,7 +221,7 @@ pub fn compute_resubmissions(
             .collect();
         let previous = candidates.iter().map(|c| c.submission_id).max();
         let planned = build_submissions(s, &key, &contract, period, &usage, &retry_of, previous);
-        for c in &candidates {
+        for c in candidates.iter().filter(|c| c.dimension != "*") {
             let computed = planned
                 .iter()
                 .any(|p| p.lines.iter().any(|l| l.dimension == c.dimension));
@@ -258,13 +268,15 @@ fn build_submissions(
         inputs: usage.clone(),
         lines: Vec::new(),
     };
+    // A failure recorded for the whole contract and period ('*', imported from the predecessor
+    // without its request) is retried by every line.
     let line = |dimension: &str, exact: f64, quantity: Option<i64>, status, message| NewLine {
         dimension: dimension.to_string(),
         exact_quantity: Some(exact),
         quantity,
         status,
         message,
-        retry_of: retry_of.get(dimension).copied(),
+        retry_of: retry_of.get(dimension).or(retry_of.get("*")).copied(),
     };
     if !errors.is_empty() {
         let error = format!("not sent: {}", errors.join("; "));

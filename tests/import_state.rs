@@ -11,7 +11,7 @@ use crate::util::{record, stderr_of, usage_key, TestEnv};
 
 const KEY: &str = "pg:PROD:pt-1";
 
-fn usage(env: &TestEnv, hour: &str, contract: &str) {
+pub(crate) fn usage(env: &TestEnv, hour: &str, contract: &str) {
     let body = json!([
         record(Some(contract), "cpu_core_hours", json!(2)),
         record(Some(contract), "replica_hours", json!(1)),
@@ -22,7 +22,7 @@ fn usage(env: &TestEnv, hour: &str, contract: &str) {
     );
 }
 
-fn marker(env: &TestEnv, to: &str) {
+pub(crate) fn marker(env: &TestEnv, to: &str) {
     env.write_usage(
         "omnistrate-metering/last_success_export.json",
         json!({ KEY: {"last_processed_to": to, "last_updated_at": to} })
@@ -31,7 +31,7 @@ fn marker(env: &TestEnv, to: &str) {
     );
 }
 
-fn meterbook(env: &TestEnv, emu: &Emulator, args: &[&str]) -> Output {
+pub(crate) fn meterbook(env: &TestEnv, emu: &Emulator, args: &[&str]) -> Output {
     env.cmd()
         .env("CLAZAR_CLIENT_ID", CLIENT_ID)
         .env("CLAZAR_CLIENT_SECRET", SECRET)
@@ -41,7 +41,7 @@ fn meterbook(env: &TestEnv, emu: &Emulator, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn sent(emu: &Emulator) -> Vec<(String, String)> {
+pub(crate) fn sent(emu: &Emulator) -> Vec<(String, String)> {
     let mut v: Vec<_> = emu
         .accepted()
         .iter()
@@ -145,6 +145,11 @@ fn what_the_predecessor_sent_is_never_sent_again_and_its_failures_can_be_resubmi
         ]
     );
     emu.assert_exactly_once();
+    // Its failure (one line per dimension of its stored request) no longer needs attention.
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM submission_failures WHERE contract_id = 'C'"),
+        0
+    );
     // An imported month cannot be resubmitted.
     let out = meterbook(&env, &emu, &["resubmit", "--contract", "A"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));

@@ -90,6 +90,12 @@ impl Bucket {
         records
     }
 
+    pub fn exists(&self, key: &str) -> bool {
+        self.rt
+            .block_on(self.client.head_object().bucket(&self.name).key(key).send())
+            .is_ok()
+    }
+
     pub fn etag(&self, key: &str) -> String {
         let head = self
             .rt

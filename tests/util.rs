@@ -82,6 +82,34 @@ impl TestEnv {
     }
 }
 
+/// The environment the predecessor's newest version gets from its Omnistrate compose file
+/// (`omnistrate-compose.yaml`), as an operator fills it in for one plan: every variable is passed,
+/// and the ones left blank arrive as empty strings. One custom dimension, as the compose file
+/// requires (`DIMENSION1_*`); the test's own settings (S3 endpoint, Clazar emulator) come on top.
+pub fn compose_env(cmd: &mut StdCommand, bucket: &str, plan: &str) {
+    for (name, value) in [
+        ("SERVICE_NAME", "pg"),
+        ("ENVIRONMENT_TYPE", "PROD"),
+        ("PLAN_ID", plan),
+        ("CLAZAR_CLIENT_ID", crate::emulator::CLIENT_ID),
+        ("CLAZAR_CLIENT_SECRET", crate::emulator::SECRET),
+        ("CLAZAR_CLOUD", "aws"),
+        ("AWS_S3_BUCKET_NAME", bucket),
+        ("AWS_REGION", "us-east-1"),
+        ("DIMENSION1_NAME", "cpu_core_hours"),
+        ("DIMENSION1_FORMULA", "cpu_core_hours"),
+        ("DIMENSION2_NAME", ""),
+        ("DIMENSION2_FORMULA", ""),
+        ("DIMENSION3_NAME", ""),
+        ("DIMENSION3_FORMULA", ""),
+        ("START_MONTH", ""),
+        ("DRY_RUN", ""),
+        ("LOG_LEVEL", ""),
+    ] {
+        cmd.env(name, value);
+    }
+}
+
 /// A usage record as JSON, with the fields tests vary.
 pub fn record(
     contract: Option<&str>,

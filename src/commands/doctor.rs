@@ -100,11 +100,15 @@ pub const CHECKS: &[Check] = &[
 ];
 
 pub async fn run(global: &GlobalArgs, args: &DoctorArgs) -> Result<Outcome> {
+    let client = crate::s3::client(&global.s3.resolve()).await;
+    let plan = crate::config::plan_from_env();
+    let state = crate::sync::locate(&client, args.state.state_url.as_deref(), plan.as_ref())
+        .await
+        .map_err(|e| format!("{e:#}"));
     let setup = Setup {
-        client: crate::s3::client(&global.s3.resolve()).await,
+        client,
         source: SourceSpec::resolve(args.source.as_deref()).map_err(|e| format!("{e:#}")),
-        state: StateLocation::resolve(args.state.state_url.as_deref())
-            .map_err(|e| format!("{e:#}")),
+        state,
         ledger: global.ledger.clone(),
         clazar: args.clazar.resolve().map_err(|e| format!("{e:#}")),
     };

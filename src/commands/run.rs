@@ -1,7 +1,7 @@
 //! `meterbook run`: the whole job, safely, from any host: take the lease, pull the ledger from S3,
 //! ingest what is new, plan what is due, push (so the planned submissions are durable on S3 before
-//! the first request leaves), send, push again, give the lease back. With `--every` or
-//! `CRON_MODE=true` it keeps doing so, serving `GET /health`.
+//! the first request leaves), send, push again, give the lease back. With `--every`,
+//! `PROCESSING_INTERVAL_SECONDS` or `CRON_MODE=true` it keeps doing so, serving the health check.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -12,9 +12,9 @@ use chrono::Utc;
 
 use crate::clazar::Client;
 use crate::cli::{GlobalArgs, IngestArgs, RunArgs};
-use crate::config::parse_duration;
+use crate::config::SourceSpec;
 use crate::daemon::{self, Schedule};
-use crate::error::Outcome;
+use crate::error::{FailureKind, Outcome, Step};
 use crate::failpoint;
 use crate::ledger::Ledger;
 use crate::submit::{plan_submissions, send_outbox};
@@ -22,19 +22,11 @@ use crate::sync::state::{self, Pulled, Pushed};
 use crate::sync::{lease, StateLocation};
 
 pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
-    let schedule = match (&args.every, args.cron_mode) {
-        (Some(every), _) => {
-            let every = parse_duration(every)?;
-            if every <= chrono::Duration::zero() {
-                return Err(
-                    crate::error::Fatal::Config("--every must be longer than zero".into()).into(),
-                );
-            }
-            Some(Schedule::Every(every.to_std()?))
-        }
-        (None, true) => Some(Schedule::MonthlyCron),
-        (None, false) => None,
-    };
+    let schedule = Schedule::choose(
+        args.every.as_deref(),
+        args.processing_interval_seconds,
+        args.cron_mode,
+    )?;
     let Some(schedule) = schedule else {
         return cycle(global, args).await;
     };
@@ -47,9 +39,14 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
 async fn cycle(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
     let started = Instant::now();
     let client = crate::s3::client(&global.s3.resolve()).await;
-    let loc = StateLocation::resolve(args.state.state_url.as_deref())?;
+    let plan = args.submit.scope.resolve()?.service_key();
+    let loc = crate::sync::locate(&client, args.state.state_url.as_deref(), plan.as_ref())
+        .await
+        .context(Step::new(FailureKind::State, "finding the state on S3"))?;
     let duration = Duration::from_secs(args.state.lease_seconds);
-    let taken = lease::acquire(&client, &loc, duration, args.wait_for_lease).await?;
+    let taken = lease::acquire(&client, &loc, duration, args.wait_for_lease)
+        .await
+        .context(Step::new(FailureKind::State, "taking the lease"))?;
     tracing::info!("holding the lease as {}", taken.record().holder);
     let held = taken.keep_alive();
     let result = steps(global, args, &client, &loc).await;
@@ -77,7 +74,7 @@ async fn steps(
     let ledger_path = &global.ledger;
     match state::pull(client, loc, ledger_path, false)
         .await
-        .context("pulling the ledger from S3")?
+        .context(Step::new(FailureKind::State, "pulling the ledger from S3"))?
     {
         Pulled::Generation { generation, .. } => tracing::info!("pulled generation {generation}"),
         Pulled::UpToDate { generation } => tracing::info!("ledger is generation {generation}"),
@@ -94,24 +91,44 @@ async fn steps(
         batch_files: args.batch_files,
         all_months: args.all_months,
     };
-    let ingested = super::ingest::run(global, &ingest_args).await?;
+    let ingested = super::ingest::run(global, &ingest_args)
+        .await
+        .context(Step::new(FailureKind::Export, "ingesting the export"))?;
 
     let submit = &args.submit;
     let rules = submit.period_rules()?;
     let mut ledger = Ledger::open(ledger_path)?;
-    let settings = super::submit::settings(
+    let mut settings = super::submit::settings(
         &ledger,
         rules,
         submit.scope.resolve()?,
         &submit.quantity,
         &submit.clazar,
     )?;
+    // The predecessor's state is in the export bucket (it had no prefix of its own).
+    let bucket = match SourceSpec::resolve(args.source.as_deref())? {
+        SourceSpec::S3 { bucket, .. } => Some(bucket),
+        SourceSpec::Local(_) => crate::config::export_bucket(),
+    };
+    let held = super::submit::hold_back(
+        &ledger,
+        &global.s3.resolve(),
+        bucket.as_deref(),
+        &mut settings,
+    )
+    .await
+    .context(Step::new(
+        FailureKind::Export,
+        "looking for the predecessor's state",
+    ))?;
     let now = Utc::now();
     if submit.quantity.dry_run {
         let plan = crate::submit::compute_plan(&ledger, &settings, now)?;
         super::submit::report_waiting(&plan);
         tracing::info!("dry run: the ledger was not pushed to S3");
-        return Ok(ingested.and(super::submit::dry_run(&ledger, &plan.submissions)?));
+        let printed = super::submit::dry_run(&ledger, &plan.submissions)?;
+        super::submit::report_left_out(&plan, &settings.rules);
+        return Ok(ingested.and(printed).and(held));
     }
     let clazar = Client::new(submit.clazar.resolve()?)?;
     let run_id = ledger.begin_submission_run(
@@ -130,19 +147,22 @@ async fn steps(
     push(client, loc, global, args).await?;
 
     let ledger = Mutex::new(Ledger::open(ledger_path)?);
-    let sent = send_outbox(&ledger, &clazar, None, submit.clazar.concurrency).await?;
+    let sent = send_outbox(&ledger, &clazar, None, submit.clazar.concurrency)
+        .await
+        .context(Step::new(FailureKind::Clazar, "sending to Clazar"))?;
     let ledger = ledger.into_inner().unwrap_or_else(|p| p.into_inner());
     ledger.finish_submission_run(run_id, plan.submissions.len() as u64, sent.requests)?;
     let submitted = super::submit::finish(&ledger, &sent)?;
     drop(ledger);
 
     push(client, loc, global, args).await?;
+    super::submit::report_left_out(&plan, &settings.rules);
     let marker = if no_marker {
         Outcome::NeedsAttention
     } else {
         Outcome::Success
     };
-    Ok(ingested.and(submitted).and(marker))
+    Ok(ingested.and(submitted).and(marker).and(held))
 }
 
 async fn push(
@@ -153,7 +173,7 @@ async fn push(
 ) -> Result<()> {
     match state::push(client, loc, &global.ledger, args.state.keep_generations)
         .await
-        .context("pushing the ledger to S3")?
+        .context(Step::new(FailureKind::State, "pushing the ledger to S3"))?
     {
         Pushed::Generation { generation, .. } => tracing::info!("pushed generation {generation}"),
         Pushed::UpToDate { generation } => {

@@ -1,16 +1,20 @@
 //! `meterbook submit`: plan the complete periods into outbox rows, send them to Clazar, and say
 //! what needs attention (failures, warnings, drift). `DRY_RUN` prints the payloads instead.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use anyhow::Result;
 use chrono::Utc;
 
+use super::import_state::predecessor_guard;
 use crate::clazar::Client;
 use crate::cli::{ClazarArgs, GlobalArgs, QuantityArgs, SubmitArgs};
 use crate::error::Outcome;
 use crate::ledger::{Ledger, NewSubmission};
+use crate::period::Month;
 use crate::plan::{Completeness, PeriodRules};
+use crate::s3::S3Settings;
 use crate::source::Scope;
 use crate::submit::{
     compute_plan, plan_submissions, send_outbox, Plan, SendReport, SubmitSettings,
@@ -19,18 +23,28 @@ use crate::submit::{
 pub async fn run(global: &GlobalArgs, args: &SubmitArgs) -> Result<Outcome> {
     let rules = args.period_rules()?;
     let mut ledger = Ledger::open(&global.ledger)?;
-    let settings = settings(
+    let mut settings = settings(
         &ledger,
         rules,
         args.scope.resolve()?,
         &args.quantity,
         &args.clazar,
     )?;
+    let bucket = crate::config::export_bucket();
+    let held = hold_back(
+        &ledger,
+        &global.s3.resolve(),
+        bucket.as_deref(),
+        &mut settings,
+    )
+    .await?;
     let now = Utc::now();
     if args.quantity.dry_run {
         let plan = compute_plan(&ledger, &settings, now)?;
         report_waiting(&plan);
-        return dry_run(&ledger, &plan.submissions);
+        let outcome = dry_run(&ledger, &plan.submissions)?;
+        report_left_out(&plan, &settings.rules);
+        return Ok(outcome.and(held));
     }
     let client = Client::new(args.clazar.resolve()?)?;
     let run_id = ledger.begin_submission_run(
@@ -50,11 +64,63 @@ pub async fn run(global: &GlobalArgs, args: &SubmitArgs) -> Result<Outcome> {
     let ledger = ledger.into_inner().unwrap_or_else(|p| p.into_inner());
     ledger.finish_submission_run(run_id, plan.submissions.len() as u64, sent.requests)?;
     let outcome = finish(&ledger, &sent)?;
-    Ok(if no_marker {
+    report_left_out(&plan, &settings.rules);
+    let marker = if no_marker {
         Outcome::NeedsAttention
     } else {
-        outcome
+        Outcome::Success
+    };
+    Ok(outcome.and(held).and(marker))
+}
+
+/// Leaves out of the plan every service key whose predecessor state is there but was not
+/// imported (see [`predecessor_guard`]), saying what to do; `NeedsAttention` when there is one.
+pub(crate) async fn hold_back(
+    ledger: &Ledger,
+    s3: &S3Settings,
+    bucket: Option<&str>,
+    settings: &mut SubmitSettings,
+) -> Result<Outcome> {
+    let held = predecessor_guard(ledger, s3, bucket, &settings.scope).await?;
+    for why in held.values() {
+        tracing::warn!("{why}");
+    }
+    settings.held_back = held.into_keys().collect();
+    Ok(if settings.held_back.is_empty() {
+        Outcome::Success
+    } else {
+        Outcome::NeedsAttention
     })
+}
+
+/// Says, per service key, which months with usage were left out because they are before the
+/// start month, and how to include them. Deliberate (the predecessor never sent them either), so
+/// it does not change the exit code.
+pub(crate) fn report_left_out(plan: &Plan, rules: &PeriodRules) {
+    let Some(start) = rules.start_month else {
+        return;
+    };
+    let mut months: BTreeMap<&str, BTreeSet<Month>> = BTreeMap::new();
+    for (key, period) in &plan.before_start {
+        months.entry(key).or_default().insert(period.month_of());
+    }
+    for (key, months) in months {
+        let (first, last) = (months.first(), months.last());
+        let (Some(first), Some(last)) = (first, last) else {
+            continue;
+        };
+        let which = if first == last {
+            format!("month {first}")
+        } else {
+            format!("{} months from {first} to {last}", months.len())
+        };
+        tracing::warn!(
+            "{key}: usage in {which} is not submitted: it is before the start month {start} \
+             (START_MONTH or --start-month; {} when neither is set). To submit it, set \
+             START_MONTH={first} or pass --start-month {first}",
+            crate::config::DEFAULT_START_MONTH
+        );
+    }
 }
 
 /// Resolved settings for planning, with formulas validated before anything else happens.
@@ -72,6 +138,7 @@ pub(crate) fn settings(
         cloud: clazar.cloud()?,
         max_records_per_request: quantity.max_records_per_request,
         scope,
+        held_back: BTreeSet::new(),
     })
 }
 

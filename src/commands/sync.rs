@@ -14,8 +14,9 @@ use crate::sync::state::{self, Pulled, Pushed};
 use crate::sync::{lease, StateLocation};
 
 pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
-    let loc = StateLocation::resolve(args.state.state_url.as_deref())?;
     let client = crate::s3::client(&global.s3.resolve()).await;
+    let plan = crate::config::plan_from_env();
+    let loc = crate::sync::locate(&client, args.state.state_url.as_deref(), plan.as_ref()).await?;
     let ledger = &global.ledger;
     let keep = args.state.keep_generations;
     let mut out = std::io::stdout().lock();

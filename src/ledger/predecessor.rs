@@ -100,6 +100,25 @@ impl Ledger {
             .optional()?;
         Ok(through.as_deref().and_then(parse_timestamp))
     }
+
+    /// Service keys with usage files but no history: nothing submitted (in any state) and nothing
+    /// imported from the predecessor. The keys are walked through the `(service_key, hour)` index
+    /// one at a time, so the cost grows with the number of keys, not of files.
+    pub fn service_keys_without_history(&self) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare(
+            "WITH RECURSIVE keys (k) AS (
+                 SELECT MIN(service_key) FROM usage_files
+                 UNION ALL
+                 SELECT (SELECT MIN(service_key) FROM usage_files WHERE service_key > k)
+                 FROM keys WHERE k IS NOT NULL)
+             SELECT k FROM keys
+             WHERE k IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM submissions s WHERE s.service_key = k)
+               AND NOT EXISTS (SELECT 1 FROM predecessor_imports p WHERE p.service_key = k)",
+        )?;
+        let keys = stmt.query_map([], |r| r.get(0))?;
+        Ok(keys.collect::<rusqlite::Result<_>>()?)
+    }
 }
 
 /// Is there already a submission for this contract and month (imported, sent, or failed)?

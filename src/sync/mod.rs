@@ -9,6 +9,10 @@
 //!
 //! Locally, `LEDGER.sync.json` beside the ledger remembers which generation and ETag the ledger
 //! was last pulled or pushed as ([`local::SyncRecord`]).
+//!
+//! Without a state URL the state lives in the export bucket: one per plan when the run is scoped
+//! to one (`SERVICE_NAME`, `ENVIRONMENT_TYPE`, `PLAN_ID`), so that deployments of different plans
+//! on one bucket never wait for each other's lease; one for everything otherwise ([`locate`]).
 
 pub mod lease;
 pub mod local;
@@ -21,9 +25,19 @@ use std::fmt;
 use anyhow::Result;
 
 use crate::error::Fatal;
+use crate::source::ServiceKey;
 
-/// The state key under the export bucket when no state URL is given.
+/// The state key under the export bucket when no state URL is given and the run is not scoped to
+/// one plan (and, before per-plan states, for every run).
 pub const DEFAULT_STATE_KEY: &str = "meterbook/state/ledger.sqlite";
+
+/// The default state key of a run scoped to one plan.
+pub fn plan_state_key(plan: &ServiceKey) -> String {
+    format!(
+        "meterbook/state/{}/{}/{}/ledger.sqlite",
+        plan.service, plan.environment, plan.plan
+    )
+}
 
 /// Where the state lives on S3.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,8 +48,9 @@ pub struct StateLocation {
 
 impl StateLocation {
     /// From `--state-url`/`METERBOOK_STATE_URL`, else the export bucket (`S3_BUCKET_NAME`,
-    /// `AWS_S3_BUCKET_NAME`) under [`DEFAULT_STATE_KEY`].
-    pub fn resolve(url: Option<&str>) -> Result<StateLocation> {
+    /// `AWS_S3_BUCKET_NAME`) under [`plan_state_key`] for a run scoped to one plan, or
+    /// [`DEFAULT_STATE_KEY`]. [`locate`] adds the fallback for states made before per-plan states.
+    pub fn resolve(url: Option<&str>, plan: Option<&ServiceKey>) -> Result<StateLocation> {
         let url = url.map(str::trim).filter(|u| !u.is_empty());
         if let Some(url) = url {
             return match crate::s3::parse_url(url) {
@@ -51,7 +66,7 @@ impl StateLocation {
         match crate::config::export_bucket() {
             Some(bucket) => Ok(StateLocation {
                 bucket,
-                key: DEFAULT_STATE_KEY.to_string(),
+                key: plan.map_or_else(|| DEFAULT_STATE_KEY.to_string(), plan_state_key),
             }),
             None => Err(Fatal::Config(
                 "no state location: pass --state-url s3://BUCKET/KEY, or set METERBOOK_STATE_URL \
@@ -84,6 +99,40 @@ impl fmt::Display for StateLocation {
     }
 }
 
+/// Where the state is: [`StateLocation::resolve`], except for a run scoped to one plan whose own
+/// default has no state yet while the shared default of earlier versions has one. That state holds
+/// the plan's history (what was sent), so the run keeps using it, and says how to give the plan its
+/// own; starting an empty ledger instead would plan every month again.
+pub async fn locate(
+    client: &aws_sdk_s3::Client,
+    url: Option<&str>,
+    plan: Option<&ServiceKey>,
+) -> Result<StateLocation> {
+    let loc = StateLocation::resolve(url, plan)?;
+    let explicit = url.is_some_and(|u| !u.trim().is_empty());
+    if explicit || plan.is_none() || remote::head(client, &loc.bucket, &loc.key).await?.is_some() {
+        return Ok(loc);
+    }
+    let shared = StateLocation {
+        bucket: loc.bucket.clone(),
+        key: DEFAULT_STATE_KEY.to_string(),
+    };
+    if remote::head(client, &shared.bucket, &shared.key)
+        .await?
+        .is_none()
+    {
+        return Ok(loc);
+    }
+    tracing::warn!(
+        "using the state at {shared}, which every deployment on this bucket shares (made before \
+         each plan had its own): runs for other plans wait for its lease. To give this plan its \
+         own state at {loc}, between runs: meterbook --ledger move.sqlite sync pull --state-url \
+         {shared}; rm move.sqlite.sync.json; meterbook --ledger move.sqlite sync push --state-url \
+         {loc}. To keep the shared one and silence this, set METERBOOK_STATE_URL={shared}"
+    );
+    Ok(shared)
+}
+
 /// This host's name, for holder ids and `pushed-by` metadata.
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -99,8 +148,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_plan_has_a_state_key_of_its_own() {
+        let plan = ServiceKey {
+            service: "pg".into(),
+            environment: "PROD".into(),
+            plan: "pt-1".into(),
+        };
+        assert_eq!(
+            plan_state_key(&plan),
+            "meterbook/state/pg/PROD/pt-1/ledger.sqlite"
+        );
+        // A state URL wins over the plan's default.
+        let loc = StateLocation::resolve(Some("s3://b/k"), Some(&plan)).unwrap();
+        assert_eq!(loc.key, "k");
+    }
+
+    #[test]
     fn state_urls_name_an_object() {
-        let loc = StateLocation::resolve(Some("s3://b/state/ledger.sqlite")).unwrap();
+        let loc = StateLocation::resolve(Some("s3://b/state/ledger.sqlite"), None).unwrap();
         assert_eq!(loc.bucket, "b");
         assert_eq!(loc.key, "state/ledger.sqlite");
         assert_eq!(
@@ -109,7 +174,7 @@ mod tests {
         );
         assert_eq!(loc.lease_key(), "state/ledger.sqlite.lease");
         for bad in ["s3://b", "s3://b/", "s3://b/folder/", "/tmp/x", "s3:///k"] {
-            assert!(StateLocation::resolve(Some(bad)).is_err(), "{bad}");
+            assert!(StateLocation::resolve(Some(bad), None).is_err(), "{bad}");
         }
     }
 }
