@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod dimensions;
 pub mod error;
 pub mod failpoint;
+pub mod formula;
 pub mod ingest;
 pub mod ledger;
 pub mod output;
