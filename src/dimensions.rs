@@ -166,7 +166,9 @@ impl DimensionSum {
 
 impl Dimensions {
     /// Reads both of the predecessor's forms from environment variables: `DIMENSION_<name>=<formula>`
-    /// and `DIMENSION<n>_NAME` / `DIMENSION<n>_FORMULA`.
+    /// and `DIMENSION<n>_NAME` / `DIMENSION<n>_FORMULA`. An empty variable is unset, as for the
+    /// predecessor (its deployments pass every variable, blank when unused): an empty pair is
+    /// absent, and only one of a pair set is an error.
     pub fn from_vars<'a>(
         vars: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Vec<(String, String, String)>, FormulaError> {
@@ -176,6 +178,9 @@ impl Dimensions {
             let Some(rest) = key.strip_prefix("DIMENSION") else {
                 continue;
             };
+            if value.is_empty() {
+                continue;
+            }
             if let Some(name) = rest.strip_prefix('_') {
                 named.insert(name.to_string(), (value.to_string(), key.to_string()));
                 continue;
@@ -533,6 +538,42 @@ mod tests {
         );
         let err = Dimensions::from_vars([("DIMENSION2_NAME", "x")]).unwrap_err();
         assert!(err.0.contains("DIMENSION2_FORMULA"), "{err}");
+    }
+
+    #[test]
+    fn empty_dimension_variables_are_unset_like_the_predecessors_compose_file_passes_them() {
+        let vars = [
+            ("DIMENSION1_NAME", "cpu"),
+            ("DIMENSION1_FORMULA", "cpu_core_hours"),
+            ("DIMENSION2_NAME", ""),
+            ("DIMENSION2_FORMULA", ""),
+            ("DIMENSION3_NAME", ""),
+            ("DIMENSION3_FORMULA", ""),
+            ("DIMENSION_unused", ""),
+        ];
+        let specs = Dimensions::from_vars(vars).unwrap();
+        assert_eq!(specs.len(), 1);
+        assert_eq!(specs[0].0, "cpu");
+        let half = |name: &'static str, formula: &'static str| {
+            Dimensions::from_vars([("DIMENSION2_NAME", name), ("DIMENSION2_FORMULA", formula)])
+        };
+        assert!(half("mem", "")
+            .unwrap_err()
+            .0
+            .contains("DIMENSION2_FORMULA is not"));
+        assert!(half("", "replica_hours")
+            .unwrap_err()
+            .0
+            .contains("DIMENSION2_NAME is not"));
+        // Duplicate names stay errors, across both forms.
+        let twice = Dimensions::from_vars([
+            ("DIMENSION_cpu", "cpu_core_hours"),
+            ("DIMENSION1_NAME", "cpu"),
+            ("DIMENSION1_FORMULA", "cpu_core_hours * 2"),
+        ])
+        .unwrap();
+        let err = Dimensions::new(twice, &base(), false, Rounding::Floor).unwrap_err();
+        assert!(err.0.contains("defined twice"), "{err}");
     }
 
     #[test]
