@@ -166,9 +166,9 @@ impl DimensionSum {
 
 impl Dimensions {
     /// Reads both of the predecessor's forms from environment variables: `DIMENSION_<name>=<formula>`
-    /// and `DIMENSION<n>_NAME` / `DIMENSION<n>_FORMULA`. An empty variable is unset, as for the
-    /// predecessor (its deployments pass every variable, blank when unused): an empty pair is
-    /// absent, and only one of a pair set is an error.
+    /// and `DIMENSION<n>_NAME` / `DIMENSION<n>_FORMULA`. An empty (or blank) variable is unset, as
+    /// for the predecessor (its deployments pass every variable, empty when unused): an empty pair
+    /// is absent, and only one of a pair set is an error.
     pub fn from_vars<'a>(
         vars: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Vec<(String, String, String)>, FormulaError> {
@@ -178,7 +178,7 @@ impl Dimensions {
             let Some(rest) = key.strip_prefix("DIMENSION") else {
                 continue;
             };
-            if value.is_empty() {
+            if value.trim().is_empty() {
                 continue;
             }
             if let Some(name) = rest.strip_prefix('_') {
@@ -547,7 +547,7 @@ mod tests {
             ("DIMENSION1_FORMULA", "cpu_core_hours"),
             ("DIMENSION2_NAME", ""),
             ("DIMENSION2_FORMULA", ""),
-            ("DIMENSION3_NAME", ""),
+            ("DIMENSION3_NAME", " "),
             ("DIMENSION3_FORMULA", ""),
             ("DIMENSION_unused", ""),
         ];
