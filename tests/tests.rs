@@ -8,6 +8,7 @@ mod util;
 mod costs;
 mod daemon;
 mod dropin;
+mod formulas;
 mod import_state;
 mod ingest;
 mod run;

@@ -9,7 +9,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::Ledger;
 use crate::period::{format_utc, parse_timestamp, Month};
-use crate::source::parse::{Problem, Quantity, UsageRecord};
+use crate::source::parse::{Problem, UsageRecord};
 
 /// One version of one usage file, as read and parsed, ready to be stored.
 #[derive(Debug, Clone)]
@@ -305,10 +305,6 @@ fn store_file(tx: &Transaction, f: &FileVersion, now: &str) -> Result<StoreOutco
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )?;
         for r in &f.records {
-            let value: rusqlite::types::Value = match r.value {
-                Quantity::Int(i) => i.into(),
-                Quantity::Real(x) => x.into(),
-            };
             insert.execute(params![
                 file_id,
                 r.record_index,
@@ -316,7 +312,7 @@ fn store_file(tx: &Transaction, f: &FileVersion, now: &str) -> Result<StoreOutco
                 hour,
                 r.contract_id,
                 r.dimension,
-                value,
+                r.value,
                 r.price_per_unit,
                 r.subscription_id,
                 r.customer_id,
