@@ -636,6 +636,17 @@ pub struct CostsIngestArgs {
         default_value = "user:Owner,user:Project,user:ProjectName,user:Name"
     )]
     pub user_tags: Vec<String>,
+
+    /// A billing file whose CSV (uncompressed) is larger than this is rejected; reading stops
+    /// there (bytes, or with KiB, MiB, GiB, TiB).
+    #[arg(
+        long,
+        env = "METERBOOK_COSTS_MAX_CSV_BYTES",
+        default_value = "64GiB",
+        value_name = "BYTES",
+        value_parser = parse_bytes
+    )]
+    pub max_csv_bytes: u64,
 }
 
 /// Which local days a cost report or plot covers.

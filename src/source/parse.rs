@@ -449,4 +449,110 @@ mod tests {
     fn an_empty_array_is_valid_and_empty() {
         assert_eq!(parse_usage_body(b"[]"), ParsedBody::default());
     }
+
+    #[test]
+    fn values_and_prices_past_their_bounds_are_refused() {
+        let body = format!(
+            r#"[{{"dimension":"d","value":{max}}},
+                {{"dimension":"d","value":{over}}},
+                {{"dimension":"d","value":9223372036854775807}},
+                {{"dimension":"d","value":18446744073709551615}},
+                {{"dimension":"d","value":1e300}},
+                {{"dimension":"d","value":1,"pricePerUnit":1000001}},
+                {{"dimension":"d","value":1,"pricePerUnit":-1}}]"#,
+            max = MAX_VALUE,
+            over = MAX_VALUE + 1
+        );
+        let p = parse_usage_body(body.as_bytes());
+        let kept: Vec<usize> = p.records.iter().map(|r| r.record_index).collect();
+        assert_eq!(kept, [0, 5, 6]);
+        assert_eq!(p.records[0].value, Quantity::Int(MAX_VALUE));
+        assert_eq!(
+            (p.records[1].price_per_unit, p.records[2].price_per_unit),
+            (None, None)
+        );
+        let r = reasons(&p);
+        for i in 0..4 {
+            assert!(r[i].1.contains("2^52"), "{r:?}");
+        }
+        assert!(r[4].1.contains("largest price") && p.problems[4].record_kept);
+        assert!(r[5].1.contains("negative") && p.problems[5].record_kept);
+    }
+
+    #[test]
+    fn problems_past_the_cap_are_counted_not_kept() {
+        let body = format!("[{}0]", "0,".repeat(2 * PROBLEMS_KEPT_PER_FILE));
+        let p = parse_usage_body(body.as_bytes());
+        assert_eq!(p.problems.len(), PROBLEMS_KEPT_PER_FILE);
+        assert_eq!(p.problem_count(), 2 * PROBLEMS_KEPT_PER_FILE as u64 + 1);
+        assert!(p.records.is_empty());
+    }
+}
+
+/// Property tests: whatever the body, parsing ends, stays within its bounds, and accounts for
+/// every element of an array as a record or a problem.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    /// Field values, plausible and hostile.
+    fn field() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (0..=MAX_VALUE).prop_map(Value::from),
+            any::<f64>().prop_filter_map("finite", |f| serde_json::Number::from_f64(f)
+                .map(Value::Number)),
+            "[a-z_ ]{0,12}".prop_map(Value::from),
+            Just(json!({"x": [1, 2]})),
+        ]
+    }
+
+    fn element() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            4 => (field(), field(), field(), field()).prop_map(|(c, d, v, p)| {
+                json!({"externalPayerId": c, "dimension": d, "value": v, "pricePerUnit": p})
+            }),
+            4 => ("[a-z]{1,8}", 0..=MAX_VALUE, proptest::option::of(0.0..2e6f64)).prop_map(
+                |(d, v, p)| json!({"externalPayerId": "c", "dimension": d, "value": v, "pricePerUnit": p})
+            ),
+            1 => field(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn every_element_ends_as_a_record_or_a_problem(elements in proptest::collection::vec(element(), 0..40)) {
+            let body = serde_json::to_vec(&elements).unwrap();
+            let p = parse_usage_body(&body);
+            prop_assert_eq!(p.more_problems, 0);
+            let mut seen = vec![0; elements.len()];
+            for r in &p.records {
+                seen[r.record_index] += 1;
+                prop_assert!(r.value.as_f64().is_finite());
+                prop_assert!((0.0..=MAX_VALUE as f64).contains(&r.value.as_f64()));
+                prop_assert!(r.price_per_unit.is_none_or(|x| (0.0..=MAX_PRICE_PER_UNIT).contains(&x)));
+            }
+            for pr in p.problems.iter().filter(|pr| !pr.record_kept) {
+                let i = pr.record_index.expect("an array's problems name their element");
+                seen[i] += 1;
+            }
+            prop_assert!(seen.iter().all(|&n| n == 1), "{:?}", seen);
+        }
+
+        #[test]
+        fn any_bytes_end_as_bounded_records_and_problems(body in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let p = parse_usage_body(&body);
+            prop_assert!(p.records.len() <= body.len() / 2);
+            prop_assert!(p.problems.len() <= PROBLEMS_KEPT_PER_FILE);
+            prop_assert!(!p.records.is_empty() || !p.problems.is_empty() || body.starts_with(b"[") || body.iter().any(|b| *b == b'['));
+        }
+    }
 }
