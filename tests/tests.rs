@@ -7,6 +7,7 @@ mod util;
 
 mod costs;
 mod daemon;
+mod hostile;
 mod import_state;
 mod ingest;
 mod run;
