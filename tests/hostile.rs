@@ -84,7 +84,9 @@ fn an_overflowing_pair_of_records_is_refused_and_every_contract_is_still_submitt
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!((p[0].0.as_str(), p[0].1), (bad.as_str(), Some(0)));
     assert_eq!(
-        env.count("SELECT status = 'partial' FROM usage_files WHERE key LIKE '%06/01/00/sub-a.json'"),
+        env.count(
+            "SELECT status = 'partial' FROM usage_files WHERE key LIKE '%06/01/00/sub-a.json'"
+        ),
         1
     );
 
@@ -405,7 +407,6 @@ fn billing_bombs_end_as_a_few_problem_rows_and_other_months_are_intact() {
     );
     // The ledger stays small: well under a megabyte of problems for 200,000 bad lines.
     let size = std::fs::metadata(&env.ledger).unwrap().len()
-        + std::fs::metadata(format!("{}-wal", env.ledger.display()))
-            .map_or(0, |m| m.len());
+        + std::fs::metadata(format!("{}-wal", env.ledger.display())).map_or(0, |m| m.len());
     assert!(size < 4 << 20, "ledger of {size} bytes");
 }
