@@ -102,6 +102,9 @@ impl HourTotals {
         hour: &str,
         records: &'r [UsageRecord],
     ) -> Result<(Vec<&'r UsageRecord>, Vec<Problem>)> {
+        if records.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
         self.tick += 1;
         let key = (service_key.to_string(), hour.to_string());
         if !self.hours.contains_key(&key) {
