@@ -2,12 +2,10 @@
 //! files over the size limit, files of nothing but problems, billing-file bombs. Each test shows
 //! the bad input as rows naming it, and everything else ingested (or submitted) as usual.
 
-use std::io::Write;
-
 use serde_json::{json, Value};
 
 use crate::emulator::{Emulator, CLIENT_ID, SECRET};
-use crate::util::{record, stderr_of, usage_key, TestEnv};
+use crate::util::{record, stderr_of, usage_key, zip_of, TestEnv};
 
 /// `meterbook ingest --source <export>` and its output.
 fn ingest(env: &TestEnv, extra: &[&str]) -> std::process::Output {
@@ -327,29 +325,13 @@ fn problems_per_file_are_capped_and_counted() {
     assert_eq!(env.count("SELECT value FROM monthly_usage"), 2);
 }
 
-fn billing_zip(csv: &[u8]) -> Vec<u8> {
-    let mut buf = std::io::Cursor::new(Vec::new());
-    {
-        let mut zip = zip::ZipWriter::new(&mut buf);
-        zip.start_file(
-            "billing.csv",
-            zip::write::SimpleFileOptions::default()
-                .compression_method(zip::CompressionMethod::Deflated),
-        )
-        .unwrap();
-        zip.write_all(csv).unwrap();
-        zip.finish().unwrap();
-    }
-    buf.into_inner()
-}
-
 const BILLING_HEADER: &str = "InvoiceID,PayerAccountId,LinkedAccountId,RecordType,ProductName,UsageStartDate,UsageEndDate,UsageQuantity,BlendedCost,UnBlendedCost,ResourceId,user:Owner\n";
 
 fn billing_file(dir: &std::path::Path, month: &str, csv: &[u8]) {
     let name = format!(
         "123456789012-aws-billing-detailed-line-items-with-resources-and-tags-{month}.csv.zip"
     );
-    std::fs::write(dir.join(name), billing_zip(csv)).unwrap();
+    std::fs::write(dir.join(name), zip_of("billing.csv", csv)).unwrap();
 }
 
 /// Before, a small zip of a header and millions of lines of `0` left a problem row per line (a

@@ -76,7 +76,9 @@ pub struct HourTotals {
 #[derive(Debug)]
 struct CachedHour {
     used: u64,
-    totals: HashMap<(Option<String>, String), f64>,
+    /// Per contract (or none), per dimension; looked up without building a key per record.
+    totals: HashMap<Option<String>, HashMap<String, f64>>,
+    groups: usize,
 }
 
 /// Groups kept in [`HourTotals`] at most: a few megabytes.
@@ -89,7 +91,7 @@ impl HourTotals {
             .hours
             .remove(&(service_key.to_string(), hour.to_string()))
         {
-            self.groups -= h.totals.len();
+            self.groups -= h.groups;
         }
     }
 
@@ -107,25 +109,30 @@ impl HourTotals {
         }
         self.tick += 1;
         let key = (service_key.to_string(), hour.to_string());
-        if !self.hours.contains_key(&key) {
-            let totals = load_hour_totals(tx, service_key, hour)?;
-            self.groups += totals.len();
-            self.hours
-                .insert(key.clone(), CachedHour { used: 0, totals });
-        }
-        let cached = self.hours.get_mut(&key).expect("loaded above");
+        let cached = match self.hours.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let loaded = load_hour_totals(tx, service_key, hour)?;
+                self.groups += loaded.groups;
+                e.insert(loaded)
+            }
+        };
         cached.used = self.tick;
         let mut admitted = Vec::with_capacity(records.len());
         let mut refused = Vec::new();
         for r in records {
-            let group = (r.contract_id.clone(), r.dimension.clone());
-            let total = cached.totals.get(&group).copied().unwrap_or(0.0);
+            let dimensions = match cached.totals.get_mut(&r.contract_id) {
+                Some(d) => d,
+                None => cached.totals.entry(r.contract_id.clone()).or_default(),
+            };
+            let total = dimensions.get(r.dimension.as_str()).copied().unwrap_or(0.0);
             let after = total + r.value.as_f64();
             if after > MAX_VALUE as f64 {
                 refused.push(Problem {
                     record_index: Some(r.record_index),
                     reason: format!(
-                        "value {} of contract {} dimension {} would bring the hour's total to                          {after:.0}, above the largest total taken, 2^52 = {MAX_VALUE}; not stored",
+                        "value {} of contract {} dimension {} would bring the hour's total to \
+                         {after:.0}, above the largest total taken, 2^52 = {MAX_VALUE}; not stored",
                         r.value,
                         r.contract_id.as_deref().unwrap_or("(none)"),
                         r.dimension
@@ -134,8 +141,13 @@ impl HourTotals {
                 });
                 continue;
             }
-            if cached.totals.insert(group, after).is_none() {
-                self.groups += 1;
+            match dimensions.get_mut(r.dimension.as_str()) {
+                Some(t) => *t = after,
+                None => {
+                    dimensions.insert(r.dimension.clone(), after);
+                    cached.groups += 1;
+                    self.groups += 1;
+                }
             }
             admitted.push(r);
         }
@@ -159,7 +171,7 @@ impl HourTotals {
                 break;
             }
             if let Some(h) = self.hours.remove(&key) {
-                self.groups -= h.totals.len();
+                self.groups -= h.groups;
             }
         }
     }
@@ -167,19 +179,26 @@ impl HourTotals {
 
 /// One hour's stored totals per contract and dimension. `TOTAL` (a double) rather than `SUM`,
 /// which would fail on a ledger holding records from before the bound.
-fn load_hour_totals(
-    tx: &Transaction,
-    service_key: &str,
-    hour: &str,
-) -> Result<HashMap<(Option<String>, String), f64>> {
+fn load_hour_totals(tx: &Transaction, service_key: &str, hour: &str) -> Result<CachedHour> {
     let mut stmt = tx.prepare_cached(
         "SELECT contract_id, dimension, TOTAL(value) FROM usage_records
          WHERE service_key = ?1 AND hour = ?2 GROUP BY contract_id, dimension",
     )?;
-    let rows = stmt.query_map([service_key, hour], |r| {
-        Ok(((r.get(0)?, r.get(1)?), r.get(2)?))
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let mut rows = stmt.query([service_key, hour])?;
+    let mut hour = CachedHour {
+        used: 0,
+        totals: HashMap::new(),
+        groups: 0,
+    };
+    while let Some(r) = rows.next()? {
+        let contract: Option<String> = r.get(0)?;
+        hour.totals
+            .entry(contract)
+            .or_default()
+            .insert(r.get(1)?, r.get(2)?);
+        hour.groups += 1;
+    }
+    Ok(hour)
 }
 
 /// What the ledger knows of a key, for deciding whether to read it again.
@@ -457,9 +476,13 @@ impl Ledger {
     ) -> Result<Vec<Stored>> {
         let now = format_utc(Utc::now());
         let tx = self.conn.transaction()?;
+        let path_problems: bool =
+            tx.query_row("SELECT EXISTS (SELECT 1 FROM source_problems)", [], |r| {
+                r.get(0)
+            })?;
         let mut stored = Vec::with_capacity(files.len());
         for file in files {
-            let s = store_file(&tx, file, &now, totals)
+            let s = store_file(&tx, file, &now, totals, path_problems)
                 .with_context(|| format!("storing {}", file.key))?;
             stored.push(s);
         }
@@ -477,6 +500,7 @@ fn store_file(
     f: &FileVersion,
     now: &str,
     totals: &mut HourTotals,
+    path_problems: bool,
 ) -> Result<Stored> {
     let existing: Option<(i64, String, StoredPeriod)> = tx
         .prepare_cached(
@@ -522,8 +546,10 @@ fn store_file(
         }
     }
     // A path problem of an earlier run (unreadable, too large) is over now that it is stored.
-    tx.prepare_cached("DELETE FROM source_problems WHERE source = ?1 AND path = ?2")?
-        .execute(params![f.source, f.key])?;
+    if path_problems {
+        tx.prepare_cached("DELETE FROM source_problems WHERE source = ?1 AND path = ?2")?
+            .execute(params![f.source, f.key])?;
+    }
     let (records, refused) = match (&f.service_key, &hour) {
         (Some(service_key), Some(hour)) => totals.admit(tx, service_key, hour, &f.records)?,
         _ => (Vec::new(), Vec::new()),
@@ -723,17 +749,23 @@ mod tests {
         ledger.conn.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
+    /// A ledger file migrated up to `version` only, as an older meterbook left it.
+    fn ledger_at_version(path: &std::path::Path, version: i32) -> rusqlite::Connection {
+        let mut conn = rusqlite::Connection::open(path).unwrap();
+        super::super::embedded::migrations::runner()
+            .set_target(refinery::Target::Version(version))
+            .run(&mut conn)
+            .unwrap();
+        conn
+    }
+
     /// A ledger written before V6 (records clustered by file, SHA-256 fingerprints) is migrated
     /// with its records, and its files are still recognised as unchanged or rewritten.
     #[test]
     fn a_ledger_from_before_v6_keeps_its_records_and_fingerprints() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.sqlite");
-        let mut conn = rusqlite::Connection::open(&path).unwrap();
-        super::super::embedded::migrations::runner()
-            .set_target(refinery::Target::Version(5))
-            .run(&mut conn)
-            .unwrap();
+        let conn = ledger_at_version(&path, 5);
         let sha = legacy_fingerprint(BODY).replace("sha256:", "");
         conn.execute_batch(&format!(
             "INSERT INTO usage_files (id, key, source, service_key, hour, sha256, size,
@@ -889,11 +921,7 @@ mod tests {
     fn a_ledger_with_an_overflowing_hour_is_repaired_by_v8() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.sqlite");
-        let mut conn = rusqlite::Connection::open(&path).unwrap();
-        super::super::embedded::migrations::runner()
-            .set_target(refinery::Target::Version(7))
-            .run(&mut conn)
-            .unwrap();
+        let conn = ledger_at_version(&path, 7);
         conn.execute_batch(&format!(
             "INSERT INTO usage_files (id, key, source, service_key, hour, fingerprint, size,
                  ingested_at, record_count, problem_count, status)

@@ -11,7 +11,7 @@ use std::fmt;
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 
 use crate::period::Month;
-use crate::source::parse::PROBLEMS_KEPT_PER_FILE;
+use crate::source::parse::keep_or_count;
 
 /// Every usage file and the completion marker live under this prefix.
 pub const EXPORT_PREFIX: &str = "omnistrate-metering/";
@@ -245,11 +245,7 @@ pub struct PathProblems {
 
 impl PathProblems {
     pub fn push(&mut self, p: PathProblem) {
-        if self.kept.len() < PROBLEMS_KEPT_PER_FILE {
-            self.kept.push(p);
-        } else {
-            self.more += 1;
-        }
+        keep_or_count(&mut self.kept, &mut self.more, p);
     }
 
     pub fn count(&self) -> u64 {

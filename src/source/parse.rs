@@ -99,6 +99,16 @@ impl Problem {
     }
 }
 
+/// Keeps `item` while `kept` holds fewer than [`PROBLEMS_KEPT_PER_FILE`], else counts it in
+/// `more`.
+pub fn keep_or_count<T>(kept: &mut Vec<T>, more: &mut u64, item: T) {
+    if kept.len() < PROBLEMS_KEPT_PER_FILE {
+        kept.push(item);
+    } else {
+        *more += 1;
+    }
+}
+
 /// The records and problems found in one body.
 #[derive(Debug, Default, PartialEq)]
 pub struct ParsedBody {
@@ -119,11 +129,7 @@ impl ParsedBody {
     }
 
     fn problem(&mut self, p: Problem) {
-        if self.problems.len() < PROBLEMS_KEPT_PER_FILE {
-            self.problems.push(p);
-        } else {
-            self.more_problems += 1;
-        }
+        keep_or_count(&mut self.problems, &mut self.more_problems, p);
     }
 
     /// Every problem found, kept or not.
