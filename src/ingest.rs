@@ -203,7 +203,7 @@ pub async fn ingest(
         futures::stream::iter(wanted)
     });
     // Bodies in flight (read, parsed, not yet stored) hold at most this many KiB between them.
-    let budget_kib = kib(opts.max_bytes_in_flight.max(max_file_bytes));
+    let budget_kib = kib(opts.max_bytes_in_flight.max(max_file_bytes)).min(u64::from(u32::MAX));
     let budget = Arc::new(tokio::sync::Semaphore::new(budget_kib as usize));
     let name: Arc<str> = source_name.as_str().into();
     let mut fetched = candidates
