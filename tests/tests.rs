@@ -9,6 +9,7 @@ mod costs;
 mod daemon;
 mod dropin;
 mod formulas;
+mod hostile;
 mod import_state;
 mod ingest;
 mod run;

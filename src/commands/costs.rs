@@ -107,7 +107,14 @@ async fn ingest(global: &GlobalArgs, args: &CostsIngestArgs) -> Result<Outcome> 
         let body = source.fetch(&object.meta).await?;
         let file = cost_file(&source, &object);
         let stored = tokio::task::block_in_place(|| {
-            store(&mut ledger, &file, body, object.name.zipped, &tags)
+            store(
+                &mut ledger,
+                &file,
+                body,
+                object.name.zipped,
+                &tags,
+                args.max_csv_bytes,
+            )
         })?;
         tracing::info!(
             "{}: {} line items, {} total rows, {} problems{}",
@@ -148,10 +155,13 @@ fn store(
     body: File,
     zipped: bool,
     tags: &[String],
+    max_csv_bytes: u64,
 ) -> Result<StoredCostFile> {
-    let read = with_csv(body, zipped, |input| match BillingRows::new(input, tags) {
-        Ok(rows) => ledger.store_cost_file(file, rows),
-        Err(reason) => reject(ledger, file, &reason),
+    let read = with_csv(body, zipped, |input| {
+        match BillingRows::new(input, tags, max_csv_bytes) {
+            Ok(rows) => ledger.store_cost_file(file, rows),
+            Err(reason) => reject(ledger, file, &reason),
+        }
     });
     match read {
         Ok(stored) => stored,

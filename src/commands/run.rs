@@ -90,6 +90,8 @@ async fn steps(
         concurrency: args.concurrency,
         batch_files: args.batch_files,
         all_months: args.all_months,
+        start_month: args.submit.start_month,
+        limits: args.limits.clone(),
     };
     let ingested = super::ingest::run(global, &ingest_args)
         .await

@@ -25,7 +25,7 @@ pub use submissions::{
     DriftRow, LineUpdate, NewLine, NewSubmission, OutboxItem, RetryCandidate, SubmissionFilter,
     SubmissionUpdate, HOLDING_STATUSES,
 };
-pub use usage::{FileVersion, KnownFile, RunCounts, StoreOutcome};
+pub use usage::{FileVersion, HourTotals, KnownFile, RunCounts, StoreOutcome, Stored};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
