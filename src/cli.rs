@@ -23,7 +23,7 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// The ledger file (SQLite). Created and migrated on first use.
+    /// The ledger file (SQLite). Created and migrated by the first command that writes it.
     #[arg(
         long,
         global = true,
@@ -31,6 +31,18 @@ pub struct GlobalArgs {
         default_value = "meterbook.sqlite"
     )]
     pub ledger: PathBuf,
+
+    /// Seconds a command waits for another process writing (or creating, or migrating) the same
+    /// ledger before it gives up.
+    #[arg(
+        long = "busy-timeout",
+        global = true,
+        env = "METERBOOK_BUSY_TIMEOUT",
+        default_value_t = 60.0,
+        value_name = "SECONDS",
+        value_parser = parse_seconds
+    )]
+    pub busy_timeout: f64,
 
     /// More log output (-v debug, -vv trace). METERBOOK_LOG=<filter> overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]

@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::io::Write;
-use std::path::PathBuf;
 use std::pin::Pin;
 
 use anyhow::Result;
@@ -15,7 +14,7 @@ use chrono::Utc;
 use crate::cli::{DoctorArgs, GlobalArgs};
 use crate::config::SourceSpec;
 use crate::error::{Fatal, Outcome};
-use crate::ledger::{binary_schema_version, Ledger};
+use crate::ledger::{binary_schema_version, Ledger, LedgerFile};
 use crate::source::MARKER_KEY;
 use crate::sync::remote::{self, Condition, Refused};
 use crate::sync::{lease, state, StateLocation};
@@ -43,7 +42,7 @@ pub struct Setup {
     client: Client,
     source: std::result::Result<SourceSpec, String>,
     state: std::result::Result<StateLocation, String>,
-    ledger: PathBuf,
+    ledger: LedgerFile,
     clazar: std::result::Result<crate::clazar::ClazarSettings, String>,
 }
 
@@ -105,7 +104,7 @@ pub async fn run(global: &GlobalArgs, args: &DoctorArgs) -> Result<Outcome> {
         source: SourceSpec::resolve(args.source.as_deref()).map_err(|e| format!("{e:#}")),
         state: StateLocation::resolve(args.state.state_url.as_deref())
             .map_err(|e| format!("{e:#}")),
-        ledger: global.ledger.clone(),
+        ledger: global.ledger_file(),
         clazar: args.clazar.resolve().map_err(|e| format!("{e:#}")),
     };
     let mut out = std::io::stdout().lock();
@@ -360,16 +359,16 @@ async fn state_object(s: &Setup) -> Verdict {
 
 async fn ledger_schema(s: &Setup) -> Verdict {
     let known = binary_schema_version();
-    if !s.ledger.exists() {
+    if !s.ledger.path.exists() {
         return Verdict::Ok(format!(
             "no ledger at {} yet; `meterbook sync pull` or `meterbook ingest` creates it",
-            s.ledger.display()
+            s.ledger.path.display()
         ));
     }
-    match Ledger::open_read_only(&s.ledger).and_then(|l| l.schema_version()) {
+    match Ledger::open_for_reading(&s.ledger).and_then(|l| l.schema_version()) {
         Ok(v) => Verdict::Ok(format!(
             "{} is at schema version {v} (this meterbook knows up to {known})",
-            s.ledger.display()
+            s.ledger.path.display()
         )),
         Err(e) => fail(
             format!("{e:#}"),
@@ -434,8 +433,8 @@ async fn formulas(s: &Setup) -> Verdict {
     };
     let mut base: std::collections::BTreeSet<String> =
         BASE_DIMENSIONS.iter().map(|d| d.to_string()).collect();
-    if s.ledger.exists() {
-        if let Ok(ledger) = Ledger::open_read_only(&s.ledger) {
+    if s.ledger.path.exists() {
+        if let Ok(ledger) = Ledger::open_for_reading(&s.ledger) {
             base.extend(ledger.dimensions_in_usage().unwrap_or_default());
         }
     }

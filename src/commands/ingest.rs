@@ -28,7 +28,7 @@ pub async fn run(global: &GlobalArgs, args: &IngestArgs) -> Result<Outcome> {
         source.describe(),
         global.ledger.display()
     );
-    let summary = ingest(&global.ledger, &source, &scope, &opts).await?;
+    let summary = ingest(&global.ledger_file(), &source, &scope, &opts).await?;
     if summary.needs_attention() {
         tracing::warn!("{}", summary.line());
         if summary.problems > 0 {

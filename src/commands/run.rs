@@ -49,7 +49,7 @@ async fn cycle(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
     let client = crate::s3::client(&global.s3.resolve()).await;
     let loc = StateLocation::resolve(args.state.state_url.as_deref())?;
     let duration = Duration::from_secs(args.state.lease_seconds);
-    let taken = lease::acquire(&client, &loc, duration, args.wait_for_lease).await?;
+    let taken = lease::acquire(&client, &loc, duration, args.wait_for_lease, true).await?;
     tracing::info!("holding the lease as {}", taken.record().holder);
     let held = taken.keep_alive();
     let result = steps(global, args, &client, &loc).await;
@@ -74,12 +74,15 @@ async fn steps(
     client: &aws_sdk_s3::Client,
     loc: &StateLocation,
 ) -> Result<Outcome> {
-    let ledger_path = &global.ledger;
-    match state::pull(client, loc, ledger_path, false)
+    let ledger_file = global.ledger_file();
+    match state::pull(client, loc, &ledger_file, false)
         .await
         .context("pulling the ledger from S3")?
     {
         Pulled::Generation { generation, .. } => tracing::info!("pulled generation {generation}"),
+        Pulled::Merged { generation, .. } => tracing::info!(
+            "pulled generation {generation}, keeping the local changes it did not have"
+        ),
         Pulled::UpToDate { generation } => tracing::info!("ledger is generation {generation}"),
         Pulled::LocalAhead { generation } => tracing::info!(
             "ledger is generation {generation} plus local changes from an unfinished run; keeping them"
@@ -98,7 +101,7 @@ async fn steps(
 
     let submit = &args.submit;
     let rules = submit.period_rules()?;
-    let mut ledger = Ledger::open(ledger_path)?;
+    let mut ledger = Ledger::open_for_writing(&ledger_file)?;
     let settings = super::submit::settings(
         &ledger,
         rules,
@@ -129,7 +132,7 @@ async fn steps(
     // reconciled by whichever host runs next.
     push(client, loc, global, args).await?;
 
-    let ledger = Mutex::new(Ledger::open(ledger_path)?);
+    let ledger = Mutex::new(Ledger::open_for_writing(&ledger_file)?);
     let sent = send_outbox(&ledger, &clazar, None, submit.clazar.concurrency).await?;
     let ledger = ledger.into_inner().unwrap_or_else(|p| p.into_inner());
     ledger.finish_submission_run(run_id, plan.submissions.len() as u64, sent.requests)?;
@@ -151,9 +154,14 @@ async fn push(
     global: &GlobalArgs,
     args: &RunArgs,
 ) -> Result<()> {
-    match state::push(client, loc, &global.ledger, args.state.keep_generations)
-        .await
-        .context("pushing the ledger to S3")?
+    match state::push(
+        client,
+        loc,
+        &global.ledger_file(),
+        args.state.keep_generations,
+    )
+    .await
+    .context("pushing the ledger to S3")?
     {
         Pushed::Generation { generation, .. } => tracing::info!("pushed generation {generation}"),
         Pushed::UpToDate { generation } => {

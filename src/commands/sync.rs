@@ -16,11 +16,12 @@ use crate::sync::{lease, StateLocation};
 pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
     let loc = StateLocation::resolve(args.state.state_url.as_deref())?;
     let client = crate::s3::client(&global.s3.resolve()).await;
-    let ledger = &global.ledger;
+    let ledger_file = global.ledger_file();
+    let ledger = &ledger_file.path;
     let keep = args.state.keep_generations;
     let mut out = std::io::stdout().lock();
     match &args.action {
-        SyncAction::Push => match state::push(&client, &loc, ledger, keep).await? {
+        SyncAction::Push => match state::push(&client, &loc, &ledger_file, keep).await? {
             Pushed::Generation {
                 generation,
                 size,
@@ -37,12 +38,31 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
             )?,
         },
         SyncAction::Pull { discard_local } => {
-            match state::pull(&client, &loc, ledger, *discard_local).await? {
+            match state::pull(&client, &loc, &ledger_file, *discard_local).await? {
                 Pulled::Generation { generation, size } => writeln!(
                     out,
                     "pulled generation {generation} from {loc} into {} ({})",
                     ledger.display(),
                     mb(size)
+                )?,
+                Pulled::Merged {
+                    generation,
+                    size,
+                    carried,
+                } => writeln!(
+                    out,
+                    "pulled generation {generation} from {loc} into {} ({}), keeping {} \
+                     submissions, {} predecessor imports{} recorded only here (push them with \
+                     `meterbook sync push`)",
+                    ledger.display(),
+                    mb(size),
+                    carried.submissions,
+                    carried.predecessor_imports,
+                    if carried.cost_tables {
+                        " and the cost tables"
+                    } else {
+                        ""
+                    }
                 )?,
                 Pulled::UpToDate { generation } => {
                     writeln!(out, "up to date: generation {generation} of {loc}")?
@@ -63,8 +83,15 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
             generation,
             discard_local,
         } => {
-            let new =
-                state::restore(&client, &loc, ledger, *generation, keep, *discard_local).await?;
+            let new = state::restore(
+                &client,
+                &loc,
+                &ledger_file,
+                *generation,
+                keep,
+                *discard_local,
+            )
+            .await?;
             writeln!(
                 out,
                 "restored generation {generation} of {loc} as generation {new}, and pulled it into {}",
@@ -75,7 +102,7 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
             &mut out,
             &loc,
             ledger,
-            &state::status(&client, &loc, ledger).await?,
+            &state::status(&client, &loc, &ledger_file).await?,
         )?,
         SyncAction::Lease(action) => {
             let duration = Duration::from_secs(args.state.lease_seconds);
@@ -161,7 +188,7 @@ async fn lease_action(
 ) -> Result<()> {
     match action {
         LeaseAction::Acquire { wait, hold } => {
-            let taken = lease::acquire(client, loc, duration, *wait).await?;
+            let taken = lease::acquire(client, loc, duration, *wait, hold.is_some()).await?;
             let record = taken.record().clone();
             writeln!(
                 out,

@@ -387,7 +387,9 @@ fn keep_replaced_version(
 mod tests {
     use super::*;
     use crate::ingest::{file_version, legacy_fingerprint};
+    use crate::ledger::LedgerFile;
     use crate::source::{classify_key, ObjectMeta};
+    use std::time::Duration;
 
     const KEY: &str = "omnistrate-metering/pg/PROD/pt-1/2025/07/01/00/sub-1.json";
     const BODY: &[u8] =
@@ -435,7 +437,8 @@ mod tests {
         .unwrap();
         drop(conn);
 
-        let mut ledger = Ledger::open(&path).unwrap();
+        let mut ledger =
+            Ledger::open_for_writing(&LedgerFile::new(&path, Duration::from_secs(5))).unwrap();
         assert_eq!(
             count(
                 &ledger,
