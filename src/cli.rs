@@ -318,9 +318,10 @@ pub struct SyncArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum SyncAction {
-    /// Download the state, verify it, and replace the local ledger with it.
+    /// Download the state, verify it, and replace the local ledger with it, keeping what only the
+    /// local ledger knows (submissions, predecessor imports, cost tables changed here).
     Pull {
-        /// Replace a local ledger even if it has changes that are not on S3.
+        /// Take the state as it is, dropping every local change that is not on S3.
         #[arg(long)]
         discard_local: bool,
     },
@@ -344,7 +345,8 @@ pub enum SyncAction {
 
 #[derive(Debug, Subcommand)]
 pub enum LeaseAction {
-    /// Take the lease. Without --hold it stays taken until it expires.
+    /// Take the lease. Without --hold it stays taken until it expires (or is released), even
+    /// after this command has ended.
     Acquire {
         /// Wait until the lease is free instead of failing with exit code 4.
         #[arg(long)]

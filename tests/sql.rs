@@ -223,12 +223,7 @@ fn an_older_ledger_is_read_as_it_is_with_a_warning_and_migrated_only_by_a_writer
 
     // A writing command brings it up to date, keeping its rows.
     env.write_usage(&usage_key("pt-1", "2025/06/01/00", "sub-1"), b"[]");
-    let out = env
-        .cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .output()
-        .unwrap();
+    let out = env.ingest();
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(
         stderr_of(&out).contains("migrating ledger"),
@@ -312,11 +307,7 @@ fn control_characters_are_escaped_in_a_table_and_exact_in_csv_and_json() {
         &usage_key("pt-1", "2025/06/01/00", "sub-1"),
         json!([r]).to_string().as_bytes(),
     );
-    env.cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .assert()
-        .success();
+    assert!(env.ingest().status.success());
     let q = "SELECT pod_name FROM usage_records";
     let out = env.cmd().args(["sql", q]).output().unwrap();
     let table = String::from_utf8(out.stdout).unwrap();
@@ -407,10 +398,11 @@ fn a_writer_waits_for_another_processs_write_up_to_the_busy_timeout() {
     };
     let out = ingest("0.5");
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(err.contains("database is locked"), "{err}");
     assert!(
-        stderr_of(&out).contains("database is locked"),
-        "{}",
-        stderr_of(&out)
+        err.contains("busy for longer than the busy timeout (0.5s)"),
+        "{err}"
     );
     holder.execute_batch("COMMIT").unwrap();
     drop(holder);

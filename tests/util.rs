@@ -49,6 +49,15 @@ impl TestEnv {
         cmd
     }
 
+    /// `meterbook ingest` of the export tree.
+    pub fn ingest(&self) -> std::process::Output {
+        self.cmd()
+            .args(["ingest", "--source"])
+            .arg(self.export())
+            .output()
+            .unwrap()
+    }
+
     /// Writes one file under the export tree.
     pub fn write_usage(&self, key: &str, body: &[u8]) -> PathBuf {
         let path = self.export().join(key);

@@ -388,6 +388,15 @@ async fn lease_state(s: &Setup) -> Verdict {
         Ok(Some(c)) if c.record.is_free(now) => {
             Verdict::Ok(format!("free: {}", c.record.describe(now)))
         }
+        Ok(Some(c))
+            if lease::HolderProcess::current()
+                .is_some_and(|here| c.record.holder_gone(&crate::sync::host_name(), &here)) =>
+        {
+            Verdict::Ok(format!(
+                "{}; its process on this host is gone, so the next run takes it over at once",
+                c.record.describe(now)
+            ))
+        }
         Ok(Some(c)) => Verdict::Warn(format!(
             "{}; a run is in progress, or a host died and the lease will expire",
             c.record.describe(now)

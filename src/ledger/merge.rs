@@ -94,6 +94,13 @@ pub struct Carried {
     pub usage_files_dropped: u64,
 }
 
+impl Carried {
+    /// Whether anything of the local ledger is now in the state (then it has unpushed changes).
+    pub fn kept_anything(&self) -> bool {
+        self.submissions + self.predecessor_imports > 0 || self.cost_tables
+    }
+}
+
 /// The outcome of [`carry_over`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Carry {

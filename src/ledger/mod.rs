@@ -176,6 +176,16 @@ impl Ledger {
     }
 }
 
+/// Whether SQLite gave up waiting (for the busy timeout) for another connection's lock.
+pub fn is_busy(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy
+        )
+    })
+}
+
 fn applied_schema_version(conn: &Connection) -> Result<Option<i64>> {
     let has_history: Option<i64> = conn
         .query_row(

@@ -343,7 +343,8 @@ async fn keep_generation(
 pub enum Pulled {
     /// The local ledger is now this generation.
     Generation { generation: u64, size: u64 },
-    /// The local ledger is now this generation plus the local changes it did not cover.
+    /// The local ledger is now this generation plus local changes it did not have (see
+    /// [`Carried::kept_anything`]).
     Merged {
         generation: u64,
         size: u64,
@@ -435,7 +436,7 @@ pub async fn pull(
     let target = ledger.to_path_buf();
     blocking(move || snapshot::install(snapshot.path, &target)).await?;
     local::write(ledger, &pulled)?;
-    Ok(match carried {
+    Ok(match carried.filter(Carried::kept_anything) {
         None => Pulled::Generation { generation, size },
         Some(carried) => Pulled::Merged {
             generation,
