@@ -888,3 +888,30 @@ fn a_full_disk_while_writing_the_snapshot_is_a_clear_error_and_keeps_the_state()
     assert_eq!(dump(&env), before);
     assert_eq!(leftovers(&disk.0), Vec::<String>::new());
 }
+
+#[test]
+fn a_file_that_is_not_a_ledger_is_never_replaced_by_a_pull() {
+    let s3 = Store::new("foreign");
+    let a = host_with_usage("2");
+    s3.cmd(&a).args(["sync", "push"]).assert().success();
+    let b = TestEnv::new();
+    Connection::open(&b.ledger)
+        .unwrap()
+        .execute_batch("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        .unwrap();
+    let before = file_digests(b.dir.path());
+    for args in [
+        &["sync", "pull"][..],
+        &["sync", "pull", "--discard-local"],
+        &["sync", "restore", "--generation", "1", "--discard-local"],
+    ] {
+        let out = s3.cmd(&b).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains("not a meterbook ledger"),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
+        assert_eq!(file_digests(b.dir.path()), before, "{args:?}");
+    }
+}

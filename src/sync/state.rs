@@ -86,6 +86,16 @@ async fn take_snapshot(ledger: &LedgerFile) -> Result<Option<Snapshot>> {
     Ok(Some(taken))
 }
 
+/// Refuses, before anything replaces it, a file at the ledger's path that is not a meterbook
+/// ledger this meterbook can use (see [`Ledger::open_for_reading`]): it is left as it is.
+async fn check_replaceable(ledger: &LedgerFile) -> Result<()> {
+    if ledger.path.exists() {
+        let file = ledger.clone();
+        blocking(move || Ledger::open_for_reading(&file).map(drop)).await?;
+    }
+    Ok(())
+}
+
 /// The fingerprints of the ledger's current content, or `None` when there is no ledger.
 pub async fn local_content(ledger: &LedgerFile) -> Result<Option<Fingerprints>> {
     Ok(take_snapshot(ledger).await?.map(|s| s.fingerprints))
@@ -100,7 +110,7 @@ async fn guard_local(
     discard_local: bool,
 ) -> Result<()> {
     if discard_local {
-        return Ok(());
+        return check_replaceable(ledger).await;
     }
     let Some(local) = local_content(ledger).await? else {
         return Ok(());
@@ -391,7 +401,10 @@ pub async fn pull(
     }
     // The state has moved on, or this ledger was never synced with it.
     let local = match discard_local {
-        true => None,
+        true => {
+            check_replaceable(ledger_file).await?;
+            None
+        }
         false => take_snapshot(ledger_file).await?,
     };
     let local_changes = local.filter(|l| {
