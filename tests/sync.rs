@@ -527,7 +527,7 @@ fn pull_keeps_what_only_the_local_ledger_knows_and_drops_what_the_export_rebuild
 }
 
 #[test]
-fn cost_tables_changed_on_both_sides_are_a_conflict_that_changes_nothing() {
+fn cost_tables_changed_on_both_sides_keep_the_states_and_say_what_to_load_again() {
     let s3 = Store::new("costs");
     let a = host_with_usage("2");
     s3.cmd(&a).args(["sync", "push"]).assert().success();
@@ -536,22 +536,48 @@ fn cost_tables_changed_on_both_sides_are_a_conflict_that_changes_nothing() {
     import_and_grant(&a, "ada");
     s3.cmd(&a).args(["sync", "push"]).assert().success();
     import_and_grant(&b, "bob");
-    let before = file_digests(b.dir.path());
 
     let out = s3.cmd(&b).args(["sync", "pull"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(4), "{}", stderr_of(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
     let err = stderr_of(&out);
     assert!(
-        err.contains("changed the cost tables since generation 1"),
+        err.contains("only one version can be kept: the state's"),
         "{err}"
     );
-    assert!(err.contains("sync pull --discard-local"), "{err}");
-    assert_eq!(file_digests(b.dir.path()), before);
-    s3.cmd(&b)
-        .args(["sync", "pull", "--discard-local"])
-        .assert()
-        .success();
-    assert_eq!(dump(&b), dump(&a));
+    let grants = b.dir.path().join("grants.csv");
+    assert!(
+        err.contains(&format!(
+            "`meterbook costs grants load {}`",
+            grants.display()
+        )),
+        "{err}"
+    );
+    // The same import on both hosts (matched, or left out: the state holds it): recorded once.
+    let costs_and_submissions = [
+        "cost_grants: ",
+        "submissions: ",
+        "submission_lines: ",
+        "usage_files: ",
+    ];
+    assert_eq!(
+        dump_of(&b, &costs_and_submissions),
+        dump_of(&a, &costs_and_submissions)
+    );
+
+    // Loading the file again brings this host's grants back, and a push shares them.
+    let out = b
+        .cmd()
+        .args(["costs", "grants", "load"])
+        .arg(&grants)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    s3.cmd(&b).args(["sync", "push"]).assert().success();
+    s3.cmd(&a).args(["sync", "pull"]).assert().success();
+    assert_eq!(
+        a.count("SELECT COUNT(*) FROM cost_grants WHERE user = 'bob'"),
+        1
+    );
 }
 
 /// Temporary files a sync left beside the ledger (snapshots, downloads, their journals).

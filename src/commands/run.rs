@@ -75,14 +75,22 @@ async fn steps(
     loc: &StateLocation,
 ) -> Result<Outcome> {
     let ledger_file = global.ledger_file();
+    let mut pulled = Outcome::Success;
     match state::pull(client, loc, &ledger_file, false)
         .await
         .context("pulling the ledger from S3")?
     {
         Pulled::Generation { generation, .. } => tracing::info!("pulled generation {generation}"),
-        Pulled::Merged { generation, .. } => tracing::info!(
-            "pulled generation {generation}, keeping the local changes it did not have"
-        ),
+        Pulled::Merged {
+            generation,
+            carried,
+            ..
+        } => {
+            tracing::info!("pulled generation {generation} over this ledger's own changes");
+            if carried.needs_attention() {
+                pulled = Outcome::NeedsAttention;
+            }
+        }
         Pulled::UpToDate { generation } => tracing::info!("ledger is generation {generation}"),
         Pulled::LocalAhead { generation } => tracing::info!(
             "ledger is generation {generation} plus local changes from an unfinished run; keeping them"
@@ -97,7 +105,7 @@ async fn steps(
         batch_files: args.batch_files,
         all_months: args.all_months,
     };
-    let ingested = super::ingest::run(global, &ingest_args).await?;
+    let ingested = pulled.and(super::ingest::run(global, &ingest_args).await?);
 
     let submit = &args.submit;
     let rules = submit.period_rules()?;

@@ -20,6 +20,7 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
     let ledger = &ledger_file.path;
     let keep = args.state.keep_generations;
     let mut out = std::io::stdout().lock();
+    let mut outcome = Outcome::Success;
     match &args.action {
         SyncAction::Push => match state::push(&client, &loc, &ledger_file, keep).await? {
             Pushed::Generation {
@@ -49,21 +50,32 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
                     generation,
                     size,
                     carried,
-                } => writeln!(
-                    out,
-                    "pulled generation {generation} from {loc} into {} ({}), keeping {} \
-                     submissions, {} predecessor imports{} recorded only here (push them with \
-                     `meterbook sync push`)",
-                    ledger.display(),
-                    mb(size),
-                    carried.submissions,
-                    carried.predecessor_imports,
-                    if carried.cost_tables {
-                        " and the cost tables"
-                    } else {
-                        ""
-                    }
-                )?,
+                } => {
+                    outcome = match carried.needs_attention() {
+                        true => Outcome::NeedsAttention,
+                        false => Outcome::Success,
+                    };
+                    let kept = match carried.kept_anything() {
+                        true => format!(
+                            ", keeping {} submissions, {} predecessor imports{} recorded only \
+                             here (push them with `meterbook sync push`)",
+                            carried.submissions,
+                            carried.predecessor_imports,
+                            if carried.cost_tables {
+                                " and the cost tables"
+                            } else {
+                                ""
+                            }
+                        ),
+                        false => String::new(),
+                    };
+                    writeln!(
+                        out,
+                        "pulled generation {generation} from {loc} into {} ({}){kept}",
+                        ledger.display(),
+                        mb(size)
+                    )?
+                }
                 Pulled::UpToDate { generation } => {
                     writeln!(out, "up to date: generation {generation} of {loc}")?
                 }
@@ -109,7 +121,7 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
             lease_action(&mut out, &client, &loc, action, duration).await?
         }
     }
-    Ok(Outcome::Success)
+    Ok(outcome)
 }
 
 fn mb(bytes: u64) -> String {

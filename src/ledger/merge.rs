@@ -14,8 +14,9 @@
 //!   reconciles it.
 //! - **costs** ([`COST_TABLES`]): billing files and grants, changed only by `costs ingest` and
 //!   `costs grants load`. A three-way decision on a fingerprint of their small tables: changed
-//!   only here, the local tables replace the state's; changed on both sides, nothing is merged
-//!   and the caller refuses.
+//!   only here, the local tables replace the state's; changed on both sides, only one version can
+//!   stay: the state's, which other hosts already have, and the local sources are named so that
+//!   the operator can load them again (both commands rebuild from their files).
 
 use std::path::Path;
 
@@ -85,6 +86,9 @@ pub struct Carried {
     pub predecessor_imports: u64,
     /// The cost tables changed here and not in the state: the local ones replaced the state's.
     pub cost_tables: bool,
+    /// The cost tables changed both here and in the state: the state's were kept, and the local
+    /// ones were dropped.
+    pub cost_tables_dropped: Option<DroppedCosts>,
     /// Local submissions left out (the state already holds their lines).
     pub left_out: Vec<LeftOut>,
     /// Local submissions the state also has, whose local status differs (answers recorded here
@@ -94,20 +98,25 @@ pub struct Carried {
     pub usage_files_dropped: u64,
 }
 
+/// Where the dropped local cost tables came from, to load them again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DroppedCosts {
+    /// `costs ingest` sources (folders or S3 URLs).
+    pub billing_sources: Vec<String>,
+    /// `costs grants load` files.
+    pub grants_files: Vec<String>,
+}
+
 impl Carried {
     /// Whether anything of the local ledger is now in the state (then it has unpushed changes).
     pub fn kept_anything(&self) -> bool {
         self.submissions + self.predecessor_imports > 0 || self.cost_tables
     }
-}
 
-/// The outcome of [`carry_over`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Carry {
-    Done(Carried),
-    /// Both the state and the local ledger changed the cost tables since the base generation:
-    /// nothing was changed.
-    CostTablesDiverged,
+    /// Whether an operator must act: local cost tables were dropped and must be loaded again.
+    pub fn needs_attention(&self) -> bool {
+        self.cost_tables_dropped.is_some()
+    }
 }
 
 /// The fingerprint of an empty ledger's cost tables: the base of a ledger never synced.
@@ -201,7 +210,7 @@ fn open_copy(path: &Path) -> Result<Connection> {
 /// Carries the changes of the local ledger copy `local` over into the state copy `state` (both
 /// private snapshot files; `state` is changed in place), given the cost tables' fingerprint of
 /// the generation the local ledger was last synced as (`base_cost_tables`).
-pub fn carry_over(state: &Path, local: &Path, base_cost_tables: &str) -> Result<Carry> {
+pub fn carry_over(state: &Path, local: &Path, base_cost_tables: &str) -> Result<Carried> {
     drop(open_copy(local)?);
     let mut conn = open_copy(state)?;
     check_classified(&conn)?;
@@ -212,10 +221,15 @@ pub fn carry_over(state: &Path, local: &Path, base_cost_tables: &str) -> Result<
         .with_context(|| format!("attaching {}", local.display()))?;
     let here = cost_tables_fingerprint(&conn, "local")?;
     let there = cost_tables_fingerprint(&conn, "main")?;
-    let cost_tables = here != base_cost_tables && here != there;
-    if cost_tables && there != base_cost_tables {
-        return Ok(Carry::CostTablesDiverged);
-    }
+    let changed_here = here != base_cost_tables && here != there;
+    let cost_tables = changed_here && there == base_cost_tables;
+    let cost_tables_dropped = match changed_here && !cost_tables {
+        true => Some(DroppedCosts {
+            billing_sources: distinct(&conn, "SELECT DISTINCT source FROM local.cost_files")?,
+            grants_files: distinct(&conn, "SELECT DISTINCT source FROM local.cost_grants")?,
+        }),
+        false => None,
+    };
     let mut carried = Carried {
         usage_files_dropped: conn.query_row(
             "SELECT COUNT(*) FROM local.usage_files l
@@ -225,6 +239,7 @@ pub fn carry_over(state: &Path, local: &Path, base_cost_tables: &str) -> Result<
             |r| r.get(0),
         )?,
         cost_tables,
+        cost_tables_dropped,
         ..Carried::default()
     };
     let mut tx = conn.transaction()?;
@@ -265,7 +280,13 @@ pub fn carry_over(state: &Path, local: &Path, base_cost_tables: &str) -> Result<
     }
     tx.commit().context("committing the carried-over changes")?;
     conn.execute("DETACH DATABASE local", [])?;
-    Ok(Carry::Done(carried))
+    Ok(carried)
+}
+
+fn distinct(conn: &Connection, sql: &str) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare(sql)?;
+    let values = stmt.query_map([], |r| r.get(0))?;
+    Ok(values.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Maps the local runs, submissions and lines to the state's, by content: a run by its command,
@@ -598,14 +619,13 @@ mod tests {
             l.replace_cost_grants(&[grant], "grants.csv").unwrap();
         }
 
-        let Carry::Done(carried) = carry_over(&state, &local, &base_costs).unwrap() else {
-            panic!("the cost tables changed on one side only");
-        };
+        let carried = carry_over(&state, &local, &base_costs).unwrap();
         assert_eq!(carried.submissions, 2);
         assert_eq!(carried.lines, 2);
         assert_eq!(carried.runs, 2);
         assert_eq!(carried.updates_dropped, 1);
         assert!(carried.cost_tables);
+        assert_eq!(carried.cost_tables_dropped, None);
         assert_eq!(carried.left_out.len(), 1);
         assert_eq!(
             (
@@ -655,7 +675,7 @@ mod tests {
     }
 
     #[test]
-    fn cost_tables_changed_on_both_sides_are_not_merged() {
+    fn cost_tables_changed_on_both_sides_keep_the_states_and_name_the_local_sources() {
         let dir = tempfile::tempdir().unwrap();
         let (state, local) = (
             dir.path().join("state.sqlite"),
@@ -675,11 +695,18 @@ mod tests {
         open(&local)
             .replace_cost_grants(&[grant("bob")], "b.csv")
             .unwrap();
-        let before = std::fs::read(&state).unwrap();
+        let carried = carry_over(&state, &local, &empty_cost_tables()).unwrap();
+        assert!(!carried.cost_tables);
         assert_eq!(
-            carry_over(&state, &local, &empty_cost_tables()).unwrap(),
-            Carry::CostTablesDiverged
+            carried.cost_tables_dropped,
+            Some(DroppedCosts {
+                billing_sources: Vec::new(),
+                grants_files: vec!["b.csv".into()],
+            })
         );
-        assert_eq!(std::fs::read(&state).unwrap(), before);
+        assert_eq!(
+            rows(&open(&state), "SELECT user FROM cost_grants"),
+            ["Text(\"ada\")"]
+        );
     }
 }

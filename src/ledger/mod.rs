@@ -21,7 +21,7 @@ use crate::error::Fatal;
 
 pub use costs::{CostFile, HourlyCost, MonthCheck, StoredCostFile};
 pub use markers::MarkerRead;
-pub use merge::{carry_over, empty_cost_tables, Carried, Carry, LeftOut};
+pub use merge::{carry_over, empty_cost_tables, Carried, DroppedCosts, LeftOut};
 pub use open::LedgerFile;
 use open::{inspect, Found, MigrationLock, ReaderSidecars};
 pub use predecessor::ImportCounts;

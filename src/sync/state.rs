@@ -3,7 +3,7 @@
 //! changes not on S3 keeps what only this ledger knows (submissions, predecessor imports, cost
 //! tables changed here) by carrying it over into the newer state, and drops what the state
 //! covers or any ingest rebuilds ([`crate::ledger::carry_over`]). Nothing here installs a state
-//! that failed a check.
+//! that failed a check, or replaces a file that is not a meterbook ledger.
 
 use std::path::Path;
 
@@ -16,9 +16,7 @@ use super::remote::{self, Condition, ObjectInfo, Refused, StateMeta};
 use super::snapshot::{self, Fingerprints, Refusal, Snapshot};
 use super::StateLocation;
 use crate::error::Fatal;
-use crate::ledger::{
-    carry_over, empty_cost_tables, Carried, Carry, Ledger, LedgerFile, SnapshotProblem,
-};
+use crate::ledger::{carry_over, empty_cost_tables, Carried, Ledger, LedgerFile, SnapshotProblem};
 use crate::period::format_utc;
 
 /// The state object with its parsed metadata.
@@ -353,8 +351,8 @@ async fn keep_generation(
 pub enum Pulled {
     /// The local ledger is now this generation.
     Generation { generation: u64, size: u64 },
-    /// The local ledger is now this generation plus local changes it did not have (see
-    /// [`Carried::kept_anything`]).
+    /// The local ledger had changes the state did not have: it is now this generation, plus
+    /// what only the local ledger knew ([`Carried`] says what was kept and what dropped).
     Merged {
         generation: u64,
         size: u64,
@@ -370,8 +368,7 @@ pub enum Pulled {
 
 /// Downloads the state, verifies it and installs it as the local ledger. When the local ledger
 /// has changes the state does not have (and `discard_local` is not given), what only it knows is
-/// carried over into the state first ([`carry_over`]); when both sides changed the cost tables,
-/// nothing is installed and the pull is refused.
+/// carried over into the state first ([`carry_over`]).
 pub async fn pull(
     client: &Client,
     loc: &StateLocation,
@@ -430,26 +427,19 @@ pub async fn pull(
                 .as_ref()
                 .and_then(|r| r.cost_tables.clone())
                 .unwrap_or_else(empty_cost_tables);
-            let (snapshot, carry) = blocking(move || {
-                let carry = carry_over(snapshot.path.path(), local.path.path(), &base)?;
-                Ok((snapshot, carry))
+            let (snapshot, carried) = blocking(move || {
+                let carried = carry_over(snapshot.path.path(), local.path.path(), &base)?;
+                Ok((snapshot, carried))
             })
             .await?;
-            match carry {
-                Carry::Done(carried) => {
-                    report_carried(&carried);
-                    (snapshot, Some(carried))
-                }
-                Carry::CostTablesDiverged => {
-                    return Err(costs_diverged(loc, ledger, &meta, record.as_ref()))
-                }
-            }
+            report_carried(&carried);
+            (snapshot, Some(carried))
         }
     };
     let target = ledger.to_path_buf();
     blocking(move || snapshot::install(snapshot.path, &target)).await?;
     local::write(ledger, &pulled)?;
-    Ok(match carried.filter(Carried::kept_anything) {
+    Ok(match carried {
         None => Pulled::Generation { generation, size },
         Some(carried) => Pulled::Merged {
             generation,
@@ -519,30 +509,29 @@ fn report_carried(c: &Carried) {
              state had not changed; the next push uploads them"
         );
     }
-}
-
-fn costs_diverged(
-    loc: &StateLocation,
-    ledger: &Path,
-    current: &StateMeta,
-    record: Option<&SyncRecord>,
-) -> anyhow::Error {
-    let since = match record {
-        Some(r) => format!("since generation {}", r.generation),
-        None => "(this ledger was never synced with it)".to_string(),
-    };
-    Fatal::Conflict(format!(
-        "both ledger {} and the state {loc} (generation {}, pushed by {}) changed the cost \
-         tables {since} (`costs ingest` or `costs grants load` on two hosts), and only one \
-         version can be kept: nothing was pulled, the local ledger was kept as it is. Decide \
-         which: to keep the state's, run `meterbook sync pull --discard-local` (check first with \
-         `meterbook sync status` and `meterbook history` that nothing else here is missing on \
-         S3) and repeat the cost commands here if needed",
-        ledger.display(),
-        current.generation,
-        current.pushed_by
-    ))
-    .into()
+    if let Some(dropped) = &c.cost_tables_dropped {
+        let mut again: Vec<String> = dropped
+            .billing_sources
+            .iter()
+            .map(|s| format!("`meterbook costs ingest --source {s}`"))
+            .collect();
+        again.extend(
+            dropped
+                .grants_files
+                .iter()
+                .map(|f| format!("`meterbook costs grants load {f}`")),
+        );
+        tracing::warn!(
+            "the cost tables were changed both here and in the state (`costs ingest` or `costs \
+             grants load` on two hosts), and only one version can be kept: the state's, which \
+             other hosts already have. This host's cost changes were dropped; to bring them \
+             back, run here again: {}",
+            match again.is_empty() {
+                true => "the cost commands run here".to_string(),
+                false => again.join(", "),
+            }
+        );
+    }
 }
 
 /// Downloads an object of the state's history beside the ledger and verifies it. A missing
