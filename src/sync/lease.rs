@@ -57,31 +57,55 @@ impl HolderProcess {
     pub fn current() -> Option<HolderProcess> {
         let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
         let pid_namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
         Some(HolderProcess {
             boot_id: boot_id.trim().to_string(),
             pid_namespace: pid_namespace.to_string_lossy().into_owned(),
-            start_ticks: start_ticks(std::process::id())?,
+            start_ticks: parse_stat(&stat)?.start_ticks,
         })
     }
+
+    /// Whether process `pid` of this namespace is certainly not this one: there is no such
+    /// process, only its zombie, or another process started under the same pid. A process that
+    /// exists but that `/proc` does not show (mounted with `hidepid`) may be it: not gone.
+    fn is_gone(&self, pid: u32) -> bool {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return false;
+        };
+        if pid <= 0 {
+            return false; // kill(0 or -1) would ask about a group of processes
+        }
+        // SAFETY: kill(2) with signal 0 sends nothing; it only says whether the process exists.
+        let exists = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !exists {
+            return true;
+        }
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| parse_stat(&s)) {
+            Ok(Some(stat)) => stat.dead || stat.start_ticks != self.start_ticks,
+            _ => false,
+        }
+    }
 }
 
-/// When the live process `pid` started (clock ticks after boot); `None` when there is no such
-/// process, or only its zombie.
-fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&stat)
+/// What the lease needs of a `/proc/<pid>/stat` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    /// Field 3, the state, says zombie or dead.
+    dead: bool,
+    /// Field 22: when the process started, in clock ticks after boot.
+    start_ticks: u64,
 }
 
-/// Field 22 (start time) of a `/proc/<pid>/stat` line, unless field 3 (state) says the process
-/// is dead or a zombie. The command name (field 2) may hold spaces and parentheses, so fields
-/// are counted after its last `)`.
-fn parse_stat(stat: &str) -> Option<u64> {
+/// Reads a `/proc/<pid>/stat` line. The command name (field 2) may hold spaces and parentheses,
+/// so fields are counted after its last `)`.
+fn parse_stat(stat: &str) -> Option<Stat> {
     let after_name = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    if matches!(fields.first(), Some(&"Z" | &"X" | &"x")) {
-        return None;
-    }
-    fields.get(22 - 3)?.parse().ok()
+    Some(Stat {
+        dead: matches!(fields.first(), Some(&"Z" | &"X" | &"x")),
+        start_ticks: fields.get(22 - 3)?.parse().ok()?,
+    })
 }
 
 impl LeaseRecord {
@@ -98,7 +122,7 @@ impl LeaseRecord {
             && self.process.as_ref().is_some_and(|p| {
                 p.boot_id == here.boot_id
                     && p.pid_namespace == here.pid_namespace
-                    && start_ticks(self.pid) != Some(p.start_ticks)
+                    && p.is_gone(self.pid)
             })
     }
 
@@ -408,9 +432,19 @@ mod tests {
     fn the_start_time_is_field_22_even_when_the_name_has_spaces_and_parentheses() {
         let stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 \
                     987654 1000 100 18446744073709551615";
-        assert_eq!(parse_stat(stat), Some(987654));
+        let alive = Stat {
+            dead: false,
+            start_ticks: 987654,
+        };
+        assert_eq!(parse_stat(stat), Some(alive));
         let zombie = "4242 (gone) Z 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 0 0";
-        assert_eq!(parse_stat(zombie), None);
+        assert_eq!(
+            parse_stat(zombie),
+            Some(Stat {
+                dead: true,
+                ..alive
+            })
+        );
         assert_eq!(parse_stat("garbage"), None);
     }
 
@@ -432,7 +466,12 @@ mod tests {
         };
         // This very process is alive: it holds its lease.
         assert!(!mine.holder_gone("this-host", &here));
-        // The same pid with another start time is another process: the holder is gone.
+        // A pid no process has, or a pid given to a process that started later: gone.
+        let dead = LeaseRecord {
+            pid: i32::MAX as u32,
+            ..mine.clone()
+        };
+        assert!(dead.holder_gone("this-host", &here));
         let reused = LeaseRecord {
             process: Some(HolderProcess {
                 start_ticks: here.start_ticks + 1,
@@ -441,6 +480,14 @@ mod tests {
             ..mine.clone()
         };
         assert!(reused.holder_gone("this-host", &here));
+        // A pid that names no single process (0 and -1 name groups) is never judged gone.
+        for nonsense in [0, u32::MAX] {
+            let odd = LeaseRecord {
+                pid: nonsense,
+                ..mine.clone()
+            };
+            assert!(!odd.holder_gone("this-host", &here), "{nonsense}");
+        }
         // Another host, another boot, another pid namespace, or no process: only expiry frees it.
         assert!(!reused.holder_gone("other-host", &here));
         for other in [
