@@ -58,10 +58,21 @@ const COST_TABLES: [&str; 6] = [
     "cost_grants",
 ];
 
-/// The cost tables the fingerprint reads: every change to the others changes these too (a
-/// stored or rejected billing file rewrites its `cost_files` row; user tags are `cost_settings`),
-/// and they stay small where `cost_line_items` does not.
-const COST_FINGERPRINT_TABLES: [&str; 3] = ["cost_files", "cost_settings", "cost_grants"];
+/// The cost tables and columns the fingerprint reads: every change to the other tables changes
+/// these too (a stored or rejected billing file rewrites its `cost_files` row; user tags are
+/// `cost_settings`), and they stay small where `cost_line_items` does not. Columns are named, so
+/// that a migration adding a column does not make every ledger look changed.
+const COST_FINGERPRINT: [(&str, &str); 3] = [
+    (
+        "cost_files",
+        "key, source, account_id, month, etag, size, last_modified, ingested_at, version, status",
+    ),
+    ("cost_settings", "name, value"),
+    (
+        "cost_grants",
+        "user, amount_nanos, starts_on, ends_on, note, source, line, loaded_at",
+    ),
+];
 
 /// A local submission that was not carried over: the state already holds that contract, period
 /// and dimension.
@@ -128,7 +139,7 @@ pub fn empty_cost_tables() -> String {
 /// older schema, count as empty).
 pub(super) fn cost_tables_fingerprint(conn: &Connection, schema: &str) -> Result<String> {
     let mut hash = Sha256::new();
-    for table in COST_FINGERPRINT_TABLES {
+    for (table, columns) in COST_FINGERPRINT {
         let exists: Option<i64> = conn
             .query_row(
                 &format!("SELECT 1 FROM {schema}.sqlite_master WHERE type = 'table' AND name = ?1"),
@@ -139,7 +150,9 @@ pub(super) fn cost_tables_fingerprint(conn: &Connection, schema: &str) -> Result
         if exists.is_none() {
             continue;
         }
-        let mut stmt = conn.prepare(&format!("SELECT * FROM {schema}.{table} ORDER BY rowid"))?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {columns} FROM {schema}.{table} ORDER BY rowid"
+        ))?;
         let columns = stmt.column_count();
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
