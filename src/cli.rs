@@ -23,7 +23,7 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// The ledger file (SQLite). Created and migrated on first use.
+    /// The ledger file (SQLite). Created and migrated by the first command that writes it.
     #[arg(
         long,
         global = true,
@@ -31,6 +31,18 @@ pub struct GlobalArgs {
         default_value = "meterbook.sqlite"
     )]
     pub ledger: PathBuf,
+
+    /// Seconds a command waits for another process writing (or creating, or migrating) the same
+    /// ledger before it gives up.
+    #[arg(
+        long = "busy-timeout",
+        global = true,
+        env = "METERBOOK_BUSY_TIMEOUT",
+        default_value_t = 60.0,
+        value_name = "SECONDS",
+        value_parser = parse_seconds
+    )]
+    pub busy_timeout: f64,
 
     /// More log output (-v debug, -vv trace). METERBOOK_LOG=<filter> overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -420,9 +432,10 @@ pub struct SyncArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum SyncAction {
-    /// Download the state, verify it, and replace the local ledger with it.
+    /// Download the state, verify it, and replace the local ledger with it, keeping what only the
+    /// local ledger knows (submissions, predecessor imports, cost tables changed here).
     Pull {
-        /// Replace a local ledger even if it has changes that are not on S3.
+        /// Take the state as it is, dropping every local change that is not on S3.
         #[arg(long)]
         discard_local: bool,
     },
@@ -446,7 +459,8 @@ pub enum SyncAction {
 
 #[derive(Debug, Subcommand)]
 pub enum LeaseAction {
-    /// Take the lease. Without --hold it stays taken until it expires.
+    /// Take the lease. Without --hold it stays taken until it expires (or is released), even
+    /// after this command has ended.
     Acquire {
         /// Wait until the lease is free instead of failing with exit code 4.
         #[arg(long)]

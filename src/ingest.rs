@@ -2,7 +2,6 @@
 //! concurrently, and store them in batches from one writer thread (one transaction per batch,
 //! each file all-or-nothing). Memory is bounded by the channel sizes, not by the number of files.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +11,9 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::error::Fatal;
-use crate::ledger::{FileVersion, HourTotals, Ledger, MarkerRead, RunCounts, StoreOutcome};
+use crate::ledger::{
+    FileVersion, HourTotals, Ledger, LedgerFile, MarkerRead, RunCounts, StoreOutcome,
+};
 use crate::period::{format_utc, Month};
 use crate::progress::IngestProgress;
 use crate::source::marker::parse_marker;
@@ -109,15 +110,15 @@ impl IngestSummary {
     }
 }
 
-/// Ingests every usage file of `source` in `scope` into the ledger at `ledger_path`.
+/// Ingests every usage file of `source` in `scope` into the ledger.
 pub async fn ingest(
-    ledger_path: &Path,
+    ledger_file: &LedgerFile,
     source: &Source,
     scope: &Scope,
     opts: &IngestOptions,
 ) -> Result<IngestSummary> {
     let started = Instant::now();
-    let mut ledger = Ledger::open(ledger_path)?;
+    let mut ledger = Ledger::open_for_writing(ledger_file)?;
     let source_name = source.describe();
     let floors = listing_floors(&ledger, &source_name, source, scope, opts)?;
     let complete_listing = floors.is_empty();
@@ -128,7 +129,7 @@ pub async fn ingest(
     let run_id = ledger.begin_ingest_run(&source_name, &scope_text)?;
     let marker = read_marker(source).await?;
     ledger.record_marker_read(&source_name, &marker)?;
-    let reader = Ledger::open_read_only(ledger_path)?;
+    let reader = Ledger::open_for_reading(ledger_file)?;
 
     let (file_tx, file_rx) = crossbeam_channel::bounded::<Fetched>(opts.batch_files.max(1));
     let batch_files = opts.batch_files.max(1);
@@ -256,6 +257,8 @@ pub async fn ingest(
         }
     }
     drop(fetched);
+    // Closed before the writer, so that the writer, closing last, removes the write-ahead log.
+    drop(reader);
     progress.finish();
     drop(file_tx);
     let written = writer.join().expect("the ledger writer does not panic");

@@ -35,7 +35,7 @@ pub async fn run(global: &GlobalArgs, args: &CostsArgs) -> Result<Outcome> {
 /// otherwise show a grant with nothing spent).
 fn load_grants(global: &GlobalArgs, file: &std::path::Path) -> Result<Outcome> {
     let grants = read_grants(file).map_err(Fatal::Config)?;
-    let mut ledger = Ledger::open(&global.ledger)?;
+    let mut ledger = Ledger::open_for_writing(&global.ledger_file())?;
     let replaced = ledger.replace_cost_grants(&grants, &file.display().to_string())?;
     let mut users: Vec<&str> = grants.iter().map(|g| g.user.as_str()).collect();
     users.sort_unstable();
@@ -80,7 +80,7 @@ async fn ingest(global: &GlobalArgs, args: &CostsIngestArgs) -> Result<Outcome> 
     let tags = user_tags(&args.user_tags)?;
     let source =
         BillingSource::open(&SourceSpec::parse(&args.source)?, &global.s3.resolve()).await?;
-    let mut ledger = Ledger::open(&global.ledger)?;
+    let mut ledger = Ledger::open_for_writing(&global.ledger_file())?;
     let updated = ledger.set_cost_user_tags(&tags)?;
     if updated > 0 {
         tracing::info!(
@@ -275,11 +275,7 @@ fn plot(global: &GlobalArgs, args: &CostsPlotArgs) -> Result<Outcome> {
 }
 
 fn build_report(global: &GlobalArgs, window: &Window) -> Result<CostReport> {
-    // Bring an older ledger's schema up to date first, then read.
-    if global.ledger.exists() {
-        Ledger::open(&global.ledger)?;
-    }
-    let ledger = Ledger::open_read_only(&global.ledger)?;
+    let ledger = Ledger::open_for_reading(&global.ledger_file())?;
     let (from, to) = window.utc_range();
     let hours = ledger.hourly_costs(from, to)?;
     let month = window.yesterday().format("%Y-%m").to_string();

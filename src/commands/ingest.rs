@@ -25,14 +25,17 @@ pub async fn run(global: &GlobalArgs, args: &IngestArgs) -> Result<Outcome> {
         max_file_bytes: args.limits.max_file_bytes,
         max_bytes_in_flight: args.limits.max_bytes_in_flight,
         full_listing_every: parse_duration(&args.limits.full_listing_every)?,
-        start_month: Some(args.start_month.unwrap_or(crate::config::DEFAULT_START_MONTH)),
+        start_month: Some(
+            args.start_month
+                .unwrap_or(crate::config::DEFAULT_START_MONTH),
+        ),
     };
     tracing::info!(
         "ingesting {} ({scope}) into {}",
         source.describe(),
         global.ledger.display()
     );
-    let summary = ingest(&global.ledger, &source, &scope, &opts).await?;
+    let summary = ingest(&global.ledger_file(), &source, &scope, &opts).await?;
     if summary.needs_attention() {
         tracing::warn!("{}", summary.line());
         if summary.problems > 0 || summary.path_problems > 0 {

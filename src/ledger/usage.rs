@@ -723,7 +723,9 @@ fn keep_replaced_version(
 mod tests {
     use super::*;
     use crate::ingest::{file_version, legacy_fingerprint};
+    use crate::ledger::LedgerFile;
     use crate::source::{classify_key, ObjectMeta};
+    use std::time::Duration;
 
     const KEY: &str = "omnistrate-metering/pg/PROD/pt-1/2025/07/01/00/sub-1.json";
     const BODY: &[u8] =
@@ -777,7 +779,8 @@ mod tests {
         .unwrap();
         drop(conn);
 
-        let mut ledger = Ledger::open(&path).unwrap();
+        let mut ledger =
+            Ledger::open_for_writing(&LedgerFile::new(&path, Duration::from_secs(5))).unwrap();
         assert_eq!(
             count(
                 &ledger,
@@ -844,7 +847,11 @@ mod tests {
     #[test]
     fn an_hours_total_stays_within_the_bound_across_files() {
         let dir = tempfile::tempdir().unwrap();
-        let mut ledger = Ledger::open(&dir.path().join("l.sqlite")).unwrap();
+        let mut ledger = Ledger::open_for_writing(&LedgerFile::new(
+            dir.path().join("l.sqlite"),
+            Duration::from_secs(5),
+        ))
+        .unwrap();
         let file = |sub: &str, body: String| {
             let key = KEY.replace("sub-1", sub);
             let meta = ObjectMeta {
@@ -936,7 +943,8 @@ mod tests {
             .is_err());
         drop(conn);
 
-        let ledger = Ledger::open(&path).unwrap();
+        let ledger =
+            Ledger::open_for_writing(&LedgerFile::new(&path, Duration::from_secs(5))).unwrap();
         for view in [
             "hourly_usage",
             "monthly_usage",
