@@ -419,6 +419,70 @@ pub struct StateArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub lease_seconds: u64,
+
+    /// The size of the segments a new state is cut into (a power of two from 64KiB to 64MiB; a
+    /// state pushed with another size is cut again, once).
+    #[arg(
+        long,
+        global = true,
+        env = "METERBOOK_SEGMENT_SIZE",
+        default_value = "256KiB",
+        value_name = "SIZE",
+        value_parser = parse_segment_size
+    )]
+    pub segment_size: u64,
+
+    /// Every how many generations a push runs PRAGMA integrity_check on the ledger (and deletes
+    /// segments no kept generation names); a new state is always checked.
+    #[arg(
+        long,
+        global = true,
+        env = "METERBOOK_INTEGRITY_CHECK_EVERY",
+        default_value_t = 24,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub integrity_check_every: u64,
+
+    /// How many segments sync uploads or downloads at once.
+    #[arg(
+        long,
+        global = true,
+        env = "METERBOOK_SYNC_CONCURRENCY",
+        default_value_t = 16,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..=256)
+    )]
+    pub sync_concurrency: u64,
+
+    /// Segments younger than this are never deleted (a push under way may have just uploaded
+    /// them); default: 1 hour, or twice the lease if that is longer.
+    #[arg(
+        long,
+        global = true,
+        env = "METERBOOK_GC_GRACE_SECONDS",
+        value_name = "SECONDS"
+    )]
+    pub gc_grace_seconds: Option<u64>,
+}
+
+/// A size in bytes: a number with an optional unit (KiB, MiB; K and M mean the same).
+fn parse_segment_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        _ => return Err(format!("'{s}' is not a size such as 256KiB or 1MiB")),
+    };
+    let bytes = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("'{s}' is not a size such as 256KiB or 1MiB"))?;
+    crate::sync::segments::check_segment_size(bytes)
 }
 
 #[derive(Debug, Args)]
@@ -439,10 +503,18 @@ pub enum SyncAction {
         #[arg(long)]
         discard_local: bool,
     },
-    /// Upload a checked snapshot of the ledger as the next generation (conditional write).
+    /// Upload the ledger's new segments and then the next generation's manifest (conditional
+    /// write).
     Push,
     /// Show the local and the remote generation, and whether the ledger has unpushed changes.
     Status,
+    /// Download the current state (or a kept generation) into a temporary file, check every
+    /// segment, the whole file and PRAGMA integrity_check, and report; the ledger is not touched.
+    Verify {
+        /// A kept generation instead of the current state (see `sync status`).
+        #[arg(long)]
+        generation: Option<u64>,
+    },
     /// Make a kept generation the current state again (as a new generation), and pull it.
     Restore {
         /// The generation to bring back (see `sync status`).

@@ -72,8 +72,9 @@ async fn steps(
     loc: &StateLocation,
 ) -> Result<Outcome> {
     let ledger_file = global.ledger_file();
+    let settings = super::sync::settings(&args.state);
     let mut pulled = Outcome::Success;
-    match state::pull(client, loc, &ledger_file, false)
+    match state::pull(client, loc, &ledger_file, &settings, false)
         .await
         .context(Step::new(FailureKind::State, "pulling the ledger from S3"))?
     {
@@ -190,7 +191,7 @@ async fn push(
         client,
         loc,
         &global.ledger_file(),
-        args.state.keep_generations,
+        &super::sync::settings(&args.state),
     )
     .await
     .context(Step::new(FailureKind::State, "pushing the ledger to S3"))?

@@ -1,5 +1,5 @@
-//! `meterbook sync`: pull, push, status and restore of the ledger's state on S3, and the lease.
-//! Results go to stdout, one line each (`status`: one `name: value` line per fact).
+//! `meterbook sync`: pull, push, status, verify and restore of the ledger's state on S3, and the
+//! lease. Results go to stdout, one line each (`status`: one `name: value` line per fact).
 
 use std::io::Write;
 use std::time::Duration;
@@ -7,11 +7,25 @@ use std::time::Duration;
 use anyhow::Result;
 use chrono::Utc;
 
-use crate::cli::{GlobalArgs, LeaseAction, SyncAction, SyncArgs};
+use crate::cli::{GlobalArgs, LeaseAction, StateArgs, SyncAction, SyncArgs};
 use crate::error::Outcome;
 use crate::period::format_utc;
-use crate::sync::state::{self, Pulled, Pushed};
+use crate::sync::state::{self, Pulled, Pushed, SyncSettings};
 use crate::sync::{lease, StateLocation};
+
+/// The sync settings of the `sync` and `run` flags.
+pub fn settings(args: &StateArgs) -> SyncSettings {
+    SyncSettings {
+        keep_generations: args.keep_generations,
+        segment_size: args.segment_size,
+        integrity_check_every: args.integrity_check_every,
+        concurrency: args.sync_concurrency as usize,
+        gc_grace: Duration::from_secs(
+            args.gc_grace_seconds
+                .unwrap_or_else(|| (2 * args.lease_seconds).max(3600)),
+        ),
+    }
+}
 
 pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
     let client = crate::s3::client(&global.s3.resolve()).await;
@@ -19,18 +33,23 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
     let loc = crate::sync::locate(&client, args.state.state_url.as_deref(), plan.as_ref()).await?;
     let ledger_file = global.ledger_file();
     let ledger = &ledger_file.path;
-    let keep = args.state.keep_generations;
+    let settings = settings(&args.state);
     let mut out = std::io::stdout().lock();
     let mut outcome = Outcome::Success;
     match &args.action {
-        SyncAction::Push => match state::push(&client, &loc, &ledger_file, keep).await? {
+        SyncAction::Push => match state::push(&client, &loc, &ledger_file, &settings).await? {
             Pushed::Generation {
                 generation,
                 size,
+                uploaded,
+                uploaded_bytes,
+                segments,
                 stored,
             } => writeln!(
                 out,
-                "pushed generation {generation} to {loc} ({} stored, {} uncompressed)",
+                "pushed generation {generation} to {loc} ({uploaded} new segments, {} uploaded; \
+                 {segments} segments, {} stored, {} uncompressed)",
+                mb(uploaded_bytes),
                 mb(stored),
                 mb(size)
             )?,
@@ -40,10 +59,16 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
             )?,
         },
         SyncAction::Pull { discard_local } => {
-            match state::pull(&client, &loc, &ledger_file, *discard_local).await? {
-                Pulled::Generation { generation, size } => writeln!(
+            match state::pull(&client, &loc, &ledger_file, &settings, *discard_local).await? {
+                Pulled::Generation {
+                    generation,
+                    size,
+                    downloaded,
+                    segments,
+                } => writeln!(
                     out,
-                    "pulled generation {generation} from {loc} into {} ({})",
+                    "pulled generation {generation} from {loc} into {} ({}; {downloaded} of \
+                     {segments} segments downloaded)",
                     ledger.display(),
                     mb(size)
                 )?,
@@ -100,8 +125,8 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
                 &client,
                 &loc,
                 &ledger_file,
+                &settings,
                 *generation,
-                keep,
                 *discard_local,
             )
             .await?;
@@ -109,6 +134,21 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
                 out,
                 "restored generation {generation} of {loc} as generation {new}, and pulled it into {}",
                 ledger.display()
+            )?
+        }
+        SyncAction::Verify { generation } => {
+            let v = state::verify(&client, &loc, &ledger_file, &settings, *generation).await?;
+            writeln!(
+                out,
+                "verified generation {} of {loc}: format {}, {} segments ({} stored), {} \
+                 uncompressed, schema version {}; every segment's hash, the whole file's \
+                 checksum and PRAGMA integrity_check are ok",
+                v.generation,
+                v.format,
+                v.segments,
+                mb(v.stored),
+                mb(v.size),
+                v.schema_version
             )?
         }
         SyncAction::Status => print_status(
@@ -152,13 +192,38 @@ fn print_status(
             if let Some(n) = m.restored_from {
                 writeln!(out, "remote restored from generation: {n}")?;
             }
-            writeln!(
-                out,
-                "remote size: {} stored ({}), {} uncompressed",
-                mb(r.info.size.max(0) as u64),
-                m.compression,
-                mb(m.size)
-            )?;
+            writeln!(out, "remote format: {}", m.format)?;
+            match &status.manifest {
+                Some(manifest) => {
+                    writeln!(
+                        out,
+                        "remote size: {} stored ({}) in {} segments of {} KiB, {} uncompressed",
+                        mb(manifest.stored()),
+                        m.compression,
+                        manifest.segments.len(),
+                        manifest.segment_size >> 10,
+                        mb(m.size)
+                    )?;
+                    writeln!(
+                        out,
+                        "remote retained for kept generations: {} segments, {}",
+                        manifest.retained.len(),
+                        mb(manifest.retained.iter().map(|r| r.1).sum())
+                    )?;
+                    writeln!(
+                        out,
+                        "remote integrity checked: generation {}",
+                        manifest.integrity_checked
+                    )?;
+                }
+                None => writeln!(
+                    out,
+                    "remote size: {} stored ({}), {} uncompressed",
+                    mb(r.info.size.max(0) as u64),
+                    m.compression,
+                    mb(m.size)
+                )?,
+            }
         }
         None => writeln!(out, "remote generation: none (no state yet)")?,
     }
@@ -173,7 +238,7 @@ fn print_status(
         }
         None => writeln!(out, "local generation: none (never pulled or pushed)")?,
     }
-    let unpushed = match status.unpushed_changes() {
+    let unpushed = match status.unpushed {
         None => "no local ledger",
         Some(true) => "yes",
         Some(false) => "no",

@@ -26,7 +26,9 @@ pub use open::LedgerFile;
 use open::{inspect, Found, MigrationLock, ReaderSidecars};
 pub use predecessor::ImportCounts;
 pub use query::{QueryResult, SqlValue};
-pub use snapshot::{check_snapshot, checkpoint, DiskFull, SnapshotFacts, SnapshotProblem};
+pub use snapshot::{
+    check_snapshot, checkpoint, DiskFull, PageWrite, PagesRead, SnapshotFacts, SnapshotProblem,
+};
 pub use submissions::{
     DriftRow, LineUpdate, NewLine, NewSubmission, OutboxItem, RetryCandidate, SubmissionFilter,
     SubmissionUpdate, HOLDING_STATUSES,
