@@ -18,7 +18,8 @@ use crate::error::{FailureKind, Outcome, Step};
 use crate::failpoint;
 use crate::ledger::Ledger;
 use crate::submit::{plan_submissions, send_outbox};
-use crate::sync::state::{self, Pulled, Pushed};
+use crate::sync::pull::{self, Pulled};
+use crate::sync::push::{self, Pushed};
 use crate::sync::{lease, StateLocation};
 
 pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
@@ -74,7 +75,7 @@ async fn steps(
     let ledger_file = global.ledger_file();
     let settings = super::sync::settings(&args.state);
     let mut pulled = Outcome::Success;
-    match state::pull(client, loc, &ledger_file, &settings, false)
+    match pull::pull(client, loc, &ledger_file, &settings, false)
         .await
         .context(Step::new(FailureKind::State, "pulling the ledger from S3"))?
     {
@@ -187,7 +188,7 @@ async fn push(
     global: &GlobalArgs,
     args: &RunArgs,
 ) -> Result<()> {
-    match state::push(
+    match push::push(
         client,
         loc,
         &global.ledger_file(),

@@ -10,7 +10,10 @@ use chrono::Utc;
 use crate::cli::{GlobalArgs, LeaseAction, StateArgs, SyncAction, SyncArgs};
 use crate::error::Outcome;
 use crate::period::format_utc;
-use crate::sync::state::{self, Pulled, Pushed, SyncSettings};
+use crate::sync::pull::{pull, Pulled};
+use crate::sync::push::{push, Pushed};
+use crate::sync::restore::{restore, verify};
+use crate::sync::state::{self, SyncSettings};
 use crate::sync::{lease, StateLocation};
 
 /// The sync settings of the `sync` and `run` flags.
@@ -37,7 +40,7 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
     let mut out = std::io::stdout().lock();
     let mut outcome = Outcome::Success;
     match &args.action {
-        SyncAction::Push => match state::push(&client, &loc, &ledger_file, &settings).await? {
+        SyncAction::Push => match push(&client, &loc, &ledger_file, &settings).await? {
             Pushed::Generation {
                 generation,
                 size,
@@ -59,7 +62,7 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
             )?,
         },
         SyncAction::Pull { discard_local } => {
-            match state::pull(&client, &loc, &ledger_file, &settings, *discard_local).await? {
+            match pull(&client, &loc, &ledger_file, &settings, *discard_local).await? {
                 Pulled::Generation {
                     generation,
                     size,
@@ -121,7 +124,7 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
             generation,
             discard_local,
         } => {
-            let new = state::restore(
+            let new = restore(
                 &client,
                 &loc,
                 &ledger_file,
@@ -137,7 +140,7 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
             )?
         }
         SyncAction::Verify { generation } => {
-            let v = state::verify(&client, &loc, &ledger_file, &settings, *generation).await?;
+            let v = verify(&client, &loc, &ledger_file, &settings, *generation).await?;
             writeln!(
                 out,
                 "verified generation {} of {loc}: format {}, {} segments ({} stored), {} \

@@ -226,6 +226,8 @@ impl PageWrite {
     }
 
     /// Calls `each` with pages `first..=last`, as this transaction sees them (written ones too).
+    /// Only pages the ledger had when the transaction began can be read: SQLite shows pages
+    /// appended by [`PageWrite::write_page`] once they are committed.
     pub fn read_range(
         &self,
         first: u32,

@@ -23,10 +23,14 @@ pub mod gc;
 pub mod lease;
 pub mod local;
 pub mod manifest;
+pub mod pull;
+pub mod push;
 pub mod remote;
+pub mod restore;
 pub mod segments;
 pub mod snapshot;
 pub mod state;
+mod transfer;
 
 use std::fmt;
 
