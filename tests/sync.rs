@@ -117,6 +117,43 @@ impl Store {
             .expect("delete object");
     }
 
+    fn get(&self, key: &str) -> Vec<u8> {
+        self.rt.block_on(async {
+            let out = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+                .expect("get object");
+            out.body.collect().await.unwrap().to_vec()
+        })
+    }
+
+    /// Every key under `prefix` (all pages).
+    fn keys_under(&self, prefix: &str) -> Vec<String> {
+        self.rt.block_on(async {
+            let mut keys = Vec::new();
+            let mut pages = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                keys.extend(
+                    page.expect("list")
+                        .contents()
+                        .iter()
+                        .filter_map(|o| o.key().map(str::to_string)),
+                );
+            }
+            keys
+        })
+    }
+
     fn keys(&self) -> Vec<String> {
         let out = self
             .rt
@@ -939,4 +976,440 @@ fn a_file_that_is_not_a_ledger_is_never_replaced_by_a_pull() {
         );
         assert_eq!(file_digests(b.dir.path()), before, "{args:?}");
     }
+}
+
+/// The keys of the state's segments on S3.
+fn segment_keys(s3: &Store) -> Vec<String> {
+    let mut keys: Vec<String> = s3
+        .keys_under(&format!("{STATE_KEY}.segments/"))
+        .into_iter()
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// The current manifest, as JSON.
+fn manifest(s3: &Store) -> serde_json::Value {
+    serde_json::from_slice(&s3.get(STATE_KEY)).expect("the state is a JSON manifest")
+}
+
+/// The hashes a manifest names: its segments and the ones it retains for kept generations.
+fn named_in(manifest: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    ["segments", "retained"]
+        .iter()
+        .flat_map(|list| manifest[list].as_array().unwrap().iter())
+        .map(|entry| entry[0].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `N` in a line "... (N new segments, ...)" or "... (N of M segments downloaded)".
+fn count_before(text: &str, marker: &str) -> usize {
+    let at = text
+        .find(marker)
+        .unwrap_or_else(|| panic!("no '{marker}' in {text}"));
+    text[..at]
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .find(|w| !w.is_empty())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_push_uploads_only_new_segments_and_a_pull_downloads_only_missing_ones() {
+    let s3 = Store::new("incremental");
+    let a = TestEnv::new();
+    a.generate(&["--subscriptions", "20", "--hours", "48"]);
+    a.cmd()
+        .args(["ingest", "--source"])
+        .arg(a.export())
+        .assert()
+        .success();
+    let first = s3
+        .cmd(&a)
+        .args(["sync", "push", "--segment-size", "64KiB"])
+        .output()
+        .unwrap();
+    assert!(first.status.success(), "{}", stderr_of(&first));
+    let all = count_before(&stdout_of(&first), " new segments");
+    assert_eq!(segment_keys(&s3).len(), all);
+    assert!(all > 10, "{}", stdout_of(&first));
+    let state = manifest(&s3);
+    assert_eq!(state["format"], 2);
+    assert_eq!(state["segment_size"], 64 << 10);
+    assert_eq!(s3.metadata(STATE_KEY)["meterbook-format"], "2");
+
+    let b = TestEnv::new();
+    let out = s3.cmd(&b).args(["sync", "pull"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stdout_of(&out).contains(&format!("{all} of {all} segments downloaded")));
+    assert_eq!(dump(&a), dump(&b));
+
+    // One more hour (of July, in an export of its own): a few segments change; the rest are
+    // shared with generation 1.
+    let july = a.dir.path().join("july");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gen-export.py");
+    let generated = StdCommand::new("python3")
+        .arg(script)
+        .args([
+            "--subscriptions",
+            "20",
+            "--month",
+            "2025-07",
+            "--hours",
+            "1",
+            "--out",
+        ])
+        .arg(&july)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(generated.success());
+    a.cmd()
+        .args(["ingest", "--all-months", "--source"])
+        .arg(&july)
+        .assert()
+        .success();
+    let second = s3
+        .cmd(&a)
+        .args(["sync", "push", "--segment-size", "64KiB"])
+        .output()
+        .unwrap();
+    assert!(second.status.success(), "{}", stderr_of(&second));
+    let new = count_before(&stdout_of(&second), " new segments");
+    assert!(new >= 1 && new * 4 < all, "{new} of {all}");
+    assert_eq!(
+        segment_keys(&s3).len(),
+        all + new,
+        "generations share segments"
+    );
+
+    // B is one generation behind: it downloads only what changed, into its ledger.
+    let out = s3.cmd(&b).args(["sync", "pull"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let downloaded = count_before(&stdout_of(&out), " of ");
+    assert!(downloaded <= new, "{}", stdout_of(&out));
+    assert_eq!(dump(&a), dump(&b));
+    assert_eq!(
+        b.count("SELECT COUNT(*) FROM pragma_integrity_check WHERE integrity_check = 'ok'"),
+        1
+    );
+    let status = stdout_of(&s3.cmd(&b).args(["sync", "status"]).output().unwrap());
+    assert!(status.contains("remote format: 2"), "{status}");
+    assert!(status.contains("unpushed changes: no"), "{status}");
+}
+
+/// A state as meterbook before segments wrote it (format 1): the whole ledger, zstd-compressed,
+/// with its metadata, at generation `generation`, and its kept copy.
+fn put_format_1(s3: &Store, env: &TestEnv, generation: u64) {
+    let copy = env.dir.path().join("format-1.sqlite");
+    let _ = std::fs::remove_file(&copy);
+    env.db()
+        .execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
+        .unwrap();
+    let bytes = std::fs::read(&copy).unwrap();
+    let meta: HashMap<String, String> = [
+        ("generation", generation.to_string()),
+        ("sha256", hex::encode(Sha256::digest(&bytes))),
+        ("content", "format-1 content".to_string()),
+        ("schema-version", "9".to_string()),
+        ("compression", "zstd".to_string()),
+        ("size", bytes.len().to_string()),
+        ("pushed-at", "2025-07-01T00:00:00Z".to_string()),
+        ("pushed-by", "old-host".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("meterbook-{k}"), v))
+    .collect();
+    let body = zstd::encode_all(&bytes[..], 3).unwrap();
+    s3.put(STATE_KEY, body.clone(), meta.clone());
+    s3.put(
+        &format!("{STATE_KEY}.generations/{generation:020}"),
+        body,
+        meta,
+    );
+}
+
+#[test]
+fn a_state_of_format_1_is_read_restored_and_converted_by_the_next_push() {
+    let s3 = Store::new("format-1");
+    let old = host_with_usage("3");
+    put_format_1(&s3, &old, 7);
+
+    let b = TestEnv::new();
+    let out = s3.cmd(&b).args(["sync", "pull"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stdout_of(&out).contains("pulled generation 7"));
+    assert_eq!(dump(&b), dump(&old));
+    let again = s3.cmd(&b).args(["sync", "pull"]).output().unwrap();
+    assert!(stdout_of(&again).contains("up to date: generation 7"));
+
+    // The next push converts it: a manifest, segments, generation 8.
+    ingest_more(&b, "5");
+    s3.cmd(&b).args(["sync", "push"]).assert().success();
+    assert_eq!(manifest(&s3)["generation"], 8);
+    assert_eq!(s3.metadata(STATE_KEY)["meterbook-format"], "2");
+    let c = TestEnv::new();
+    s3.cmd(&c).args(["sync", "pull"]).assert().success();
+    assert_eq!(dump(&c), dump(&b));
+
+    // The kept copy of generation 7 is still format 1, and restores.
+    let out = s3
+        .cmd(&c)
+        .args(["sync", "restore", "--generation", "7"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stdout_of(&out).contains("as generation 9"));
+    assert_eq!(dump(&c), dump(&old));
+    assert_eq!(manifest(&s3)["restored_from"], 7);
+    let d = TestEnv::new();
+    s3.cmd(&d).args(["sync", "pull"]).assert().success();
+    assert_eq!(dump(&d), dump(&old));
+}
+
+#[test]
+fn a_state_of_a_newer_format_is_refused_naming_both_versions() {
+    let s3 = Store::new("newer-format");
+    let a = host_with_usage("2");
+    s3.cmd(&a).args(["sync", "push"]).assert().success();
+    let b = TestEnv::new();
+    s3.cmd(&b).args(["sync", "pull"]).assert().success();
+    let before = file_sha(&b.ledger);
+    let mut meta = s3.metadata(STATE_KEY);
+    meta.insert("meterbook-format".into(), "3".into());
+    meta.insert("meterbook-generation".into(), "2".into());
+    s3.put(
+        STATE_KEY,
+        br#"{"format": 3, "generation": 2}"#.to_vec(),
+        meta,
+    );
+    for action in ["pull", "push", "status"] {
+        let out = s3.cmd(&b).args(["sync", action]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{action}: {}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains("format 3, but this meterbook reads formats 1 to 2"),
+            "{action}: {}",
+            stderr_of(&out)
+        );
+    }
+    assert_eq!(file_sha(&b.ledger), before);
+}
+
+#[test]
+fn a_damaged_or_missing_segment_is_refused_by_pull_and_verify_and_the_ledger_is_kept() {
+    let s3 = Store::new("bad-segment");
+    let a = host_with_usage("6");
+    s3.cmd(&a).args(["sync", "push"]).assert().success();
+    let out = s3.cmd(&a).args(["sync", "verify"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stdout_of(&out).contains("verified generation 1"),
+        "{}",
+        stdout_of(&out)
+    );
+    let b = TestEnv::new();
+    s3.cmd(&b).args(["sync", "pull"]).assert().success();
+    let first = named_in(&manifest(&s3));
+    ingest_more(&a, "9");
+    s3.cmd(&a).args(["sync", "push"]).assert().success();
+    let before = file_sha(&b.ledger);
+
+    // The last segment of generation 2, which generation 1 did not have (usage grows at the end).
+    let changed = manifest(&s3)["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[0].as_str().unwrap().to_string())
+        .last()
+        .unwrap();
+    assert!(!first.contains(&changed));
+    let key = format!("{STATE_KEY}.segments/{changed}");
+    let good = s3.get(&key);
+    let state = manifest(&s3);
+    let (size, segment) = (
+        state["size"].as_u64().unwrap(),
+        state["segment_size"].as_u64().unwrap(),
+    );
+    let last_len = size - (size - 1) / segment * segment;
+    let other = zstd::encode_all(&vec![7u8; last_len as usize][..], 3).unwrap();
+    for (name, body, says) in [
+        ("damaged", Some(other), "its BLAKE3 is"),
+        ("missing", None, "it is missing"),
+    ] {
+        match body {
+            Some(body) => s3.put(&key, body, HashMap::new()),
+            None => s3.delete(&key),
+        }
+        for action in [&["sync", "pull"][..], &["sync", "verify"]] {
+            let out = s3.cmd(&b).args(action).output().unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{name} {action:?}: {}",
+                stderr_of(&out)
+            );
+            let err = stderr_of(&out);
+            assert!(
+                err.contains(&changed) && err.contains(says),
+                "{name}: {err}"
+            );
+            assert_eq!(file_sha(&b.ledger), before, "{name} {action:?}");
+            assert_eq!(leftovers(b.dir.path()), Vec::<String>::new());
+        }
+    }
+    s3.put(&key, good, HashMap::new());
+    s3.cmd(&b).args(["sync", "pull"]).assert().success();
+    assert_eq!(dump(&b), dump(&a));
+}
+
+#[test]
+fn segments_no_kept_generation_names_are_deleted_once_older_than_the_grace_period() {
+    let s3 = Store::new("gc");
+    let a = host_with_usage("24");
+    let push = |env: &TestEnv, grace: &str| {
+        let out = s3
+            .cmd(env)
+            .args([
+                "sync",
+                "push",
+                "--keep-generations",
+                "2",
+                "--segment-size",
+                "64KiB",
+            ])
+            .args(["--integrity-check-every", "1", "--gc-grace-seconds", grace])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+    };
+    push(&a, "3600");
+    // A segment nothing names (as a push that died before its manifest leaves one).
+    let stray = format!("{STATE_KEY}.segments/{}", "0".repeat(64));
+    s3.put(&stray, b"stray".to_vec(), HashMap::new());
+    for hours in ["25", "26", "27"] {
+        ingest_more(&a, hours);
+        push(&a, "3600");
+    }
+    // Within the grace period nothing is deleted, named or not.
+    let kept = segment_keys(&s3);
+    assert!(kept.contains(&stray));
+    assert!(
+        kept.len() > named_in(&manifest(&s3)).len() + 1,
+        "generations 1 and 2 left segments"
+    );
+
+    ingest_more(&a, "28");
+    push(&a, "0");
+    let state = manifest(&s3);
+    let named = named_in(&state);
+    let keys: std::collections::BTreeSet<String> = segment_keys(&s3)
+        .into_iter()
+        .map(|k| k.rsplit('/').next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        keys, named,
+        "exactly the segments the kept generations name"
+    );
+    // Both kept generations restore.
+    for generation in ["4", "5"] {
+        let out = s3
+            .cmd(&a)
+            .args(["sync", "verify", "--generation", generation])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{generation}: {}", stderr_of(&out));
+    }
+}
+
+#[test]
+fn every_generation_pushed_while_another_process_writes_is_a_consistent_prefix() {
+    let s3 = Store::new("writer");
+    let a = host_with_usage("2");
+    s3.cmd(&a).args(["sync", "push"]).assert().success();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let db = Connection::open(&a.ledger).unwrap();
+            db.busy_timeout(Duration::from_secs(30)).unwrap();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                db.execute(
+                    "INSERT INTO ingest_runs (source, scope, started_at) VALUES (?1, 'writer', 'now')",
+                    [format!("w{n}")],
+                )
+                .unwrap();
+            }
+            n
+        });
+        let mut last = 0;
+        for round in 0..4 {
+            let out = s3
+                .cmd(&a)
+                .args(["sync", "push", "--integrity-check-every", "1"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "round {round}: {}", stderr_of(&out));
+            let b = TestEnv::new();
+            let out = s3.cmd(&b).args(["sync", "pull"]).output().unwrap();
+            assert!(out.status.success(), "round {round}: {}", stderr_of(&out));
+            let ok =
+                b.count("SELECT COUNT(*) FROM pragma_integrity_check WHERE integrity_check = 'ok'");
+            assert_eq!(ok, 1, "round {round}");
+            // The rows of the writer are w1..wN with no gap: a prefix of what it wrote.
+            let (count, max) = (
+                b.count("SELECT COUNT(*) FROM ingest_runs WHERE scope = 'writer'"),
+                b.count(
+                    "SELECT COALESCE(MAX(CAST(substr(source, 2) AS INTEGER)), 0)
+                     FROM ingest_runs WHERE scope = 'writer'",
+                ),
+            );
+            assert_eq!(count, max, "round {round}");
+            assert!(count >= last, "round {round}: {count} after {last}");
+            last = count;
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let written = writer.join().unwrap();
+        assert!(
+            written as i64 > last,
+            "the writer kept writing during the pushes"
+        );
+    });
+}
+
+#[test]
+fn a_push_killed_between_its_segments_and_its_manifest_leaves_only_unnamed_segments() {
+    let s3 = Store::new("killed-push");
+    let a = host_with_usage("3");
+    s3.cmd(&a).args(["sync", "push"]).assert().success();
+    let before = manifest(&s3);
+    ingest_more(&a, "7");
+    let out = s3
+        .cmd(&a)
+        .env("METERBOOK_FAILPOINT", "after-segments")
+        .args(["sync", "push"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "{}", stderr_of(&out));
+    assert_eq!(manifest(&s3), before, "the state is still generation 1");
+    let keys: Vec<String> = segment_keys(&s3)
+        .into_iter()
+        .map(|k| k.rsplit('/').next().unwrap().to_string())
+        .collect();
+    let named = named_in(&before);
+    assert!(
+        keys.iter().any(|k| !named.contains(k)),
+        "segments were uploaded"
+    );
+    assert!(named.iter().all(|k| keys.contains(k)));
+
+    // Another host gets generation 1 whole, and the next push goes on.
+    let b = TestEnv::new();
+    s3.cmd(&b).args(["sync", "pull"]).assert().success();
+    s3.cmd(&b).args(["sync", "verify"]).assert().success();
+    s3.cmd(&a).args(["sync", "push"]).assert().success();
+    assert_eq!(manifest(&s3)["generation"], 2);
+    s3.cmd(&b).args(["sync", "pull"]).assert().success();
+    assert_eq!(dump(&b), dump(&a));
 }
