@@ -1221,7 +1221,7 @@ fn a_damaged_or_missing_segment_is_refused_by_pull_and_verify_and_the_ledger_is_
         .unwrap()
         .iter()
         .map(|s| s[0].as_str().unwrap().to_string())
-        .last()
+        .next_back()
         .unwrap();
     assert!(!first.contains(&changed));
     let key = format!("{STATE_KEY}.segments/{changed}");
