@@ -1413,3 +1413,41 @@ fn a_push_killed_between_its_segments_and_its_manifest_leaves_only_unnamed_segme
     s3.cmd(&b).args(["sync", "pull"]).assert().success();
     assert_eq!(dump(&b), dump(&a));
 }
+
+#[test]
+fn a_state_is_assembled_by_hand_with_boto3_and_zstd() {
+    let venv = std::env::var("METERBOOK_VENV").unwrap_or_else(|_| {
+        format!("{}/.cache/meterbook/venv", std::env::var("HOME").unwrap())
+    });
+    let has_zstd = StdCommand::new("zstd").arg("--version").output().is_ok();
+    if !has_zstd {
+        eprintln!("SKIPPED: no zstd command");
+        return;
+    }
+    let s3 = Store::new("by-hand");
+    let a = host_with_usage("30");
+    s3.cmd(&a)
+        .args(["sync", "push", "--segment-size", "64KiB"])
+        .assert()
+        .success();
+    ingest_more(&a, "31");
+    s3.cmd(&a)
+        .args(["sync", "push", "--segment-size", "64KiB"])
+        .assert()
+        .success();
+    let by_hand = TestEnv::new();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/assemble-state");
+    let out = StdCommand::new(format!("{venv}/bin/python"))
+        .arg(script)
+        .arg(s3.state_url())
+        .arg(&by_hand.ledger)
+        .args(["--endpoint-url", &s3.endpoint])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("PRAGMA integrity_check ok"));
+    assert_eq!(dump(&by_hand), dump(&a));
+}
