@@ -1416,9 +1416,8 @@ fn a_push_killed_between_its_segments_and_its_manifest_leaves_only_unnamed_segme
 
 #[test]
 fn a_state_is_assembled_by_hand_with_boto3_and_zstd() {
-    let venv = std::env::var("METERBOOK_VENV").unwrap_or_else(|_| {
-        format!("{}/.cache/meterbook/venv", std::env::var("HOME").unwrap())
-    });
+    let venv = std::env::var("METERBOOK_VENV")
+        .unwrap_or_else(|_| format!("{}/.cache/meterbook/venv", std::env::var("HOME").unwrap()));
     let has_zstd = StdCommand::new("zstd").arg("--version").output().is_ok();
     if !has_zstd {
         eprintln!("SKIPPED: no zstd command");

@@ -21,7 +21,7 @@ use super::segments::{self, Scanner};
 use super::snapshot::{self, Snapshot};
 use super::state::{
     blocking, check_replaceable, copy_ledger, fetch, gone, has_local_changes, head, record_for,
-    refused, refused_snapshot, unchanged_since, Fetched, SyncSettings,
+    record_of, refused, refused_snapshot, unchanged_since, Fetched, SyncSettings,
 };
 use super::transfer::{assemble, check_assembled, fetch_segment};
 use super::StateLocation;
@@ -152,12 +152,7 @@ async fn pull_manifest(
             },
         ));
     }
-    let pulled_record = record_for(
-        loc,
-        (m.generation, etag, meta),
-        (&m.content, m.segment_size),
-        &m.cost_tables,
-    );
+    let pulled_record = record_of(loc, &m, etag, meta);
     let mut local_changes = false;
     if ledger.exists() {
         match in_place(

@@ -15,7 +15,7 @@ use super::manifest::{self, Manifest};
 use super::remote::{Condition, Refused, StateMeta};
 use super::segments::{Hash, Scanner, Spool};
 use super::state::{
-    blocking, current, gone, head, moved_on, record_for, unchanged_since, SyncSettings,
+    blocking, current, gone, head, moved_on, record_for, record_of, unchanged_since, SyncSettings,
 };
 use super::transfer::{live_segments, named, upload_segments, write_manifest};
 use super::{gc, StateLocation};
@@ -182,15 +182,7 @@ pub async fn push(
         }
     };
     crate::failpoint::hit("after-upload");
-    local::write(
-        ledger,
-        &record_for(
-            loc,
-            (generation, &etag, &meta),
-            (&m.content, m.segment_size),
-            &m.cost_tables,
-        ),
-    )?;
+    local::write(ledger, &record_of(loc, &m, &etag, &meta))?;
     gc::after_write(client, loc, &m, &etag, dropped, settings, integrity_check).await;
     Ok(Pushed::Generation {
         generation,

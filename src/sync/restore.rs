@@ -15,7 +15,7 @@ use super::pull::install;
 use super::remote::{self, Condition, StateMeta};
 use super::segments::{self, Spool};
 use super::state::{
-    blocking, check_replaceable, current, fetch, has_local_changes, head, list, record_for,
+    blocking, check_replaceable, current, fetch, has_local_changes, head, list, record_of,
     scan_ledger, Fetched, SyncSettings,
 };
 use super::transfer::{
@@ -68,14 +68,7 @@ pub async fn restore(
 ) -> Result<u64> {
     let ledger = ledger_file.path.as_path();
     let record = local::read(ledger, &loc.to_string())?;
-    let kept = remote::list_generations(client, loc).await?;
-    if !kept.contains(&wanted) {
-        return Err(Fatal::Config(format!(
-            "generation {wanted} of {loc} is not kept; kept generations: {}",
-            list(&kept)
-        ))
-        .into());
-    }
+    let kept = ensure_kept(client, loc, wanted).await?;
     // Whatever the state object is now, even one that fails its checks, is what is replaced.
     let existing = remote::head(client, &loc.bucket, &loc.key).await?;
     let existing_generation = existing
@@ -137,17 +130,22 @@ pub async fn restore(
         ))
     })?;
     install(file, ledger).await?;
-    local::write(
-        ledger,
-        &record_for(
-            loc,
-            (generation, &etag, &meta),
-            (&m.content, m.segment_size),
-            &m.cost_tables,
-        ),
-    )?;
+    local::write(ledger, &record_of(loc, &m, &etag, &meta))?;
     gc::after_write(client, loc, &m, &etag, dropped, settings, false).await;
     Ok(generation)
+}
+
+/// The kept generations, refusing (exit code 2) when `wanted` is not one of them.
+async fn ensure_kept(client: &Client, loc: &StateLocation, wanted: u64) -> Result<Vec<u64>> {
+    let kept = remote::list_generations(client, loc).await?;
+    if !kept.contains(&wanted) {
+        return Err(Fatal::Config(format!(
+            "generation {wanted} of {loc} is not kept; kept generations: {}",
+            list(&kept)
+        ))
+        .into());
+    }
+    Ok(kept)
 }
 
 /// A format-1 snapshot as the manifest of the generation it was (`meta`), with its segments the
@@ -235,14 +233,7 @@ pub async fn verify(
 ) -> Result<Verified> {
     let key = match generation {
         Some(n) => {
-            let kept = remote::list_generations(client, loc).await?;
-            if !kept.contains(&n) {
-                return Err(Fatal::Config(format!(
-                    "generation {n} of {loc} is not kept; kept generations: {}",
-                    list(&kept)
-                ))
-                .into());
-            }
+            ensure_kept(client, loc, n).await?;
             loc.generation_key(n)
         }
         None => {

@@ -12,14 +12,14 @@
 //! rewrote its counters. Both depend on the segment size, which the manifest records.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use tempfile::TempPath;
 
-use super::snapshot::{io_error, temp_beside};
+use super::snapshot::{io_error, read_in_pieces, temp_beside};
 
 /// A segment's hash: BLAKE3 of its uncompressed bytes.
 pub type Hash = blake3::Hash;
@@ -204,18 +204,8 @@ pub fn scan_file(
     segment_size: u64,
     on_segment: impl FnMut(usize, &[u8], &Hash) -> Result<()>,
 ) -> Result<Scan> {
-    let mut file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut scanner = Scanner::new(segment_size, on_segment);
-    let mut buf = vec![0u8; segment_size as usize];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        scanner.push(&buf[..n])?;
-    }
+    read_in_pieces(path, segment_size as usize, |piece| scanner.push(piece))?;
     scanner.finish()
 }
 

@@ -95,33 +95,45 @@ pub fn take(ledger: &Ledger) -> Result<Snapshot> {
 
 /// Reads a file once and returns its digests.
 pub fn fingerprint(path: &Path) -> Result<Fingerprints> {
-    let mut file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut raw = Sha256::new();
     let mut content = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
-    loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        raw.update(&buf[..n]);
+    read_in_pieces(path, 1 << 20, |piece| {
+        raw.update(piece);
         if size < 100 {
-            let mut head = buf[..n].to_vec();
+            let mut head = piece.to_vec();
             zero_volatile_header(&mut head, size);
             content.update(&head);
         } else {
-            content.update(&buf[..n]);
+            content.update(piece);
         }
-        size += n as u64;
-    }
+        size += piece.len() as u64;
+        Ok(())
+    })?;
     Ok(Fingerprints {
         sha256: hex::encode(raw.finalize()),
         content: hex::encode(content.finalize()),
         size,
     })
+}
+
+/// Reads a file from its start, handing it to `each` in pieces of at most `piece` bytes.
+pub fn read_in_pieces(
+    path: &Path,
+    piece: usize,
+    mut each: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut buf = vec![0u8; piece];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            return Ok(());
+        }
+        each(&buf[..n])?;
+    }
 }
 
 /// Why a downloaded state cannot be used.

@@ -191,6 +191,21 @@ pub(super) fn record_for(
     }
 }
 
+/// What the ledger is once it holds the generation of manifest `m` (ETag `etag`, metadata `meta`).
+pub(super) fn record_of(
+    loc: &StateLocation,
+    m: &Manifest,
+    etag: &str,
+    meta: &StateMeta,
+) -> SyncRecord {
+    record_for(
+        loc,
+        (m.generation, etag, meta),
+        (&m.content, m.segment_size),
+        &m.cost_tables,
+    )
+}
+
 /// A state object read from S3.
 pub(super) enum Fetched {
     /// Format 2: the manifest, checked against the object's metadata.
