@@ -165,6 +165,29 @@ pub enum Command {
     History(HistoryArgs),
     /// Re-send failed, rejected or warned submissions, recomputed with the current formulas.
     Resubmit(ResubmitArgs),
+    /// Replace the records of old, fully submitted months by each file's totals.
+    Compact(CompactArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// Compact the months before this one (YYYY-MM) that are fully submitted.
+    #[arg(long, env = "METERBOOK_COMPACT_BEFORE", value_name = "YYYY-MM")]
+    pub before: Month,
+
+    /// The drift window: this many months before the current one are never compacted.
+    #[arg(
+        long,
+        env = "METERBOOK_COMPACT_KEEP_MONTHS",
+        default_value_t = 3,
+        value_name = "N"
+    )]
+    pub keep_months: u32,
+
+    /// Rewrite the ledger file without its free pages afterwards (SQLite's VACUUM): the file
+    /// shrinks, and the next push uploads every segment once.
+    #[arg(long)]
+    pub vacuum: bool,
 }
 
 #[derive(Debug, Args)]

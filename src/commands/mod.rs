@@ -1,5 +1,6 @@
 //! One module per subcommand, each a short story over the library's modules.
 
+pub mod compact;
 pub mod costs;
 pub mod doctor;
 pub mod history;
@@ -30,5 +31,6 @@ pub async fn dispatch(cli: Cli) -> Result<Outcome> {
         Command::History(args) => history::run(global, args),
         Command::Resubmit(args) => resubmit::run(global, args).await,
         Command::Costs(args) => costs::run(global, args).await,
+        Command::Compact(args) => compact::run(global, args),
     }
 }

@@ -27,8 +27,9 @@ use sha2::{Digest, Sha256};
 use super::open::{inspect, Found};
 use super::{binary_schema_version, embedded};
 
-/// Tables every ingest rebuilds from the export.
-const FROM_THE_EXPORT: [&str; 9] = [
+/// Tables every ingest rebuilds from the export (compacted totals included: a month compacted only
+/// here keeps the state's records, and can be compacted again).
+const FROM_THE_EXPORT: [&str; 11] = [
     "usage_files",
     "usage_records",
     "ingest_problems",
@@ -38,6 +39,8 @@ const FROM_THE_EXPORT: [&str; 9] = [
     "export_markers",
     "export_marker_reads",
     "source_problems",
+    "compacted_usage",
+    "compacted_months",
 ];
 
 /// Tables that record what was sent to Clazar or imported from the predecessor.

@@ -2,6 +2,7 @@
 //! migrates it (refinery, migrations embedded from `migrations/`); opening it for reading changes
 //! nothing. Both refuse a file that is not a meterbook ledger, or a ledger from a newer meterbook.
 
+mod compact;
 mod costs;
 mod markers;
 mod merge;
@@ -19,6 +20,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use crate::error::Fatal;
 
+pub use compact::MonthCompaction;
 pub use costs::{CostFile, HourlyCost, MonthCheck, StoredCostFile};
 pub use markers::MarkerRead;
 pub use merge::{carry_over, empty_cost_tables, Carried, DroppedCosts, LeftOut};
