@@ -449,7 +449,7 @@ pub struct StateArgs {
         long,
         global = true,
         env = "METERBOOK_SEGMENT_SIZE",
-        default_value = "256KiB",
+        default_value = "512KiB",
         value_name = "SIZE",
         value_parser = parse_segment_size
     )]
@@ -891,4 +891,28 @@ pub struct CostsPlotArgs {
     /// The PNG to write; the SVG is written beside it with the same name.
     #[arg(long, default_value = "costs.png")]
     pub out: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_sizes_are_read_with_their_unit_and_checked() {
+        assert_eq!(parse_segment_size("256KiB"), Ok(256 << 10));
+        assert_eq!(parse_segment_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_segment_size("1m"), Ok(1 << 20));
+        assert_eq!(parse_segment_size("65536"), Ok(64 << 10));
+        for bad in [
+            "",
+            "1GiB",
+            "100KiB",
+            "32KiB",
+            "256 KB",
+            "-1MiB",
+            "99999999999999999999MiB",
+        ] {
+            assert!(parse_segment_size(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -24,7 +24,7 @@ use super::snapshot::{io_error, read_in_pieces, temp_beside};
 /// A segment's hash: BLAKE3 of its uncompressed bytes.
 pub type Hash = blake3::Hash;
 
-/// zstd level 3: per 256 KiB segment, SQLite pages of usage compress about 10:1 at several
+/// zstd level 3: per 512 KiB segment, SQLite pages of usage compress about 10:1 at several
 /// hundred MB/s.
 const ZSTD_LEVEL: i32 = 3;
 
