@@ -7,6 +7,7 @@ mod util;
 
 mod costs;
 mod daemon;
+mod deploy;
 mod dropin;
 mod import_state;
 mod ingest;
