@@ -23,7 +23,7 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// The ledger file (SQLite). Created and migrated on first use.
+    /// The ledger file (SQLite). Created and migrated by the first command that writes it.
     #[arg(
         long,
         global = true,
@@ -31,6 +31,18 @@ pub struct GlobalArgs {
         default_value = "meterbook.sqlite"
     )]
     pub ledger: PathBuf,
+
+    /// Seconds a command waits for another process writing (or creating, or migrating) the same
+    /// ledger before it gives up.
+    #[arg(
+        long = "busy-timeout",
+        global = true,
+        env = "METERBOOK_BUSY_TIMEOUT",
+        default_value_t = 60.0,
+        value_name = "SECONDS",
+        value_parser = parse_seconds
+    )]
+    pub busy_timeout: f64,
 
     /// More log output (-v debug, -vv trace). METERBOOK_LOG=<filter> overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -213,6 +225,9 @@ pub struct RunArgs {
     pub all_months: bool,
 
     #[command(flatten)]
+    pub limits: IngestLimitArgs,
+
+    #[command(flatten)]
     pub submit: SubmitArgs,
 
     #[command(flatten)]
@@ -299,10 +314,79 @@ pub struct IngestArgs {
     #[arg(long, default_value_t = 1000)]
     pub batch_files: usize,
 
-    /// On S3 without --from-month/--to-month, list every month instead of starting at the month
-    /// before the newest one already ingested for each service key.
+    /// On S3 without --from-month/--to-month, list every month, not only those not yet fully
+    /// submitted and the recent ones.
     #[arg(long, env = "METERBOOK_ALL_MONTHS")]
     pub all_months: bool,
+
+    /// As for `submit` (default 2025-01): months before it are never submitted, so S3
+    /// re-listing does not wait for them to be.
+    #[arg(long, env = "START_MONTH", value_name = "YYYY-MM")]
+    pub start_month: Option<Month>,
+
+    #[command(flatten)]
+    pub limits: IngestLimitArgs,
+}
+
+/// What an ingest may take: file sizes, memory, and how stale a partial S3 listing may be.
+#[derive(Debug, Args, Clone)]
+pub struct IngestLimitArgs {
+    /// A usage file larger than this is a problem row and is not read (bytes, or with KiB, MiB,
+    /// GiB).
+    #[arg(
+        long,
+        env = "METERBOOK_MAX_FILE_BYTES",
+        default_value = "64MiB",
+        value_name = "BYTES",
+        value_parser = parse_bytes
+    )]
+    pub max_file_bytes: u64,
+
+    /// Bodies read but not yet stored, across all concurrent reads, in bytes at most (raised to
+    /// --max-file-bytes if lower).
+    #[arg(
+        long,
+        env = "METERBOOK_MAX_BYTES_IN_FLIGHT",
+        default_value = "128MiB",
+        value_name = "BYTES",
+        value_parser = parse_bytes
+    )]
+    pub max_bytes_in_flight: u64,
+
+    /// On S3 without a month range, list every month when the last complete listing of the
+    /// source is older than this (e.g. 1d, 6h; 0 lists every month every run).
+    #[arg(
+        long,
+        env = "METERBOOK_FULL_LISTING_EVERY",
+        default_value = "1d",
+        value_name = "DURATION"
+    )]
+    pub full_listing_every: String,
+}
+
+/// A size in bytes: a number, optionally followed by KiB, MiB, GiB or TiB.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "kib" | "k" => 10,
+        "mib" | "m" => 20,
+        "gib" | "g" => 30,
+        "tib" | "t" => 40,
+        _ => {
+            return Err(format!(
+                "'{s}' is not a size; use e.g. 65536, 64MiB or 2GiB"
+            ))
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("'{s}' is not a size above zero; use e.g. 65536, 64MiB or 2GiB"))
 }
 
 #[derive(Debug, Args)]
@@ -362,9 +446,10 @@ pub struct SyncArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum SyncAction {
-    /// Download the state, verify it, and replace the local ledger with it.
+    /// Download the state, verify it, and replace the local ledger with it, keeping what only the
+    /// local ledger knows (submissions, predecessor imports, cost tables changed here).
     Pull {
-        /// Replace a local ledger even if it has changes that are not on S3.
+        /// Take the state as it is, dropping every local change that is not on S3.
         #[arg(long)]
         discard_local: bool,
     },
@@ -388,7 +473,8 @@ pub enum SyncAction {
 
 #[derive(Debug, Subcommand)]
 pub enum LeaseAction {
-    /// Take the lease. Without --hold it stays taken until it expires.
+    /// Take the lease. Without --hold it stays taken until it expires (or is released), even
+    /// after this command has ended.
     Acquire {
         /// Wait until the lease is free instead of failing with exit code 4.
         #[arg(long)]
@@ -620,6 +706,17 @@ pub struct CostsIngestArgs {
         default_value = "user:Owner,user:Project,user:ProjectName,user:Name"
     )]
     pub user_tags: Vec<String>,
+
+    /// A billing file whose CSV (uncompressed) is larger than this is rejected; reading stops
+    /// there (bytes, or with KiB, MiB, GiB, TiB).
+    #[arg(
+        long,
+        env = "METERBOOK_COSTS_MAX_CSV_BYTES",
+        default_value = "64GiB",
+        value_name = "BYTES",
+        value_parser = parse_bytes
+    )]
+    pub max_csv_bytes: u64,
 }
 
 /// Which local days a cost report or plot covers.

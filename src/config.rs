@@ -7,9 +7,10 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::clazar::{ClazarSettings, Secret};
-use crate::cli::{ClazarArgs, QuantityArgs, S3Args, ScopeArgs, SubmitArgs};
+use crate::cli::{ClazarArgs, GlobalArgs, QuantityArgs, S3Args, ScopeArgs, SubmitArgs};
 use crate::dimensions::{Dimensions, BASE_DIMENSIONS};
 use crate::error::Fatal;
+use crate::ledger::LedgerFile;
 use crate::period::Month;
 use crate::plan::{PeriodKind, PeriodRules};
 use crate::s3::S3Settings;
@@ -96,6 +97,13 @@ impl SourceSpec {
             }
             None => Ok(SourceSpec::Local(PathBuf::from(spec))),
         }
+    }
+}
+
+impl GlobalArgs {
+    /// The ledger and how long to wait for another process using it.
+    pub fn ledger_file(&self) -> LedgerFile {
+        LedgerFile::new(&self.ledger, Duration::from_secs_f64(self.busy_timeout))
     }
 }
 

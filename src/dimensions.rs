@@ -1,17 +1,18 @@
-//! Billed dimensions: the predecessor's formulas (evalexpr) over the base dimensions, and the
-//! rounding rule that turns an amount into the whole number Clazar is sent. Pure functions.
+//! Billed dimensions: the predecessor's formulas ([`crate::formula`], Python expressions) over a
+//! contract's sums, and the rounding rule that turns an amount into the whole number Clazar is
+//! sent. Pure functions.
 //!
-//! Arithmetic is in floating point like the predecessor's Python (`7 / 2` is 3.5), and rounding
-//! first snaps values within a few ULPs of a whole number to it, so that float noise never changes
-//! a quantity: `0.29 / 0.01` is 28.999999999999996 in floating point, and 29 here.
+//! An int result is sent exactly. A float result is first snapped to a whole number when it is
+//! within a few ULPs of one, so that float noise never changes a quantity (`0.29 / 0.01` is
+//! 28.999999999999996 in floating point, and 29 here), then rounded by the `--rounding` rule.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use evalexpr::{
-    build_operator_tree, Context, ContextWithMutableFunctions, ContextWithMutableVariables,
-    EvalexprError, EvalexprResult, Function, HashMapContext, Node, Operator, Value,
-};
+use num_traits::{Signed, ToPrimitive};
+
+use crate::formula::{self, Expression, Value};
+use crate::source::parse::Quantity;
 
 /// Omnistrate's base dimensions, always known to formulas (0 when a contract has no usage of one).
 pub const BASE_DIMENSIONS: [&str; 4] = [
@@ -21,11 +22,12 @@ pub const BASE_DIMENSIONS: [&str; 4] = [
     "replica_hours",
 ];
 
-/// The functions a formula may call.
-pub const FUNCTIONS: [&str; 6] = ["abs", "round", "min", "max", "int", "float"];
-
 /// The suffix of the variable holding a dimension's sum of value x pricePerUnit.
 pub const PRICE_SUFFIX: &str = "_total_price";
+
+/// The predecessor's variable for the sum of the records whose dimension is named `pricePerUnit`
+/// (0 when there are none).
+pub const PRICE_PER_UNIT: &str = "pricePerUnit";
 
 /// How an amount becomes a whole number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -66,6 +68,17 @@ pub fn to_quantity(exact: f64, rounding: Rounding) -> Result<i64, String> {
     Ok(rounded as i64)
 }
 
+/// The quantity sent for a value: an int exactly, a float by [`to_quantity`].
+pub fn quantity_of(value: &Value, rounding: Rounding) -> Result<i64, String> {
+    match value {
+        Value::Int(i) if i.is_negative() => Err(format!("{value} is negative")),
+        Value::Int(i) => i
+            .to_i64()
+            .ok_or_else(|| format!("{value} is too large for a quantity")),
+        Value::Float(x) => to_quantity(*x, rounding),
+    }
+}
+
 /// One custom dimension: its name and its compiled formula.
 #[derive(Debug, Clone)]
 pub struct Formula {
@@ -73,7 +86,7 @@ pub struct Formula {
     pub source: String,
     /// The environment variable(s) it came from, for messages.
     pub origin: String,
-    tree: Node,
+    expression: Expression,
 }
 
 /// What is wrong with the configured formulas.
@@ -93,14 +106,25 @@ pub struct Dimensions {
     /// Send the base dimensions too (always, when there are no formulas).
     pub send_base: bool,
     pub rounding: Rounding,
-    /// The base dimensions formulas may read (0 when a contract has no usage of one).
-    known: BTreeSet<String>,
+    /// The variables formulas may read, in the order their compiled forms expect them.
+    variables: Vec<Variable>,
 }
 
-/// A contract's base usage in one period: per dimension, the value and the priced amount.
-pub type BaseUsage = BTreeMap<String, (f64, f64)>;
+/// One dimension's sums for a contract and period, as the ledger holds them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DimensionSum {
+    /// SUM(value): an int when every record's value is one (a Python int to formulas), else a
+    /// float.
+    pub value: Quantity,
+    /// SUM(value x pricePerUnit); `None` when no record has a price.
+    pub amount: Option<f64>,
+}
 
-/// One computed line: the exact amount and the quantity it rounds to (or why it cannot be sent).
+/// A contract's base usage in one period, per dimension.
+pub type BaseUsage = BTreeMap<String, DimensionSum>;
+
+/// One computed line: the amount (the nearest float to the exact value) and the quantity it
+/// rounds to (or why it cannot be sent).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ComputedLine {
     pub dimension: String,
@@ -108,9 +132,43 @@ pub struct ComputedLine {
     pub quantity: Result<i64, String>,
 }
 
+/// A variable formulas may read, and where its value comes from.
+#[derive(Debug, Clone, PartialEq)]
+struct Variable {
+    name: String,
+    /// The dimension it is about.
+    dimension: String,
+    /// Whether it is the dimension's priced amount (`<dimension>_total_price`) or its value.
+    price: bool,
+}
+
+impl Variable {
+    /// Its value for one contract: the predecessor's types. A dimension without usage is int 0;
+    /// with usage, its value is the sum as the ledger holds it and its priced amount a float.
+    fn value(&self, usage: &BaseUsage) -> Value {
+        match usage.get(&self.dimension) {
+            None => Value::int(0),
+            Some(sum) if self.price => Value::Float(sum.amount.unwrap_or(0.0)),
+            Some(sum) => sum.value(),
+        }
+    }
+}
+
+impl DimensionSum {
+    /// The sum as a formula sees it: an int or a float.
+    pub fn value(&self) -> Value {
+        match self.value {
+            Quantity::Int(i) => Value::int(i),
+            Quantity::Real(x) => Value::Float(x),
+        }
+    }
+}
+
 impl Dimensions {
     /// Reads both of the predecessor's forms from environment variables: `DIMENSION_<name>=<formula>`
-    /// and `DIMENSION<n>_NAME` / `DIMENSION<n>_FORMULA`.
+    /// and `DIMENSION<n>_NAME` / `DIMENSION<n>_FORMULA`. An empty (or blank) variable is unset, as
+    /// for the predecessor (its deployments pass every variable, empty when unused): an empty pair
+    /// is absent, and only one of a pair set is an error.
     pub fn from_vars<'a>(
         vars: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Vec<(String, String, String)>, FormulaError> {
@@ -120,6 +178,9 @@ impl Dimensions {
             let Some(rest) = key.strip_prefix("DIMENSION") else {
                 continue;
             };
+            if value.trim().is_empty() {
+                continue;
+            }
             if let Some(name) = rest.strip_prefix('_') {
                 named.insert(name.to_string(), (value.to_string(), key.to_string()));
                 continue;
@@ -162,14 +223,16 @@ impl Dimensions {
         Ok(out)
     }
 
-    /// Compiles and validates every formula against the known base dimensions (syntax, unknown
-    /// variables and functions), naming the variable that holds a bad one.
+    /// Compiles every formula against the variables of the known base dimensions, naming the
+    /// variable that holds a refused one and the construct refused.
     pub fn new(
         specs: Vec<(String, String, String)>,
         base_dimensions: &BTreeSet<String>,
         send_base: bool,
         rounding: Rounding,
     ) -> Result<Dimensions, FormulaError> {
+        let variables = Dimensions::variables(base_dimensions);
+        let names: Vec<String> = variables.iter().map(|v| v.name.clone()).collect();
         let mut formulas = Vec::with_capacity(specs.len());
         let mut seen = BTreeSet::new();
         for (name, source, origin) in specs {
@@ -187,13 +250,13 @@ impl Dimensions {
                     "{origin}: dimension '{name}' is defined twice"
                 )));
             }
-            let tree = compile(&source, base_dimensions)
+            let expression = Expression::compile(&source, &names)
                 .map_err(|why| FormulaError(format!("{origin}: formula '{source}': {why}")))?;
             formulas.push(Formula {
                 name,
                 source,
                 origin,
-                tree,
+                expression,
             });
         }
         if send_base {
@@ -208,172 +271,78 @@ impl Dimensions {
             formulas,
             send_base,
             rounding,
-            known: base_dimensions.clone(),
+            variables,
         })
     }
 
     /// The lines for one contract and period, in a stable order: base dimensions (when sent),
     /// then formulas by name.
     pub fn compute(&self, usage: &BaseUsage) -> Vec<ComputedLine> {
+        let line = |dimension: &str, value: Result<Value, String>| {
+            let (exact, quantity) = match value {
+                // An int too large for a float has no amount to show; its quantity says why.
+                Ok(v) => (
+                    v.to_f64().unwrap_or(f64::NAN),
+                    quantity_of(&v, self.rounding),
+                ),
+                Err(why) => (f64::NAN, Err(why)),
+            };
+            ComputedLine {
+                dimension: dimension.to_string(),
+                exact,
+                quantity,
+            }
+        };
         let mut lines = Vec::new();
         if self.send_base || self.formulas.is_empty() {
-            for (dimension, (value, _)) in usage {
-                lines.push(ComputedLine {
-                    dimension: dimension.clone(),
-                    exact: *value,
-                    quantity: to_quantity(*value, self.rounding),
-                });
+            for (dimension, sum) in usage {
+                lines.push(line(dimension, Ok(sum.value())));
             }
         }
         if self.formulas.is_empty() {
             return lines;
         }
-        let context = formula_context(usage, &self.known);
+        let values: Vec<Value> = self.variables.iter().map(|v| v.value(usage)).collect();
         for f in &self.formulas {
-            let (exact, quantity) = match f.tree.eval_with_context(&context) {
-                Ok(v) => match v.as_number() {
-                    Ok(x) => (x, to_quantity(x, self.rounding)),
-                    Err(_) => (
-                        f64::NAN,
-                        Err(format!("'{}' gave {v}, not a number", f.source)),
-                    ),
-                },
-                Err(e) => (f64::NAN, Err(format!("'{}': {e}", f.source))),
-            };
-            lines.push(ComputedLine {
-                dimension: f.name.clone(),
-                exact,
-                quantity: quantity.map_err(|why| format!("{} ({}): {why}", f.name, f.origin)),
-            });
+            let value = f
+                .expression
+                .eval(&values)
+                .map_err(|e| format!("'{}': {e}", f.source));
+            let mut l = line(&f.name, value);
+            l.quantity = l
+                .quantity
+                .map_err(|why| format!("{} ({}): {why}", f.name, f.origin));
+            lines.push(l);
         }
         lines
     }
 
-    /// The variables a formula may read, given the base dimensions.
-    pub fn variables(base_dimensions: &BTreeSet<String>) -> BTreeSet<String> {
-        base_dimensions
-            .iter()
-            .flat_map(|d| [d.clone(), format!("{d}{PRICE_SUFFIX}")])
+    /// The variables formulas may read: each base dimension and its `_total_price`, and
+    /// `pricePerUnit`. The predecessor's names come first, so that no dimension in the ledger can
+    /// change what they mean; names that are one of the functions cannot be variables.
+    fn variables(base_dimensions: &BTreeSet<String>) -> Vec<Variable> {
+        let mut by_name: BTreeMap<String, Variable> = BTreeMap::new();
+        let predecessors = BASE_DIMENSIONS.iter().map(|d| (*d, true));
+        let others = base_dimensions.iter().map(|d| (d.as_str(), true));
+        let price_per_unit = std::iter::once((PRICE_PER_UNIT, false));
+        for (dimension, priced) in predecessors.chain(price_per_unit).chain(others) {
+            let mut add = |name: String, price: bool| {
+                by_name.entry(name.clone()).or_insert(Variable {
+                    name,
+                    dimension: dimension.to_string(),
+                    price,
+                });
+            };
+            add(dimension.to_string(), false);
+            if priced {
+                add(format!("{dimension}{PRICE_SUFFIX}"), true);
+            }
+        }
+        by_name
+            .into_values()
+            .filter(|v| !formula::is_function(&v.name))
             .collect()
     }
-}
-
-/// Parses a formula, makes every number a float (Python's `/` divides exactly), and checks names.
-fn compile(source: &str, base_dimensions: &BTreeSet<String>) -> Result<Node, String> {
-    let mut tree = build_operator_tree(source).map_err(|e| format!("does not parse: {e}"))?;
-    if tree.children().is_empty() {
-        return Err("is empty".into());
-    }
-    if tree.iter_write_variable_identifiers().next().is_some() {
-        return Err("assigns to a variable; a formula is an expression".into());
-    }
-    let known = Dimensions::variables(base_dimensions);
-    if let Some(v) = tree
-        .iter_read_variable_identifiers()
-        .find(|v| !known.contains(*v))
-    {
-        return Err(format!(
-            "unknown variable '{v}'; known: {}",
-            known.iter().cloned().collect::<Vec<_>>().join(", ")
-        ));
-    }
-    if let Some(f) = tree
-        .iter_function_identifiers()
-        .find(|f| !FUNCTIONS.contains(f))
-    {
-        return Err(format!(
-            "unknown function '{f}'; known: {}",
-            FUNCTIONS.join(", ")
-        ));
-    }
-    floats_only(&mut tree);
-    // Evaluate once with every variable at 1 to catch type errors (e.g. a string) now, not later.
-    let ones: BaseUsage = base_dimensions
-        .iter()
-        .map(|d| (d.clone(), (1.0, 1.0)))
-        .collect();
-    match tree.eval_with_context(&formula_context(&ones, base_dimensions)) {
-        Ok(v) if v.is_number() => Ok(tree),
-        Ok(v) => Err(format!("gives {v}, not a number")),
-        Err(e) => Err(format!("cannot be evaluated: {e}")),
-    }
-}
-
-fn floats_only(node: &mut Node) {
-    if let Operator::Const {
-        value: Value::Int(i),
-    } = node.operator()
-    {
-        *node.operator_mut() = Operator::Const {
-            value: Value::Float(*i as f64),
-        };
-    }
-    for child in node.children_mut() {
-        floats_only(child);
-    }
-}
-
-fn numbers(argument: &Value) -> EvalexprResult<Vec<f64>> {
-    match argument {
-        Value::Tuple(items) => items.iter().map(Value::as_number).collect(),
-        single => Ok(vec![single.as_number()?]),
-    }
-}
-
-fn one_number(argument: &Value) -> EvalexprResult<f64> {
-    match numbers(argument)?.as_slice() {
-        [x] => Ok(*x),
-        more => Err(EvalexprError::WrongFunctionArgumentAmount {
-            expected: 1..=1,
-            actual: more.len(),
-        }),
-    }
-}
-
-/// Variables (every base dimension and its `_total_price`, 0 when absent) and the functions.
-fn formula_context(usage: &BaseUsage, known: &BTreeSet<String>) -> HashMapContext {
-    let mut ctx = HashMapContext::new();
-    for (dimension, (value, amount)) in usage {
-        set(&mut ctx, dimension.clone(), *value);
-        set(&mut ctx, format!("{dimension}{PRICE_SUFFIX}"), *amount);
-    }
-    for d in known {
-        if !usage.contains_key(d) {
-            set(&mut ctx, d.clone(), 0.0);
-            set(&mut ctx, format!("{d}{PRICE_SUFFIX}"), 0.0);
-        }
-    }
-    type Builtin = fn(&Value) -> EvalexprResult<Value>;
-    let functions: [(&str, Builtin); 6] = [
-        ("abs", |a| Ok(Value::Float(one_number(a)?.abs()))),
-        // Python's round() of one argument; halves away from zero (Python rounds them to even).
-        ("round", |a| Ok(Value::Float(one_number(a)?.round()))),
-        // int() truncates toward zero, but stays a float so that later `/` still divides exactly.
-        ("int", |a| Ok(Value::Float(one_number(a)?.trunc()))),
-        ("float", |a| Ok(Value::Float(one_number(a)?))),
-        ("min", |a| {
-            Ok(Value::Float(
-                numbers(a)?.into_iter().fold(f64::INFINITY, f64::min),
-            ))
-        }),
-        ("max", |a| {
-            Ok(Value::Float(
-                numbers(a)?.into_iter().fold(f64::NEG_INFINITY, f64::max),
-            ))
-        }),
-    ];
-    for (name, f) in functions {
-        ctx.set_function(name.to_string(), Function::new(f))
-            .expect("a HashMapContext takes functions");
-    }
-    ctx.set_builtin_functions_disabled(true)
-        .expect("a HashMapContext can disable builtins");
-    ctx
-}
-
-fn set(ctx: &mut HashMapContext, name: String, value: f64) {
-    ctx.set_value(name, Value::Float(value))
-        .expect("every variable is a float");
 }
 
 #[cfg(test)]
@@ -392,11 +361,32 @@ mod tests {
         Dimensions::new(specs, &base(), send_base, Rounding::Floor)
     }
 
-    fn usage(pairs: &[(&str, f64, f64)]) -> BaseUsage {
-        pairs
-            .iter()
-            .map(|(d, v, a)| (d.to_string(), (*v, *a)))
+    fn usage(sums: &[(&str, Quantity, Option<f64>)]) -> BaseUsage {
+        sums.iter()
+            .map(|(d, value, amount)| {
+                (
+                    d.to_string(),
+                    DimensionSum {
+                        value: *value,
+                        amount: *amount,
+                    },
+                )
+            })
             .collect()
+    }
+
+    /// (dimension, exact, quantity) of each line.
+    fn computed(d: &Dimensions, u: &BaseUsage) -> Vec<(String, f64, Result<i64, String>)> {
+        d.compute(u)
+            .into_iter()
+            .map(|l| (l.dimension, l.exact, l.quantity))
+            .collect()
+    }
+
+    /// The one formula `f` over `u`: its quantity.
+    fn quantity(f: &str, u: &BaseUsage) -> Result<i64, String> {
+        let d = dims(&[("x", f)], false).unwrap_or_else(|e| panic!("{f}: {e}"));
+        d.compute(u).remove(0).quantity
     }
 
     #[test]
@@ -416,6 +406,107 @@ mod tests {
         assert!(to_quantity(f64::NAN, Rounding::Floor).is_err());
         assert!(to_quantity(f64::INFINITY, Rounding::Floor).is_err());
         assert!(to_quantity(1e19, Rounding::Floor).is_err());
+    }
+
+    #[test]
+    fn int_results_are_sent_exactly_even_above_two_to_the_53() {
+        let above = 9_007_199_254_740_993_i64; // 2^53 + 1: no float holds it
+        let u = usage(&[("cpu_core_hours", Quantity::Int(above), None)]);
+        assert_eq!(quantity("cpu_core_hours * 1", &u), Ok(above));
+        assert_eq!(quantity("cpu_core_hours // 3 * 3", &u), Ok(above));
+        assert_eq!(
+            quantity("cpu_core_hours + 2 ** 62", &u),
+            Ok(above + (1 << 62))
+        );
+        assert!(quantity("cpu_core_hours - 2 ** 60", &u)
+            .unwrap_err()
+            .contains("is negative"));
+        assert!(quantity("cpu_core_hours + 2 ** 63", &u)
+            .unwrap_err()
+            .contains("too large for a quantity"));
+        assert_eq!(
+            quantity_of(&Value::int(i64::MAX), Rounding::Ceiling),
+            Ok(i64::MAX)
+        );
+    }
+
+    #[test]
+    fn variables_have_the_predecessors_types() {
+        let u = usage(&[
+            ("cpu_core_hours", Quantity::Int(7), None),
+            ("replica_hours", Quantity::Real(7.5), Some(0.75)),
+        ]);
+        let d = dims(
+            &[
+                ("a_int", "cpu_core_hours // 2"),
+                ("b_real", "replica_hours // 2"),
+                ("c_price", "cpu_core_hours_total_price + 1"),
+                (
+                    "d_absent",
+                    "memory_byte_hours_total_price + memory_byte_hours",
+                ),
+                ("e_ppu", "pricePerUnit + replica_hours_total_price * 100"),
+            ],
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            computed(&d, &u),
+            vec![
+                ("a_int".to_string(), 3.0, Ok(3)),
+                ("b_real".to_string(), 3.0, Ok(3)),
+                ("c_price".to_string(), 1.0, Ok(1)),
+                ("d_absent".to_string(), 0.0, Ok(0)),
+                ("e_ppu".to_string(), 75.0, Ok(75)),
+            ]
+        );
+        let values: Vec<Value> = d.variables.iter().map(|v| v.value(&u)).collect();
+        let value_of = |name: &str| {
+            let i = d.variables.iter().position(|v| v.name == name).unwrap();
+            values[i].clone()
+        };
+        assert_eq!(value_of("cpu_core_hours"), Value::int(7));
+        assert_eq!(value_of("replica_hours"), Value::Float(7.5));
+        // A dimension with records but no price: a float 0.0, like the predecessor's sum.
+        assert_eq!(value_of("cpu_core_hours_total_price"), Value::Float(0.0));
+        assert_eq!(value_of("replica_hours_total_price"), Value::Float(0.75));
+        // A dimension without usage, and pricePerUnit without such records: int 0.
+        assert_eq!(value_of("memory_byte_hours"), Value::int(0));
+        assert_eq!(value_of("memory_byte_hours_total_price"), Value::int(0));
+        assert_eq!(value_of("pricePerUnit"), Value::int(0));
+    }
+
+    #[test]
+    fn any_dimension_in_the_ledger_is_a_variable_but_cannot_change_the_predecessors_names() {
+        let mut known = base();
+        known.extend(
+            [
+                "gpu_hours",
+                "pricePerUnit",
+                "abs",
+                "cpu_core_hours_total_price",
+            ]
+            .map(String::from),
+        );
+        let specs = vec![(
+            "g".to_string(),
+            "gpu_hours * 2 + gpu_hours_total_price + pricePerUnit_total_price".to_string(),
+            "DIMENSION_g".to_string(),
+        )];
+        let d = Dimensions::new(specs, &known, false, Rounding::Floor).unwrap();
+        let names: Vec<&str> = d.variables.iter().map(|v| v.name.as_str()).collect();
+        assert!(!names.contains(&"abs"));
+        let price = d
+            .variables
+            .iter()
+            .find(|v| v.name == "cpu_core_hours_total_price")
+            .unwrap();
+        assert!(price.price && price.dimension == "cpu_core_hours");
+        let u = usage(&[
+            ("gpu_hours", Quantity::Int(5), Some(2.5)),
+            ("pricePerUnit", Quantity::Int(1), Some(0.5)),
+        ]);
+        assert_eq!(d.compute(&u)[0].quantity, Ok(13));
     }
 
     #[test]
@@ -450,46 +541,82 @@ mod tests {
     }
 
     #[test]
+    fn empty_dimension_variables_are_unset_like_the_predecessors_compose_file_passes_them() {
+        let vars = [
+            ("DIMENSION1_NAME", "cpu"),
+            ("DIMENSION1_FORMULA", "cpu_core_hours"),
+            ("DIMENSION2_NAME", ""),
+            ("DIMENSION2_FORMULA", ""),
+            ("DIMENSION3_NAME", " "),
+            ("DIMENSION3_FORMULA", ""),
+            ("DIMENSION_unused", ""),
+        ];
+        let specs = Dimensions::from_vars(vars).unwrap();
+        assert_eq!(specs.len(), 1);
+        assert_eq!(specs[0].0, "cpu");
+        let half = |name: &'static str, formula: &'static str| {
+            Dimensions::from_vars([("DIMENSION2_NAME", name), ("DIMENSION2_FORMULA", formula)])
+        };
+        assert!(half("mem", "")
+            .unwrap_err()
+            .0
+            .contains("DIMENSION2_FORMULA is not"));
+        assert!(half("", "replica_hours")
+            .unwrap_err()
+            .0
+            .contains("DIMENSION2_NAME is not"));
+        // Duplicate names stay errors, across both forms.
+        let twice = Dimensions::from_vars([
+            ("DIMENSION_cpu", "cpu_core_hours"),
+            ("DIMENSION1_NAME", "cpu"),
+            ("DIMENSION1_FORMULA", "cpu_core_hours * 2"),
+        ])
+        .unwrap();
+        let err = Dimensions::new(twice, &base(), false, Rounding::Floor).unwrap_err();
+        assert!(err.0.contains("defined twice"), "{err}");
+    }
+
+    #[test]
     fn formulas_divide_like_python_and_use_prices_and_functions() {
         let d = dims(
             &[
                 ("half", "replica_hours / 2"),
-                ("gb", "memory_byte_hours / 1073741824"),
+                ("gb", "memory_byte_hours / 1024 ** 3"),
                 ("price", "round(cpu_core_hours_total_price * 100)"),
                 (
                     "f",
                     "max(abs(0 - cpu_core_hours), min(1, 2), int(7.9), float(3))",
                 ),
                 ("centi", "cpu_core_hours_total_price / 0.01"),
+                ("floor", "cpu_core_hours // 4"),
             ],
             false,
         )
         .unwrap();
         let u = usage(&[
-            ("replica_hours", 7.0, 0.07),
-            ("memory_byte_hours", 3.0 * 1073741824.0, 0.0),
-            ("cpu_core_hours", 10.0, 0.29),
+            ("replica_hours", Quantity::Int(7), Some(0.07)),
+            ("memory_byte_hours", Quantity::Int(3 * 1073741824), None),
+            ("cpu_core_hours", Quantity::Int(10), Some(0.29)),
         ]);
-        let got: Vec<(String, f64, Result<i64, String>)> = d
-            .compute(&u)
-            .into_iter()
-            .map(|l| (l.dimension, l.exact, l.quantity))
-            .collect();
         assert_eq!(
-            got,
+            computed(&d, &u),
             vec![
                 ("half".to_string(), 3.5, Ok(3)),
                 ("gb".to_string(), 3.0, Ok(3)),
                 ("price".to_string(), 29.0, Ok(29)),
                 ("f".to_string(), 10.0, Ok(10)),
                 ("centi".to_string(), 0.29 / 0.01, Ok(29)),
+                ("floor".to_string(), 2.0, Ok(2)),
             ]
         );
     }
 
     #[test]
     fn without_formulas_the_base_dimensions_are_sent_and_with_them_only_if_asked() {
-        let u = usage(&[("cpu_core_hours", 2.5, 0.0), ("replica_hours", 1.0, 0.0)]);
+        let u = usage(&[
+            ("cpu_core_hours", Quantity::Real(2.5), None),
+            ("replica_hours", Quantity::Int(1), None),
+        ]);
         let plain = dims(&[], false).unwrap().compute(&u);
         assert_eq!(plain.len(), 2);
         assert_eq!(plain[0].quantity, Ok(2));
@@ -502,26 +629,36 @@ mod tests {
     #[test]
     fn bad_formulas_are_refused_naming_the_variable_and_the_problem() {
         let err = |f: &str| dims(&[("x", f)], false).unwrap_err().0;
-        assert!(err("(cpu_core_hours").contains("DIMENSION_x"));
-        assert!(err("(cpu_core_hours").contains("does not parse"));
-        assert!(err("cpu_core_hours *")
-            .contains("cannot be evaluated: An operator expected 2 arguments"));
+        assert!(err("(cpu_core_hours").contains("DIMENSION_x: formula '(cpu_core_hours'"));
+        assert!(err("(cpu_core_hours").contains("without its ')'"));
+        assert!(err("cpu_core_hours *").contains("ends where a value is expected"));
         assert!(err("cpu_hours * 2").contains("unknown variable 'cpu_hours'"));
-        assert!(err("sqrt(cpu_core_hours)").contains("unknown function 'sqrt'"));
-        assert!(err("x = 3").contains("assigns"));
-        assert!(err("\"text\"").contains("not a number"));
+        assert!(err("sqrt(cpu_core_hours)").contains("unknown variable 'sqrt'"));
+        assert!(err("x = 3").contains("an assignment"));
+        assert!(err("\"text\"").contains("a string"));
+        assert!(err("cpu_core_hours > 2").contains("a comparison"));
+        assert!(err("(cpu_core_hours - 1) ** 0.5").contains("complex"));
         assert!(err("").contains("empty"));
     }
 
     #[test]
-    fn negative_and_non_finite_results_are_errors_for_that_line() {
+    fn failing_and_negative_and_non_finite_results_are_errors_for_that_line() {
         let d = dims(
-            &[("neg", "0 - replica_hours"), ("inf", "replica_hours / 0")],
+            &[
+                ("neg", "0 - replica_hours"),
+                ("zero", "replica_hours / cpu_core_hours"),
+                ("inf", "replica_hours * 1e308 * 10"),
+                ("ok", "replica_hours"),
+            ],
             false,
         )
         .unwrap();
-        let lines = d.compute(&usage(&[("replica_hours", 1.0, 0.0)]));
-        assert!(lines[0].quantity.as_ref().unwrap_err().contains("negative"));
-        assert!(lines[1].quantity.as_ref().unwrap_err().contains("finite"));
+        let lines = d.compute(&usage(&[("replica_hours", Quantity::Int(1), None)]));
+        let why = |i: usize| lines[i].quantity.clone().unwrap_err();
+        assert!(why(0).contains("negative"), "{}", why(0));
+        assert!(why(1).contains("ZeroDivisionError"), "{}", why(1));
+        assert!(why(1).starts_with("zero (DIMENSION_zero): "), "{}", why(1));
+        assert!(why(2).contains("finite"), "{}", why(2));
+        assert_eq!(lines[3].quantity, Ok(1));
     }
 }

@@ -2,21 +2,27 @@
 //! concurrently, and store them in batches from one writer thread (one transaction per batch,
 //! each file all-or-nothing). Memory is bounded by the channel sizes, not by the number of files.
 
-use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use chrono::Utc;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::error::Fatal;
-use crate::ledger::{FileVersion, Ledger, MarkerRead, RunCounts, StoreOutcome};
-use crate::period::format_utc;
+use crate::ledger::{
+    FileVersion, HourTotals, Ledger, LedgerFile, MarkerRead, RunCounts, StoreOutcome,
+};
+use crate::period::{format_utc, Month};
 use crate::progress::IngestProgress;
 use crate::source::marker::parse_marker;
-use crate::source::parse::{parse_usage_body, Problem};
-use crate::source::s3::MonthFloors;
-use crate::source::{classify_key, KeyKind, ObjectMeta, Scope, Source, MARKER_KEY};
+use crate::source::parse::{parse_usage_body, ParsedBody};
+use crate::source::s3::{MonthFloors, MonthSelection};
+use crate::source::{
+    classify_key, KeyKind, ObjectMeta, PathProblem, ProblemSink, Scope, Source, TooLarge,
+    MARKER_KEY,
+};
 
 /// How an ingest runs.
 #[derive(Debug, Clone)]
@@ -29,6 +35,14 @@ pub struct IngestOptions {
     pub progress: bool,
     /// List every month even where the ledger allows starting at a recent one (S3 only).
     pub all_months: bool,
+    /// A usage file larger than this is a problem, not read.
+    pub max_file_bytes: u64,
+    /// Bytes of bodies read but not yet stored, across concurrent reads.
+    pub max_bytes_in_flight: u64,
+    /// S3 without a month range: list every month when the last complete listing is older.
+    pub full_listing_every: chrono::Duration,
+    /// `START_MONTH`: months before it are never submitted, so they never count as waiting to be.
+    pub start_month: Option<Month>,
 }
 
 /// What an ingest did.
@@ -44,6 +58,11 @@ pub struct IngestSummary {
     pub files_unchanged: u64,
     /// Could not be read (logged; tried again next run).
     pub files_unreadable: u64,
+    /// Over the size limit: not read (a path problem each).
+    pub files_too_large: u64,
+    /// Paths that could not be taken as usage files (see `source_problems`), unreadable and
+    /// too large files included.
+    pub path_problems: u64,
     /// Files stored with at least one problem.
     pub files_with_problems: u64,
     pub records: u64,
@@ -55,12 +74,15 @@ pub struct IngestSummary {
 
 impl IngestSummary {
     pub fn needs_attention(&self) -> bool {
-        self.problems > 0 || self.unattributed_records > 0 || self.files_unreadable > 0
+        self.problems > 0
+            || self.unattributed_records > 0
+            || self.files_unreadable > 0
+            || self.path_problems > 0
     }
 
     /// The one summary line.
     pub fn line(&self) -> String {
-        if self.files_new + self.files_replaced == 0 && self.files_unreadable == 0 {
+        if self.files_new + self.files_replaced == 0 && self.path_problems == 0 {
             return format!(
                 "nothing new: {} usage files in scope, all unchanged ({:.1}s)",
                 self.files_seen,
@@ -70,13 +92,16 @@ impl IngestSummary {
         let secs = self.elapsed.as_secs_f64().max(0.001);
         format!(
             "ingested {} new and {} replaced files ({} records, {:.0} records/s), {} unchanged, \
-             {} unreadable; {} problems in {} files; {} unattributed records ({:.1}s)",
+             {} unreadable, {} too large; {} paths with problems; {} problems in {} files; \
+             {} unattributed records ({:.1}s)",
             self.files_new,
             self.files_replaced,
             self.records,
             self.records as f64 / secs,
             self.files_unchanged,
             self.files_unreadable,
+            self.files_too_large,
+            self.path_problems,
             self.problems,
             self.files_with_problems,
             self.unattributed_records,
@@ -85,43 +110,53 @@ impl IngestSummary {
     }
 }
 
-/// Ingests every usage file of `source` in `scope` into the ledger at `ledger_path`.
+/// Ingests every usage file of `source` in `scope` into the ledger.
 pub async fn ingest(
-    ledger_path: &Path,
+    ledger_file: &LedgerFile,
     source: &Source,
     scope: &Scope,
     opts: &IngestOptions,
 ) -> Result<IngestSummary> {
     let started = Instant::now();
-    let mut ledger = Ledger::open(ledger_path)?;
+    let mut ledger = Ledger::open_for_writing(ledger_file)?;
     let source_name = source.describe();
     let floors = listing_floors(&ledger, &source_name, source, scope, opts)?;
-    let scope_text = match floors.is_empty() {
+    let complete_listing = floors.is_empty();
+    let scope_text = match complete_listing {
         true => scope.to_string(),
         false => format!("{scope} {RECENT_MONTHS}"),
     };
     let run_id = ledger.begin_ingest_run(&source_name, &scope_text)?;
     let marker = read_marker(source).await?;
     ledger.record_marker_read(&source_name, &marker)?;
-    let reader = Ledger::open_read_only(ledger_path)?;
+    let reader = Ledger::open_for_reading(ledger_file)?;
 
-    let (file_tx, file_rx) = crossbeam_channel::bounded::<FileVersion>(opts.batch_files.max(1));
+    let (file_tx, file_rx) = crossbeam_channel::bounded::<Fetched>(opts.batch_files.max(1));
     let batch_files = opts.batch_files.max(1);
     let writer = std::thread::Builder::new()
         .name("ledger-writer".into())
         .spawn(move || write_batches(ledger, file_rx, batch_files))?;
 
+    let problems = ProblemSink::default();
     let (list_tx, mut list_rx) = tokio::sync::mpsc::channel::<Vec<ObjectMeta>>(16);
     let lister = {
-        let (source, scope) = (source.clone(), scope.clone());
-        tokio::spawn(async move { source.list(&scope, floors, list_tx).await })
+        let (source, scope, problems) = (source.clone(), scope.clone(), problems.clone());
+        tokio::spawn(async move { source.list(&scope, floors, list_tx, problems).await })
+    };
+    let path_problem = |path: String, reason: String| {
+        problems
+            .lock()
+            .expect("not poisoned")
+            .push(PathProblem { path, reason })
     };
 
     let progress = IngestProgress::new(opts.progress);
     let mut summary = IngestSummary::default();
     let mut ignored = 0u64;
     let mut skipped = 0u64;
+    let too_large = std::cell::Cell::new(0u64);
     let mut lookup_error: Option<anyhow::Error> = None;
+    let max_file_bytes = opts.max_file_bytes;
     let listed = futures::stream::poll_fn(|cx| list_rx.poll_recv(cx));
     let candidates = listed.flat_map(|batch| {
         let in_scope: Vec<(ObjectMeta, KeyKind)> = batch
@@ -145,6 +180,14 @@ pub async fn ingest(
                         {
                             unchanged += 1;
                         }
+                        _ if meta.size > max_file_bytes => {
+                            too_large.set(too_large.get() + 1);
+                            let why = TooLarge {
+                                size: format!("{} bytes", meta.size),
+                                limit: max_file_bytes,
+                            };
+                            path_problem(meta.key, why.to_string());
+                        }
                         known => {
                             let legacy = known.is_some_and(|k| k.has_legacy_fingerprint());
                             wanted.push((meta, kind, legacy));
@@ -160,22 +203,36 @@ pub async fn ingest(
         progress.skipped(unchanged);
         futures::stream::iter(wanted)
     });
-    let name: std::sync::Arc<str> = source_name.as_str().into();
+    // Bodies in flight (read, parsed, not yet stored) hold at most this many KiB between them.
+    let budget_kib = kib(opts.max_bytes_in_flight.max(max_file_bytes)).min(u64::from(u32::MAX));
+    let budget = Arc::new(tokio::sync::Semaphore::new(budget_kib as usize));
+    let name: Arc<str> = source_name.as_str().into();
     let mut fetched = candidates
         .map(|(meta, kind, legacy)| {
             let name = name.clone();
-            source.fetch(meta, move |meta, body| {
-                file_version(&name, meta, kind, &body, legacy)
-            })
+            let budget = budget.clone();
+            let key = meta.key.clone();
+            async move {
+                let permit = budget
+                    .acquire_many_owned(kib(meta.size).min(budget_kib) as u32)
+                    .await
+                    .expect("never closed");
+                let read = source
+                    .fetch(meta, max_file_bytes, move |meta, body| {
+                        file_version(&name, meta, kind, &body, legacy)
+                    })
+                    .await;
+                (key, read.map(|version| Fetched { version, permit }))
+            }
         })
         .buffer_unordered(source.reads_in_flight(opts.concurrency));
 
     let mut failure: Option<anyhow::Error> = None;
-    while let Some(read) = fetched.next().await {
+    while let Some((key, read)) = fetched.next().await {
         match read {
-            Ok(version) => {
-                progress.fetched(version.records.len());
-                if file_tx.send(version).is_err() {
+            Ok(f) => {
+                progress.fetched(f.version.records.len());
+                if file_tx.send(f).is_err() {
                     break; // the writer stopped; its error is reported below
                 }
             }
@@ -183,13 +240,25 @@ pub async fn ingest(
                 failure = Some(e);
                 break;
             }
-            Err(e) => {
-                tracing::warn!("{e:#}; will try again next run");
-                summary.files_unreadable += 1;
-            }
+            Err(e) => match e.downcast_ref::<TooLarge>() {
+                Some(why) => {
+                    too_large.set(too_large.get() + 1);
+                    path_problem(key, why.to_string());
+                }
+                None => {
+                    tracing::warn!("{e:#}; will try again next run");
+                    summary.files_unreadable += 1;
+                    path_problem(
+                        key,
+                        format!("could not be read ({e:#}); tried again next run"),
+                    );
+                }
+            },
         }
     }
     drop(fetched);
+    // Closed before the writer, so that the writer, closing last, removes the write-ahead log.
+    drop(reader);
     progress.finish();
     drop(file_tx);
     let written = writer.join().expect("the ledger writer does not panic");
@@ -205,15 +274,25 @@ pub async fn ingest(
     } else {
         lister.abort();
     }
-    let (ledger, w) = written?;
+    let (mut ledger, w) = written?;
+    let problems = std::mem::take(&mut *problems.lock().expect("not poisoned"));
+    for p in problems.kept.iter().take(MAX_PROBLEMS_LOGGED as usize) {
+        tracing::warn!("{}: {}", p.path, p.reason);
+    }
+    // Only a listing of everything that finished can tell that a problem is gone.
+    let settles = complete_listing && *scope == Scope::default() && failure.is_none();
+    ledger.record_source_problems(run_id, &source_name, &problems, settles)?;
     summary.files_ignored = ignored;
     summary.files_new = w.new;
     summary.files_replaced = w.replaced;
     summary.files_unchanged = skipped + w.unchanged;
+    summary.files_too_large = too_large.get();
     summary.files_seen = summary.files_unchanged
         + summary.files_new
         + summary.files_replaced
-        + summary.files_unreadable;
+        + summary.files_unreadable
+        + summary.files_too_large;
+    summary.path_problems = problems.count();
     summary.records = w.records;
     summary.problems = w.problems;
     summary.files_with_problems = w.files_with_problems;
@@ -227,6 +306,7 @@ pub async fn ingest(
             files_new: summary.files_new,
             files_replaced: summary.files_replaced,
             files_unchanged: summary.files_unchanged,
+            files_too_large: summary.files_too_large,
             records: summary.records,
             problems: summary.problems,
         },
@@ -237,16 +317,33 @@ pub async fn ingest(
     }
 }
 
-/// Marks, in `ingest_runs.scope`, a run that listed only recent months; a run over every service
-/// key and month has the scope `*:*:*`.
+/// A file read and parsed, with its share of the in-flight byte budget, given back once stored.
+struct Fetched {
+    version: FileVersion,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Bytes as whole KiB, rounded up (the budget's unit, so that a `u32` of permits covers TiB).
+fn kib(bytes: u64) -> u64 {
+    bytes.div_ceil(1024).max(1)
+}
+
+/// Marks, in `ingest_runs.scope`, a run that listed only some months; a run over every month has
+/// the scope alone (`*:*:*` for every service key).
 const RECENT_MONTHS: &str = "(recent months)";
 
-/// Where listing starts for each service key. Without a month range an S3 listing starts at the
-/// month before the newest one already ingested for that service key (a late rewrite of the
-/// previous month is still seen), unless `--all-months` asks for everything or an ingest of this
-/// source since the last complete listing did not finish cleanly (killed, stopped on an error, or
-/// left files unread): then a newer month may be stored while an older one is not, and only a
-/// complete listing finds what is missing.
+/// Which months an S3 listing covers for each service key already in the ledger, when no month
+/// range is given. A re-run lists:
+/// - every month from the earlier of the previous calendar month (UTC) and the newest month in
+///   the ledger on (new usage, and the months Omnistrate still writes);
+/// - every older month that is not yet fully submitted ([`Ledger::unsettled_months`]): a
+///   rewrite there changes what will be sent.
+///
+/// Every month is listed instead (an empty map) for a source without a clean complete listing
+/// within `--full-listing-every` (so a rewrite anywhere, even of a month already sent, is found
+/// within that time and shows as drift), with `--all-months`, and when an ingest of this source
+/// since the last complete listing did not finish cleanly (killed, stopped on an error, or left
+/// files unread): then a newer month may be stored while an older one is not.
 fn listing_floors(
     ledger: &Ledger,
     source_name: &str,
@@ -261,19 +358,43 @@ fn listing_floors(
     {
         return Ok(MonthFloors::new());
     }
-    if ledger.unsettled_run_since_complete_listing(source_name, &Scope::default().to_string())? {
+    let complete = [scope.to_string(), Scope::default().to_string()];
+    if ledger.unsettled_run_since_complete_listing(source_name, &complete)? {
         tracing::info!(
             "an earlier ingest of {source_name} did not finish cleanly; listing every month"
         );
         return Ok(MonthFloors::new());
     }
+    let since = Utc::now() - opts.full_listing_every;
+    if !ledger.complete_listing_since(source_name, &complete, since)? {
+        tracing::info!(
+            "no complete listing of {source_name} since {} (--full-listing-every); listing every month",
+            format_utc(since)
+        );
+        return Ok(MonthFloors::new());
+    }
+    let previous = Month::of(Utc::now()).prev();
+    let mut unsettled = ledger.unsettled_months(opts.start_month)?;
     let floors: MonthFloors = ledger
         .newest_months(source_name)?
         .into_iter()
-        .map(|(key, newest)| (key, newest.prev()))
+        .map(|(key, newest)| {
+            let from = newest.min(previous);
+            let also = unsettled.remove(&key).unwrap_or_default();
+            let also = also.into_iter().filter(|m| *m < from).collect();
+            (key, MonthSelection { from, also })
+        })
         .collect();
-    for (key, from) in &floors {
-        tracing::info!("{key}: listing from {from} (the month before the newest ingested; --all-months lists every month)");
+    for (key, months) in &floors {
+        let older: Vec<String> = months.also.iter().map(Month::to_string).collect();
+        tracing::info!(
+            "{key}: listing from {}{} (not yet fully submitted, or recent; --all-months lists every month)",
+            months.from,
+            match older.is_empty() {
+                true => String::new(),
+                false => format!(" and {}", older.join(", ")),
+            }
+        );
     }
     Ok(floors)
 }
@@ -345,12 +466,9 @@ pub fn file_version(
             service_key,
             reason,
         } => (
-            Some(service_key.to_string()),
+            service_key.unambiguous().then(|| service_key.to_string()),
             None,
-            crate::source::parse::ParsedBody {
-                records: Vec::new(),
-                problems: vec![Problem::file(reason)],
-            },
+            ParsedBody::rejected(reason),
         ),
         KeyKind::Other => unreachable!("only usage keys are fetched"),
     };
@@ -366,6 +484,7 @@ pub fn file_version(
         last_modified: meta.last_modified,
         records: parsed.records,
         problems: parsed.problems,
+        more_problems: parsed.more_problems,
     }
 }
 
@@ -381,31 +500,39 @@ struct Written {
     problems_logged: u64,
 }
 
-/// Problems are all stored; only the first few are logged, so a bad batch cannot flood the log.
+/// Problems are stored (the first of each file, see `PROBLEMS_KEPT_PER_FILE`); only the first
+/// few of a run are logged, so a bad batch cannot flood the log.
 const MAX_PROBLEMS_LOGGED: u64 = 20;
 
 /// The writer thread: commits a batch when it is full or a moment after its first file.
 fn write_batches(
     mut ledger: Ledger,
-    rx: crossbeam_channel::Receiver<FileVersion>,
+    rx: crossbeam_channel::Receiver<Fetched>,
     batch_files: usize,
 ) -> Result<(Ledger, Written)> {
     const MAX_WAIT: Duration = Duration::from_millis(500);
     let mut w = Written::default();
+    let mut totals = HourTotals::default();
     let mut batch = Vec::with_capacity(batch_files);
+    let mut permits = Vec::with_capacity(batch_files);
     while let Ok(first) = rx.recv() {
         let deadline = Instant::now() + MAX_WAIT;
-        batch.push(first);
+        batch.push(first.version);
+        permits.push(first.permit);
         while batch.len() < batch_files {
             match rx.recv_deadline(deadline) {
-                Ok(f) => batch.push(f),
+                Ok(f) => {
+                    batch.push(f.version);
+                    permits.push(f.permit);
+                }
                 Err(_) => break,
             }
         }
-        let outcomes = ledger.store_files(&batch)?;
+        let stored = ledger.store_files(&batch, &mut totals)?;
+        permits.clear();
         crate::failpoint::hit("during-ingest");
-        for (file, outcome) in batch.drain(..).zip(outcomes) {
-            match outcome {
+        for (file, s) in batch.drain(..).zip(stored) {
+            match s.outcome {
                 StoreOutcome::Unchanged => {
                     w.unchanged += 1;
                     continue;
@@ -416,18 +543,14 @@ fn write_batches(
                     w.replaced += 1
                 }
             }
-            w.records += file.records.len() as u64;
-            w.problems += file.problems.len() as u64;
-            w.files_with_problems += u64::from(!file.problems.is_empty());
-            w.unattributed += file
-                .records
-                .iter()
-                .filter(|r| r.contract_id.is_none())
-                .count() as u64;
-            for p in &file.problems {
+            w.records += s.records;
+            w.problems += s.problems;
+            w.files_with_problems += u64::from(s.problems > 0);
+            w.unattributed += s.unattributed;
+            for p in file.problems.iter().chain(&s.refused) {
                 w.problems_logged += 1;
                 if w.problems_logged > MAX_PROBLEMS_LOGGED {
-                    continue;
+                    break;
                 }
                 match p.record_index {
                     Some(i) => tracing::warn!("{}: record {i}: {}", file.key, p.reason),

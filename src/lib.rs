@@ -13,6 +13,7 @@ pub mod dimensions;
 pub mod env;
 pub mod error;
 pub mod failpoint;
+pub mod formula;
 pub mod ingest;
 pub mod ledger;
 pub mod output;

@@ -26,11 +26,20 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
+    let ledger = cli.global.ledger_file();
     match runtime.block_on(meterbook::commands::dispatch(cli)) {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(err) if is_broken_pipe(&err) => ExitCode::from(exit::SUCCESS),
         Err(err) => {
             eprintln!("meterbook: {err:#}");
+            if meterbook::ledger::is_busy(&err) {
+                eprintln!(
+                    "meterbook: another process kept ledger {} busy for longer than the busy \
+                     timeout ({}s); try again when it is done, or wait longer with --busy-timeout",
+                    ledger.path.display(),
+                    ledger.busy_timeout.as_secs_f64()
+                );
+            }
             ExitCode::from(exit_code_for(&err))
         }
     }

@@ -1,5 +1,8 @@
-//! Writing tabular results to stdout as a table, CSV or JSON. Data goes to stdout only.
+//! Writing tabular results to stdout as a table, CSV or JSON. Data goes to stdout only. CSV and
+//! JSON carry values exactly; a table is for a terminal, so control characters in values (an
+//! escape sequence in usage data would otherwise drive the terminal) are shown escaped.
 
+use std::borrow::Cow;
 use std::io::Write;
 
 use anyhow::Result;
@@ -59,6 +62,26 @@ fn json(v: &SqlValue) -> serde_json::Value {
     }
 }
 
+/// `s` with control characters (C0, DEL, C1: escape sequences, newlines, tabs) and the Unicode
+/// bidirectional overrides (which reorder what a terminal shows) written as Rust escapes:
+/// `\u{1b}`, `\n`, `\t`, `\u{202e}`.
+fn for_terminal(s: &str) -> Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !s.chars().any(unsafe_char) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 struct TableSink<W: Write> {
     out: W,
     table: Table,
@@ -67,11 +90,12 @@ struct TableSink<W: Write> {
 impl<W: Write> QueryResult for TableSink<W> {
     fn columns(&mut self, names: &[String]) -> Result<()> {
         self.table.load_preset(presets::UTF8_FULL_CONDENSED);
-        self.table.set_header(names);
+        self.table.set_header(names.iter().map(|n| for_terminal(n)));
         Ok(())
     }
     fn row(&mut self, values: &[SqlValue]) -> Result<()> {
-        self.table.add_row(values.iter().map(text));
+        self.table
+            .add_row(values.iter().map(|v| for_terminal(&text(v)).into_owned()));
         Ok(())
     }
     fn finish(&mut self) -> Result<()> {
@@ -125,5 +149,19 @@ impl<W: Write> QueryResult for JsonSink<W> {
         let close = if self.rows == 0 { "[]" } else { "\n]" };
         writeln!(self.out, "{close}")?;
         Ok(self.out.flush()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_shows_control_characters_escaped_and_leaves_other_text_alone() {
+        assert_eq!(for_terminal("pg-0 café ✓"), "pg-0 café ✓");
+        assert_eq!(
+            for_terminal("\u{1b}[2J\u{1b}]0;owned\u{7}a\tb\nc\rd\u{9b}e\u{202e}f"),
+            "\\u{1b}[2J\\u{1b}]0;owned\\u{7}a\\tb\\nc\\rd\\u{9b}e\\u{202e}f"
+        );
     }
 }

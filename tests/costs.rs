@@ -11,7 +11,7 @@ use std::process::Command as StdCommand;
 use chrono::{NaiveDate, NaiveDateTime, TimeZone};
 use serde_json::Value;
 
-use crate::util::{stderr_of, TestEnv};
+use crate::util::{stderr_of, zip_of, TestEnv};
 
 const ACCOUNT: &str = "123456789012";
 
@@ -278,7 +278,7 @@ fn bad_rows_and_unreadable_archives_become_problems_and_lose_nothing_else() {
     let expected = generate(&dir, &["--month", "2025-06", "--bad-rows"]);
     // A zip without a CSV, and a truncated archive, for two other months.
     let empty_zip = dir.join(format!("{}.zip", billing_name("2025-04")));
-    std::fs::write(&empty_zip, zip_with_readme()).unwrap();
+    std::fs::write(&empty_zip, zip_of("readme.txt", b"no billing here")).unwrap();
     let june = std::fs::read(dir.join(format!("{}.zip", billing_name("2025-06")))).unwrap();
     std::fs::write(
         dir.join(format!("{}.zip", billing_name("2025-03"))),
@@ -337,22 +337,6 @@ fn bad_rows_and_unreadable_archives_become_problems_and_lose_nothing_else() {
         env.count("SELECT status = 'partial' FROM cost_files WHERE month = '2025-06'"),
         1
     );
-}
-
-fn zip_with_readme() -> Vec<u8> {
-    let mut buf = std::io::Cursor::new(Vec::new());
-    {
-        let mut zip = zip::ZipWriter::new(&mut buf);
-        zip.start_file(
-            "readme.txt",
-            zip::write::SimpleFileOptions::default()
-                .compression_method(zip::CompressionMethod::Stored),
-        )
-        .unwrap();
-        zip.write_all(b"no billing here").unwrap();
-        zip.finish().unwrap();
-    }
-    buf.into_inner()
 }
 
 /// Expected spend per local day and per user from the generator's hourly sums.

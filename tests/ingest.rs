@@ -451,3 +451,158 @@ fn the_completion_marker_is_recorded_with_history() {
     // The last good value still stands.
     assert_eq!(env.count("SELECT COUNT(*) FROM export_completion"), 1);
 }
+
+/// Copies the files of `from` (an export tree) whose key passes `keep` into `to`.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path, keep: impl Fn(&str) -> bool) {
+    for file in files_under(from) {
+        let key = file
+            .strip_prefix(from)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if keep(&key) {
+            let target = to.join(&key);
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            std::fs::copy(&file, target).unwrap();
+        }
+    }
+}
+
+/// Usage files and records in an export tree, counted independently of meterbook.
+fn files_and_records(export: &std::path::Path) -> (i64, i64) {
+    let mut counts = (0, 0);
+    for file in files_under(&export.join("omnistrate-metering")) {
+        if file.file_name().unwrap() != "last_success_export.json" {
+            let records: Vec<serde_json::Value> =
+                serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+            counts.0 += 1;
+            counts.1 += records.len() as i64;
+        }
+    }
+    counts
+}
+
+/// Runs `meterbook ingest` into `ledger` from each folder at once, in small transactions; every
+/// one must end with exit code 0.
+fn ingest_at_once(env: &TestEnv, ledger: &std::path::Path, sources: &[std::path::PathBuf]) {
+    let children: Vec<_> = sources
+        .iter()
+        .map(|source| {
+            env.std_cmd()
+                .arg("--ledger")
+                .arg(ledger)
+                .args(["ingest", "--batch-files", "3", "--source"])
+                .arg(source)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    }
+}
+
+#[test]
+fn concurrent_ingests_of_overlapping_trees_both_finish_and_store_every_file_once() {
+    let env = TestEnv::new();
+    env.generate(&["--subscriptions", "4", "--hours", "96"]);
+    let dir = env.dir.path();
+    let first_days = |key: &str| !key.contains("/2025/06/03/") && !key.contains("/2025/06/04/");
+    let up_to_day_3 = |key: &str| !key.contains("/2025/06/04/");
+    copy_tree(&env.export(), &dir.join("a"), first_days);
+    copy_tree(&env.export(), &dir.join("b"), up_to_day_3);
+    copy_tree(&env.export(), &dir.join("c"), |_| true);
+    copy_tree(&env.export(), &dir.join("d"), |_| true);
+
+    // A new ledger: all create and migrate it at once (one does, the others wait for it). A
+    // few times over, as the processes may happen not to meet.
+    let (files, records) = files_and_records(&dir.join("b"));
+    for round in 0..3 {
+        let ledger = dir.join(format!("new-{round}.sqlite"));
+        let sources = [dir.join("a"), dir.join("b"), dir.join("a"), dir.join("b")];
+        ingest_at_once(&env, &ledger, &sources);
+        let db = rusqlite::Connection::open(&ledger).unwrap();
+        let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(count("SELECT COUNT(*) FROM usage_files"), files);
+        assert_eq!(count("SELECT COUNT(*) FROM usage_records"), records);
+    }
+    ingest_at_once(&env, &env.ledger, &[dir.join("a"), dir.join("b")]);
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), files);
+
+    // An existing ledger: both store the same new files; each file once.
+    ingest_at_once(&env, &env.ledger, &[dir.join("c"), dir.join("d")]);
+    let (files, records) = files_and_records(&env.export());
+    assert_eq!(
+        env.count("SELECT COUNT(DISTINCT key) FROM usage_files"),
+        files
+    );
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), files);
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_records"), records);
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_file_versions"), 0);
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM ingest_runs WHERE finished_at IS NULL"),
+        0
+    );
+    assert_eq!(env.count("SELECT COUNT(*) FROM ingest_runs"), 4);
+    let expected = expected_monthly(&env);
+    let sum: f64 = expected.values().sum();
+    let stored: f64 = env
+        .db()
+        .query_row("SELECT SUM(value) FROM monthly_usage", [], |r| r.get(0))
+        .unwrap();
+    assert!((sum - stored).abs() < 1e-6 * sum, "{sum} vs {stored}");
+}
+
+#[test]
+fn an_ingest_and_a_submit_at_once_both_finish() {
+    let env = TestEnv::new();
+    let dir = env.dir.path();
+    env.generate(&[
+        "--subscriptions",
+        "20",
+        "--hours",
+        "24",
+        "--marker-to",
+        "2025-06-30T23:59:59Z",
+    ]);
+    copy_tree(&env.export(), &dir.join("june"), |_| true);
+    env.generate(&[
+        "--subscriptions",
+        "20",
+        "--month",
+        "2025-07",
+        "--hours",
+        "120",
+    ]);
+    copy_tree(&env.export(), &dir.join("all"), |_| true);
+    // June is complete and ingested; July arrives while June is submitted.
+    ingest_at_once(&env, &env.ledger, &[dir.join("june")]);
+    let emu = crate::emulator::Emulator::start(&env, &[]);
+    let submit = env
+        .std_cmd()
+        .env("CLAZAR_CLIENT_ID", crate::emulator::CLIENT_ID)
+        .env("CLAZAR_CLIENT_SECRET", crate::emulator::SECRET)
+        .args(["submit", "--clazar-base-url", &emu.url()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    ingest_at_once(&env, &env.ledger, &[dir.join("all")]);
+    let out = submit.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    emu.assert_exactly_once();
+    let (files, records) = files_and_records(&env.export());
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), files);
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_records"), records);
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM ingest_runs WHERE finished_at IS NULL"),
+        0
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM submission_lines WHERE status = 'accepted'"),
+        emu.accepted().len() as i64
+    );
+}

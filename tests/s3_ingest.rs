@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::emulator::{Emulator, CLIENT_ID, SECRET};
 use crate::s3::{endpoint, Bucket};
 use crate::util::{record, stderr_of, usage_key, TestEnv};
 
@@ -140,7 +141,7 @@ fn more_than_1000_keys_in_one_day_are_all_ingested_once_and_a_rerun_fetches_noth
 }
 
 #[test]
-fn listing_covers_only_the_months_in_scope_and_recent_months_by_default() {
+fn listing_covers_only_the_months_in_scope_and_unsubmitted_months_by_default() {
     let env = TestEnv::new();
     let bucket = Bucket::new("months");
     let body =
@@ -163,20 +164,143 @@ fn listing_covers_only_the_months_in_scope_and_recent_months_by_default() {
         "March is out of scope but was listed: {listed:?}"
     );
 
-    // Without a month range, listing starts at the month before the newest ingested (May), so
-    // a late file in March is not seen; --all-months sees it.
-    bucket.put(&usage_key("pt-1", "2025/03/11/00", "sub-a"), &body);
+    // No complete listing yet: the first run without a range lists every month.
     ingest(&env, &endpoint(), &source).assert().success();
-    assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 2);
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 3);
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM ingest_runs WHERE scope = '*:*:*'"),
+        1
+    );
+
+    // Then a re-run lists the months not yet submitted (all three here) and the recent ones, so
+    // a late file in March, two months before the newest, is seen.
+    bucket.put(&usage_key("pt-1", "2025/03/11/00", "sub-a"), &body);
+    let proxy = FaultProxy::start(&[]);
+    ingest(&env, &proxy.url, &source).assert().success();
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 4);
     assert_eq!(
         env.count("SELECT COUNT(*) FROM ingest_runs WHERE scope = '*:*:* (recent months)'"),
         1
     );
-    ingest(&env, &endpoint(), &source)
-        .arg("--all-months")
+    let listed: Vec<String> =
+        serde_json::from_value(proxy.stats()["list_prefixes"].clone()).unwrap();
+    assert!(
+        listed.iter().any(|p| p.contains("2025/03/")),
+        "March was not listed: {listed:?}"
+    );
+}
+
+/// Before, an object rewritten two months back kept its old content in the ledger, and no drift
+/// was reported. Now a month already sent is not re-listed by every run, but by the complete
+/// listing due once a day (`--full-listing-every`), and the rewrite then shows as drift.
+#[test]
+fn a_rewrite_of_a_month_already_sent_is_found_by_the_daily_full_listing_and_shown_as_drift() {
+    let env = TestEnv::new();
+    let bucket = Bucket::new("drift");
+    let usage = |value: i64| {
+        serde_json::to_vec(&json!([record(
+            Some("c-1"),
+            "cpu_core_hours",
+            json!(value)
+        )]))
+        .unwrap()
+    };
+    let march = usage_key("pt-1", "2025/03/10/00", "sub-a");
+    bucket.put(&march, &usage(2));
+    bucket.put(&usage_key("pt-1", "2025/06/01/00", "sub-a"), &usage(1));
+    bucket.put(
+        "omnistrate-metering/last_success_export.json",
+        br#"{"pg:PROD:pt-1": {"last_processed_to": "2025-06-30T23:59:59Z"}}"#,
+    );
+    let source = format!("s3://{}", bucket.name);
+    ingest(&env, &endpoint(), &source).assert().success();
+    let emu = Emulator::start(&env, &[]);
+    let submit = || {
+        env.cmd()
+            .env("CLAZAR_CLIENT_ID", CLIENT_ID)
+            .env("CLAZAR_CLIENT_SECRET", SECRET)
+            .env("METERBOOK_CLAZAR_BASE_URL", emu.url())
+            .arg("submit")
+            .output()
+            .unwrap()
+    };
+    let out = submit();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert_eq!(emu.accepted().len(), 2);
+
+    // March is sent: a re-run within the day does not list it.
+    bucket.put(&march, &usage(5));
+    ingest(&env, &endpoint(), &source).assert().success();
+    assert_eq!(env.count("SELECT MAX(version) FROM usage_files"), 1);
+
+    // A day later (the complete listing aged by a day), every month is listed again.
+    env.db()
+        .execute(
+            "UPDATE ingest_runs SET started_at = '2000-01-01T00:00:00Z', finished_at = '2000-01-01T00:01:00Z'",
+            [],
+        )
+        .unwrap();
+    let out = ingest(&env, &endpoint(), &source).assert().success();
+    assert!(
+        stderr_of(out.get_output()).contains("no complete listing of"),
+        "{}",
+        stderr_of(out.get_output())
+    );
+    assert_eq!(
+        env.count("SELECT version FROM usage_files WHERE key LIKE '%/03/10/00/%'"),
+        2
+    );
+    let out = submit();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("drift: pg:PROD:pt-1 contract c-1"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(
+        env.count("SELECT difference FROM submission_drift WHERE period = '2025-03'"),
+        3
+    );
+    assert_eq!(emu.accepted().len(), 2, "drift is never re-sent");
+}
+
+#[test]
+fn odd_and_oversized_objects_are_problem_rows_and_the_rest_is_ingested() {
+    let env = TestEnv::new();
+    let bucket = Bucket::new("odd");
+    let small =
+        serde_json::to_vec(&json!([record(Some("c-1"), "cpu_core_hours", json!(2))])).unwrap();
+    let big: Vec<serde_json::Value> = (0..20)
+        .map(|_| record(Some("c-2"), "cpu_core_hours", json!(1)))
+        .collect();
+    bucket.put(&usage_key("pt-1", "2025/06/01/00", "sub-a"), &small);
+    let big_key = usage_key("pt-1", "2025/06/01/00", "sub-b");
+    bucket.put(&big_key, &serde_json::to_vec(&big).unwrap());
+    let colon = "omnistrate-metering/pg/PROD:x/pt-1/2025/06/01/00/sub-a.json";
+    bucket.put(colon, &small);
+    let out = ingest(&env, &endpoint(), &format!("s3://{}", bucket.name))
+        .args(["--max-file-bytes", "2KiB"])
         .assert()
-        .success();
-    assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 4);
+        .code(3);
+    let stderr = stderr_of(out.get_output());
+    assert!(
+        stderr.contains(&big_key) && stderr.contains("over the limit of 2048 bytes"),
+        "{stderr}"
+    );
+    let reasons: Vec<(String, String)> = env
+        .db()
+        .prepare("SELECT key, reason FROM usage_problems ORDER BY key")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons
+        .iter()
+        .any(|(k, r)| k == colon && r.contains("hold ':'")));
+    assert!(reasons.iter().any(|(k, _)| k == &big_key));
+    assert_eq!(env.count("SELECT value FROM monthly_usage"), 2);
 }
 
 #[test]

@@ -1,8 +1,17 @@
-//! `meterbook sql`: read-only queries in three formats.
+//! `meterbook sql` and the other reading commands: queries in three formats, statements that
+//! would write refused, and ledgers read as they are: never created, migrated or changed, no file
+//! left behind; files that are not ledgers refused by every command and left as they were.
 
+use std::time::Duration;
+
+use rusqlite::Connection;
 use serde_json::json;
 
-use crate::util::{record, stderr_of, usage_key, TestEnv};
+use crate::util::{file_digests, record, stderr_of, usage_key, TestEnv};
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
 
 fn env_with_usage() -> TestEnv {
     let env = TestEnv::new();
@@ -72,24 +81,263 @@ fn prints_json_csv_and_table() {
 }
 
 #[test]
-fn a_write_fails_with_sqlites_message_and_changes_nothing() {
+fn a_statement_that_would_write_is_refused_and_changes_nothing() {
     let env = env_with_usage();
+    let before = file_digests(env.dir.path());
+    let copy = env.dir.path().join("copy.sqlite");
+    let other = env.dir.path().join("other.sqlite");
+    Connection::open(&other)
+        .unwrap()
+        .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x);")
+        .unwrap();
+    let before_other = file_digests(env.dir.path());
+    assert_ne!(before, before_other);
     for statement in [
-        "DELETE FROM usage_records",
-        "UPDATE usage_records SET value = 0",
-        "DROP VIEW monthly_usage",
-        "CREATE TABLE x (y)",
+        "DELETE FROM usage_records".to_string(),
+        "UPDATE usage_records SET value = 0".to_string(),
+        "DROP VIEW monthly_usage".to_string(),
+        "CREATE TABLE x (y)".to_string(),
+        "CREATE TEMP TABLE x (y)".to_string(),
+        format!("VACUUM INTO '{}'", copy.display()),
+        format!("ATTACH '{}' AS other", other.display()),
+        format!("ATTACH 'file:{}?mode=rwc' AS copy", copy.display()),
+        "PRAGMA user_version = 7".to_string(),
+        "PRAGMA journal_mode = DELETE".to_string(),
+        "PRAGMA wal_checkpoint(TRUNCATE)".to_string(),
     ] {
-        let out = env.cmd().args(["sql", statement]).output().unwrap();
+        let out = env.cmd().args(["sql", &statement]).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{statement}");
         assert!(
-            stderr_of(&out).contains("readonly"),
+            stderr_of(&out).contains("refusing the statement"),
             "{statement}: {}",
             stderr_of(&out)
         );
+        assert_eq!(file_digests(env.dir.path()), before_other, "{statement}");
     }
+    assert!(!copy.exists());
     assert_eq!(env.count("SELECT COUNT(*) FROM usage_records"), 2);
     assert_eq!(env.count("SELECT COUNT(*) FROM monthly_usage"), 2);
+
+    // Pragmas that only read are statements like any other.
+    let out = env
+        .cmd()
+        .args(["sql", "--format", "csv", "PRAGMA table_info(ingest_runs)"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("finished_at"));
+}
+
+#[test]
+fn reading_commands_change_no_file_and_leave_none_behind() {
+    let env = env_with_usage();
+    // The last writer to close removes the write-ahead log: the ledger is one file at rest.
+    let before = file_digests(env.dir.path());
+    assert!(before.contains_key("ledger.sqlite"), "{before:?}");
+    assert!(!before.contains_key("ledger.sqlite-wal"), "{before:?}");
+    std::fs::create_dir(env.dir.path().join("plots")).unwrap();
+    let commands: [&[&str]; 7] = [
+        &["sql", "SELECT * FROM monthly_usage"],
+        &["sql", "--format", "json", "SELECT * FROM usage_problems"],
+        &["history"],
+        &["history", "--failures", "--format", "csv"],
+        &["costs", "report", "--today", "2025-07-01"],
+        &[
+            "costs",
+            "plot",
+            "--today",
+            "2025-07-01",
+            "--out",
+            "plots/p.png",
+        ],
+        &[
+            "doctor",
+            "--s3-endpoint-url",
+            "http://127.0.0.1:1",
+            "--s3-max-attempts",
+            "1",
+        ],
+    ];
+    for args in commands {
+        let out = env.cmd().args(args).output().unwrap();
+        assert_ne!(out.status.code(), None, "{args:?}");
+        assert_eq!(
+            file_digests(env.dir.path()),
+            before,
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
+    }
+    let doctor = env
+        .cmd()
+        .args(["doctor", "--s3-endpoint-url", "http://127.0.0.1:1"])
+        .args(["--s3-max-attempts", "1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    let schema = text.lines().find(|l| l.contains("ledger schema")).unwrap();
+    assert!(schema.starts_with("ok "), "{text}");
+}
+
+/// A ledger as meterbook left it at schema version 5, with one ingest run.
+fn ledger_at_version_5(env: &TestEnv) {
+    let mut conn = Connection::open(&env.ledger).unwrap();
+    conn.execute_batch("PRAGMA journal_mode = WAL").unwrap();
+    embedded::migrations::runner()
+        .set_target(refinery::Target::Version(5))
+        .run(&mut conn)
+        .unwrap();
+    conn.execute(
+        "INSERT INTO ingest_runs (source, scope, started_at) VALUES ('x', '*:*:*', '2025-07-01')",
+        [],
+    )
+    .unwrap();
+}
+
+#[test]
+fn an_older_ledger_is_read_as_it_is_with_a_warning_and_migrated_only_by_a_writer() {
+    let env = TestEnv::new();
+    ledger_at_version_5(&env);
+    let before = file_digests(env.dir.path());
+    let version = "SELECT MAX(version) FROM refinery_schema_history";
+    for args in [
+        &["sql", "--format", "csv", version][..],
+        &["sql", "SELECT COUNT(*) FROM ingest_runs"],
+        &["history"],
+    ] {
+        let out = env.cmd().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr_of(&out));
+        let err = stderr_of(&out);
+        assert!(err.contains("has schema version 5"), "{args:?}: {err}");
+        assert!(err.contains("read as it is"), "{args:?}: {err}");
+        assert_eq!(file_digests(env.dir.path()), before, "{args:?}");
+    }
+    // Tables added since are simply missing, and the error says which.
+    let out = env
+        .cmd()
+        .args(["sql", "SELECT * FROM cost_grants"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("no such table: cost_grants"));
+
+    // A writing command brings it up to date, keeping its rows.
+    env.write_usage(&usage_key("pt-1", "2025/06/01/00", "sub-1"), b"[]");
+    let out = env.ingest();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("migrating ledger"),
+        "{}",
+        stderr_of(&out)
+    );
+    let latest = embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| i64::from(m.version()))
+        .max()
+        .unwrap();
+    assert_eq!(env.count(version), latest);
+    assert_eq!(env.count("SELECT COUNT(*) FROM ingest_runs"), 2);
+}
+
+#[test]
+fn a_file_that_is_not_a_ledger_is_refused_by_every_command_and_left_as_it_is() {
+    let env = TestEnv::new();
+    env.write_usage(&usage_key("pt-1", "2025/06/01/00", "sub-1"), b"[]");
+    let grants = env.dir.path().join("grants.csv");
+    std::fs::write(&grants, "user,amount,start\nalice,10,2025-06-01\n").unwrap();
+    let export = env.export().display().to_string();
+    let grants = grants.display().to_string();
+    let commands: [&[&str]; 7] = [
+        &["sql", "SELECT 1"],
+        &["history"],
+        &["ingest", "--source", &export],
+        &["submit", "--period", "month"],
+        &["costs", "grants", "load", &grants],
+        &["costs", "report"],
+        &[
+            "sync",
+            "push",
+            "--state-url",
+            "s3://nowhere/state",
+            "--s3-endpoint-url",
+            "http://127.0.0.1:1",
+        ],
+    ];
+    // Another program's SQLite database (in WAL mode), and a file that is not SQLite at all.
+    let conn = Connection::open(&env.ledger).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT);
+         INSERT INTO customers (name) VALUES ('ada');",
+    )
+    .unwrap();
+    drop(conn);
+    let foreign = std::fs::read(&env.ledger).unwrap();
+    let text = "id,name\n1,ada\n".repeat(200).into_bytes();
+    for (file, says) in [
+        (foreign, "is a SQLite database, but not a meterbook ledger"),
+        (text, "is not a SQLite database"),
+    ] {
+        std::fs::write(&env.ledger, file).unwrap();
+        let before = file_digests(env.dir.path());
+        for args in commands {
+            let out = env
+                .cmd()
+                .env("CLAZAR_CLIENT_ID", "id")
+                .env("CLAZAR_CLIENT_SECRET", "secret")
+                .args(args)
+                .output()
+                .unwrap();
+            let err = stderr_of(&out);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains(says), "{args:?}: {err}");
+            assert!(err.contains("left"), "{args:?}: {err}");
+            assert_eq!(file_digests(env.dir.path()), before, "{args:?}");
+        }
+    }
+}
+
+#[test]
+fn control_characters_are_escaped_in_a_table_and_exact_in_csv_and_json() {
+    let env = TestEnv::new();
+    let mut r = record(Some("c1"), "cpu_core_hours", json!(2));
+    r["podName"] = json!("pg-0\u{1b}[2J\u{1b}]0;owned\u{7}\nnext\tcell");
+    env.write_usage(
+        &usage_key("pt-1", "2025/06/01/00", "sub-1"),
+        json!([r]).to_string().as_bytes(),
+    );
+    assert!(env.ingest().status.success());
+    let q = "SELECT pod_name FROM usage_records";
+    let out = env.cmd().args(["sql", q]).output().unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !table.contains('\u{1b}') && !table.contains('\u{7}'),
+        "{table:?}"
+    );
+    assert!(
+        table.contains("pg-0\\u{1b}[2J\\u{1b}]0;owned\\u{7}\\nnext\\tcell"),
+        "{table}"
+    );
+    let out = env
+        .cmd()
+        .args(["sql", "--format", "json", q])
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        rows,
+        json!([{"pod_name": "pg-0\u{1b}[2J\u{1b}]0;owned\u{7}\nnext\tcell"}])
+    );
+    let out = env
+        .cmd()
+        .args(["sql", "--format", "csv", q])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "pod_name\n\"pg-0\u{1b}[2J\u{1b}]0;owned\u{7}\nnext\tcell\"\n"
+    );
 }
 
 #[test]
@@ -115,13 +363,54 @@ fn a_bad_query_prints_the_error_and_fails() {
 }
 
 #[test]
-fn a_missing_ledger_is_a_configuration_error() {
+fn a_missing_ledger_is_a_configuration_error_and_no_file_is_created() {
     let env = TestEnv::new();
-    let out = env.cmd().args(["sql", "SELECT 1"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    for args in [
+        &["sql", "SELECT 1"][..],
+        &["history"],
+        &["costs", "report"],
+        &["costs", "plot"],
+    ] {
+        let out = env.cmd().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr_of(&out).contains("no ledger at"),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
+        assert!(file_digests(env.dir.path()).is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn a_writer_waits_for_another_processs_write_up_to_the_busy_timeout() {
+    let env = env_with_usage();
+    env.write_usage(&usage_key("pt-1", "2025/06/01/01", "sub-1"), b"[]");
+    let holder = env.db();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let ingest = |timeout: &str| {
+        env.cmd()
+            .args(["--busy-timeout", timeout, "ingest", "--source"])
+            .arg(env.export())
+            .timeout(Duration::from_secs(60))
+            .output()
+            .unwrap()
+    };
+    let out = ingest("0.5");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(err.contains("database is locked"), "{err}");
     assert!(
-        stderr_of(&out).contains("no ledger at"),
-        "{}",
-        stderr_of(&out)
+        err.contains("busy for longer than the busy timeout (0.5s)"),
+        "{err}"
+    );
+    holder.execute_batch("COMMIT").unwrap();
+    drop(holder);
+    let out = ingest("30");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 2);
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM ingest_runs WHERE finished_at IS NULL"),
+        0
     );
 }

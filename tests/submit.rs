@@ -738,6 +738,105 @@ fn formulas_give_exact_quantities_and_the_amount_before_rounding_is_kept() {
     assert_eq!(exact, 3.5);
 }
 
+/// The predecessor's formulas, as its Omnistrate deployment passes them (unused pairs blank), in a
+/// dry run: Python's meaning, where evalexpr sent twice the amount for `//` and rounded halves up.
+#[test]
+fn a_dry_run_evaluates_the_predecessors_formulas_as_python_does() {
+    let env = TestEnv::new();
+    let gib = 1_u64 << 30;
+    // contract-a: 40 CPU core hours and 3 GiB-hours of memory; contract-b: 10 CPU core hours.
+    for (hour, contract, cpu, memory) in [
+        ("2025/06/01/00", "contract-a", 25, 3 * gib),
+        ("2025/06/02/00", "contract-a", 15, 0),
+        ("2025/06/01/00", "contract-b", 10, 0),
+    ] {
+        let values = [
+            ("cpu_core_hours", json!(cpu)),
+            ("memory_byte_hours", json!(memory)),
+        ];
+        usage(&env, hour, contract, contract, &values);
+    }
+    marker(&env, "2025-06-30T23:59:59Z");
+    ingest(&env);
+    let emu = Emulator::start(&env, &[]);
+    let out = meterbook(&env, &emu, &["submit"])
+        .env("DRY_RUN", "true")
+        .env("DIMENSION1_NAME", "half_cpu")
+        .env("DIMENSION1_FORMULA", "cpu_core_hours // 2")
+        .env("DIMENSION2_NAME", "quarter_cpu")
+        .env("DIMENSION2_FORMULA", "round(cpu_core_hours / 4)")
+        .env("DIMENSION3_NAME", "")
+        .env("DIMENSION3_FORMULA", "")
+        .env(
+            "DIMENSION_memory_gib_hours",
+            "memory_byte_hours / 1024 ** 3",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    let mut sent: Vec<(String, String, String)> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .flat_map(|l| {
+            let body: Value = serde_json::from_str(l).unwrap();
+            body["request"].as_array().unwrap().clone()
+        })
+        .map(|r| {
+            triple(
+                r["contract_id"].as_str().unwrap(),
+                r["dimension"].as_str().unwrap(),
+                r["quantity"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        [
+            // 40 // 2 is 20; round(40 / 4) is 10; 3 GiB-hours / 1024 ** 3 is 3.
+            triple("contract-a", "half_cpu", "20"),
+            triple("contract-a", "memory_gib_hours", "3"),
+            triple("contract-a", "quarter_cpu", "10"),
+            // round(10 / 4) = round(2.5) is 2 in Python (halves to even).
+            triple("contract-b", "half_cpu", "5"),
+            triple("contract-b", "memory_gib_hours", "0"),
+            triple("contract-b", "quarter_cpu", "2"),
+        ]
+    );
+}
+
+#[test]
+fn a_formula_python_would_read_differently_or_not_at_all_is_refused_naming_its_variable() {
+    let env = TestEnv::new();
+    june(&env);
+    let emu = Emulator::start(&env, &[]);
+    for (formula, what) in [
+        (
+            "cpu_core_hours ^ 2",
+            "the bitwise operator '^' (Python's power is '**')",
+        ),
+        ("(cpu_core_hours - 4) ** 0.5", "complex number"),
+        (
+            "cpu_core_hours if replica_hours else 0",
+            "a conditional expression",
+        ),
+    ] {
+        let out = meterbook(&env, &emu, &["submit"])
+            .env("DIMENSION2_NAME", "billed")
+            .env("DIMENSION2_FORMULA", formula)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 2, "{}", stderr_of(&out));
+        let err = stderr_of(&out);
+        assert!(
+            err.contains("DIMENSION2_NAME/DIMENSION2_FORMULA") && err.contains(what),
+            "{formula}: {err}"
+        );
+    }
+    assert_eq!(emu.metering_requests(), 0);
+    assert_eq!(env.count("SELECT COUNT(*) FROM submissions"), 0);
+}
+
 #[test]
 fn a_bad_formula_stops_the_run_before_anything_is_sent() {
     let env = TestEnv::new();

@@ -11,7 +11,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
-use crate::util::{stderr_of, TestEnv};
+use crate::util::{file_digests, stderr_of, TestEnv};
 
 const STATE_KEY: &str = "state/ledger.sqlite";
 
@@ -197,7 +197,9 @@ fn push_then_pull_on_another_host_gives_an_identical_ledger() {
     assert_eq!(dump(&a), dump(&b));
     assert!(dump(&b).iter().any(|r| r.starts_with("usage_records: ")));
 
+    let before = file_digests(b.dir.path());
     let status = s3.cmd(&b).args(["sync", "status"]).output().unwrap();
+    assert_eq!(file_digests(b.dir.path()), before, "status changed a file");
     let status = stdout_of(&status);
     assert!(status.contains("remote generation: 1"), "{status}");
     assert!(status.contains("local generation: 1"), "{status}");
@@ -244,7 +246,7 @@ fn racing_pushes_one_wins_and_the_other_exits_4_keeping_its_ledger() {
         "{}",
         stderr_of(loser_out)
     );
-    assert!(stderr_of(loser_out).contains("sync pull --discard-local"));
+    assert!(stderr_of(loser_out).contains("`meterbook sync pull`"));
     assert_eq!(&dump(loser), loser_dump, "the loser keeps its ledger");
     assert_eq!(s3.metadata(STATE_KEY)["meterbook-generation"], "2");
 
@@ -433,22 +435,157 @@ fn a_state_deleted_by_hand_is_an_error_not_a_fresh_start() {
     assert_eq!(dump(&a), pushed);
 }
 
+/// Every row of the tables `names` start with, as [`dump`] gives them.
+fn dump_of(env: &TestEnv, prefixes: &[&str]) -> Vec<String> {
+    dump(env)
+        .into_iter()
+        .filter(|row| prefixes.iter().any(|p| row.starts_with(p)))
+        .collect()
+}
+
+const MONTHLY_STATE: &str = r#"{"pg:PROD:pt-1": {"last_processed_month": "2025-06",
+    "success_contracts": {"2025-06": ["A"]}, "error_contracts": {}}}"#;
+
+/// Records the predecessor's state and a grant on `env`: changes only that ledger knows.
+fn import_and_grant(env: &TestEnv, user: &str) {
+    let state = env.dir.path().join("metering_state.json");
+    std::fs::write(&state, MONTHLY_STATE).unwrap();
+    let out = env
+        .cmd()
+        .args(["import-state", "--from"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    load_grants(env, user);
+}
+
+/// Loads a grant for `user` from `grants.csv` in the host's folder.
+fn load_grants(env: &TestEnv, user: &str) {
+    let grants = env.dir.path().join("grants.csv");
+    std::fs::write(
+        &grants,
+        format!("user,amount,start\n{user},10,2025-06-01\n"),
+    )
+    .unwrap();
+    let out = env
+        .cmd()
+        .args(["costs", "grants", "load"])
+        .arg(&grants)
+        .output()
+        .unwrap();
+    // 3: no billing line item names the user yet.
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+}
+
+const USAGE_TABLES: [&str; 3] = ["usage_files: ", "usage_records: ", "ingest_runs: "];
+const KEPT_TABLES: [&str; 4] = [
+    "submissions: ",
+    "submission_lines: ",
+    "predecessor_imports: ",
+    "cost_grants: ",
+];
+
 #[test]
-fn pull_refuses_to_drop_unpushed_changes_unless_told_to() {
+fn pull_keeps_what_only_the_local_ledger_knows_and_drops_what_the_export_rebuilds() {
     let s3 = Store::new("unpushed");
     let a = host_with_usage("2");
     s3.cmd(&a).args(["sync", "push"]).assert().success();
+    // B was never synced: its own ingest (which any ingest repeats), an import and grants.
     let b = host_with_usage("4");
-    let own = dump(&b);
+    import_and_grant(&b, "ada");
+    let kept = dump_of(&b, &KEPT_TABLES);
+    assert!(kept.iter().any(|r| r.starts_with("cost_grants: ")));
+
     let out = s3.cmd(&b).args(["sync", "pull"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(4));
-    assert!(stderr_of(&out).contains("never been pulled or pushed"));
-    assert_eq!(dump(&b), own);
-    s3.cmd(&b)
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stdout_of(&out)
+            .contains("keeping 1 submissions, 1 predecessor imports and the cost tables"),
+        "{}",
+        stdout_of(&out)
+    );
+    assert!(
+        stderr_of(&out).contains("dropped 4 usage files ingested here"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(dump_of(&b, &USAGE_TABLES), dump_of(&a, &USAGE_TABLES));
+    assert_eq!(dump_of(&b, &KEPT_TABLES), kept);
+    let status = stdout_of(&s3.cmd(&b).args(["sync", "status"]).output().unwrap());
+    assert!(status.contains("unpushed changes: yes"), "{status}");
+
+    // Pushed, they reach every host.
+    s3.cmd(&b).args(["sync", "push"]).assert().success();
+    let c = TestEnv::new();
+    s3.cmd(&c).args(["sync", "pull"]).assert().success();
+    assert_eq!(dump(&c), dump(&b));
+
+    // --discard-local takes the state as it is.
+    let d = host_with_usage("3");
+    import_and_grant(&d, "bob");
+    s3.cmd(&d)
         .args(["sync", "pull", "--discard-local"])
         .assert()
         .success();
-    assert_eq!(dump(&b), dump(&a));
+    assert_eq!(dump(&d), dump(&b));
+}
+
+#[test]
+fn cost_tables_changed_on_both_sides_keep_the_states_and_say_what_to_load_again() {
+    let s3 = Store::new("costs");
+    let a = host_with_usage("2");
+    s3.cmd(&a).args(["sync", "push"]).assert().success();
+    let b = TestEnv::new();
+    s3.cmd(&b).args(["sync", "pull"]).assert().success();
+    import_and_grant(&a, "ada");
+    s3.cmd(&a).args(["sync", "push"]).assert().success();
+    import_and_grant(&b, "bob");
+
+    let out = s3.cmd(&b).args(["sync", "pull"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("only one version can be kept: the state's"),
+        "{err}"
+    );
+    let grants = b.dir.path().join("grants.csv");
+    assert!(
+        err.contains(&format!(
+            "`meterbook costs grants load {}`",
+            grants.display()
+        )),
+        "{err}"
+    );
+    // The same import on both hosts (matched, or left out: the state holds it): recorded once.
+    let costs_and_submissions = [
+        "cost_grants: ",
+        "submissions: ",
+        "submission_lines: ",
+        "usage_files: ",
+    ];
+    assert_eq!(
+        dump_of(&b, &costs_and_submissions),
+        dump_of(&a, &costs_and_submissions)
+    );
+
+    // Loading the file again brings this host's grants back, and a push shares them.
+    load_grants(&b, "bob");
+    s3.cmd(&b).args(["sync", "push"]).assert().success();
+    s3.cmd(&a).args(["sync", "pull"]).assert().success();
+    assert_eq!(
+        a.count("SELECT COUNT(*) FROM cost_grants WHERE user = 'bob'"),
+        1
+    );
+}
+
+/// Temporary files a sync left beside the ledger (snapshots, downloads, their journals).
+fn leftovers(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".ledger.sqlite.") || n.ends_with("-journal"))
+        .collect()
 }
 
 #[test]
@@ -478,6 +615,7 @@ fn an_unreachable_store_fails_and_leaves_the_ledger_as_it_is() {
             stderr_of(&out)
         );
         assert_eq!(dump(&a), before, "{action:?}");
+        assert_eq!(leftovers(a.dir.path()), Vec::<String>::new(), "{action:?}");
     }
     assert_eq!(s3.metadata(STATE_KEY)["meterbook-generation"], "1");
 }
@@ -682,6 +820,7 @@ fn doctor_names_the_failing_check_and_exits_2() {
         "{}",
         stderr_of(&out)
     );
+    assert!(!env.ledger.exists(), "doctor created a ledger");
 }
 
 /// A tmpfs of `size` mounted for the test's lifetime (root only).
@@ -757,6 +896,7 @@ fn a_full_disk_while_writing_the_snapshot_is_a_clear_error_and_keeps_the_state()
     );
     assert_eq!(s3.metadata(STATE_KEY)["meterbook-generation"], "1");
     assert_eq!(dump(&env), before);
+    assert_eq!(leftovers(&disk.0), Vec::<String>::new());
 
     // Pulling onto the full disk fails the same way and keeps the local ledger.
     let out = s3
@@ -771,4 +911,32 @@ fn a_full_disk_while_writing_the_snapshot_is_a_clear_error_and_keeps_the_state()
         stderr_of(&out)
     );
     assert_eq!(dump(&env), before);
+    assert_eq!(leftovers(&disk.0), Vec::<String>::new());
+}
+
+#[test]
+fn a_file_that_is_not_a_ledger_is_never_replaced_by_a_pull() {
+    let s3 = Store::new("foreign");
+    let a = host_with_usage("2");
+    s3.cmd(&a).args(["sync", "push"]).assert().success();
+    let b = TestEnv::new();
+    Connection::open(&b.ledger)
+        .unwrap()
+        .execute_batch("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        .unwrap();
+    let before = file_digests(b.dir.path());
+    for args in [
+        &["sync", "pull"][..],
+        &["sync", "pull", "--discard-local"],
+        &["sync", "restore", "--generation", "1", "--discard-local"],
+    ] {
+        let out = s3.cmd(&b).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains("not a meterbook ledger"),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
+        assert_eq!(file_digests(b.dir.path()), before, "{args:?}");
+    }
 }

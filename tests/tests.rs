@@ -9,6 +9,8 @@ mod costs;
 mod daemon;
 mod deploy;
 mod dropin;
+mod formulas;
+mod hostile;
 mod import_state;
 mod ingest;
 mod run;

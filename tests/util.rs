@@ -1,11 +1,13 @@
 //! The test harness: a temporary workspace with a clean environment, the binary, and helpers to
 //! write export trees and read the ledger directly (with rusqlite, not through meterbook).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
 
 use assert_cmd::Command;
 use rusqlite::Connection;
+use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
 pub struct TestEnv {
@@ -45,6 +47,15 @@ impl TestEnv {
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .current_dir(self.dir.path());
         cmd
+    }
+
+    /// `meterbook ingest` of the export tree.
+    pub fn ingest(&self) -> std::process::Output {
+        self.cmd()
+            .args(["ingest", "--source"])
+            .arg(self.export())
+            .output()
+            .unwrap()
     }
 
     /// Writes one file under the export tree.
@@ -159,4 +170,39 @@ pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out.sort();
     out
+}
+
+/// A zip archive holding one file `name` with `body`, deflated.
+pub fn zip_of(name: &str, body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut zip = zip::ZipWriter::new(&mut buf);
+        zip.start_file(
+            name,
+            zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated),
+        )
+        .unwrap();
+        zip.write_all(body).unwrap();
+        zip.finish().unwrap();
+    }
+    buf.into_inner()
+}
+
+/// Every file directly in `dir` (not below) with the SHA-256 of its bytes: two equal listings
+/// mean no file was changed, created or removed there.
+pub fn file_digests(dir: &Path) -> BTreeMap<String, String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (
+                name,
+                hex::encode(Sha256::digest(std::fs::read(&p).unwrap())),
+            )
+        })
+        .collect()
 }

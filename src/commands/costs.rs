@@ -35,7 +35,7 @@ pub async fn run(global: &GlobalArgs, args: &CostsArgs) -> Result<Outcome> {
 /// otherwise show a grant with nothing spent).
 fn load_grants(global: &GlobalArgs, file: &std::path::Path) -> Result<Outcome> {
     let grants = read_grants(file).map_err(Fatal::Config)?;
-    let mut ledger = Ledger::open(&global.ledger)?;
+    let mut ledger = Ledger::open_for_writing(&global.ledger_file())?;
     let replaced = ledger.replace_cost_grants(&grants, &file.display().to_string())?;
     let mut users: Vec<&str> = grants.iter().map(|g| g.user.as_str()).collect();
     users.sort_unstable();
@@ -80,7 +80,7 @@ async fn ingest(global: &GlobalArgs, args: &CostsIngestArgs) -> Result<Outcome> 
     let tags = user_tags(&args.user_tags)?;
     let source =
         BillingSource::open(&SourceSpec::parse(&args.source)?, &global.s3.resolve()).await?;
-    let mut ledger = Ledger::open(&global.ledger)?;
+    let mut ledger = Ledger::open_for_writing(&global.ledger_file())?;
     let updated = ledger.set_cost_user_tags(&tags)?;
     if updated > 0 {
         tracing::info!(
@@ -107,7 +107,14 @@ async fn ingest(global: &GlobalArgs, args: &CostsIngestArgs) -> Result<Outcome> 
         let body = source.fetch(&object.meta).await?;
         let file = cost_file(&source, &object);
         let stored = tokio::task::block_in_place(|| {
-            store(&mut ledger, &file, body, object.name.zipped, &tags)
+            store(
+                &mut ledger,
+                &file,
+                body,
+                object.name.zipped,
+                &tags,
+                args.max_csv_bytes,
+            )
         })?;
         tracing::info!(
             "{}: {} line items, {} total rows, {} problems{}",
@@ -148,10 +155,13 @@ fn store(
     body: File,
     zipped: bool,
     tags: &[String],
+    max_csv_bytes: u64,
 ) -> Result<StoredCostFile> {
-    let read = with_csv(body, zipped, |input| match BillingRows::new(input, tags) {
-        Ok(rows) => ledger.store_cost_file(file, rows),
-        Err(reason) => reject(ledger, file, &reason),
+    let read = with_csv(body, zipped, |input| {
+        match BillingRows::new(input, tags, max_csv_bytes) {
+            Ok(rows) => ledger.store_cost_file(file, rows),
+            Err(reason) => reject(ledger, file, &reason),
+        }
     });
     match read {
         Ok(stored) => stored,
@@ -265,11 +275,7 @@ fn plot(global: &GlobalArgs, args: &CostsPlotArgs) -> Result<Outcome> {
 }
 
 fn build_report(global: &GlobalArgs, window: &Window) -> Result<CostReport> {
-    // Bring an older ledger's schema up to date first, then read.
-    if global.ledger.exists() {
-        Ledger::open(&global.ledger)?;
-    }
-    let ledger = Ledger::open_read_only(&global.ledger)?;
+    let ledger = Ledger::open_for_reading(&global.ledger_file())?;
     let (from, to) = window.utc_range();
     let hours = ledger.hourly_costs(from, to)?;
     let month = window.yesterday().format("%Y-%m").to_string();

@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::io::Write;
-use std::path::PathBuf;
 use std::pin::Pin;
 
 use anyhow::Result;
@@ -15,7 +14,7 @@ use chrono::Utc;
 use crate::cli::{DoctorArgs, GlobalArgs};
 use crate::config::SourceSpec;
 use crate::error::{Fatal, Outcome};
-use crate::ledger::{binary_schema_version, Ledger};
+use crate::ledger::{binary_schema_version, Ledger, LedgerFile};
 use crate::source::MARKER_KEY;
 use crate::sync::remote::{self, Condition, Refused};
 use crate::sync::{lease, state, StateLocation};
@@ -43,7 +42,7 @@ pub struct Setup {
     client: Client,
     source: std::result::Result<SourceSpec, String>,
     state: std::result::Result<StateLocation, String>,
-    ledger: PathBuf,
+    ledger: LedgerFile,
     clazar: std::result::Result<crate::clazar::ClazarSettings, String>,
 }
 
@@ -109,7 +108,7 @@ pub async fn run(global: &GlobalArgs, args: &DoctorArgs) -> Result<Outcome> {
         client,
         source: SourceSpec::resolve(args.source.as_deref()).map_err(|e| format!("{e:#}")),
         state,
-        ledger: global.ledger.clone(),
+        ledger: global.ledger_file(),
         clazar: args.clazar.resolve().map_err(|e| format!("{e:#}")),
     };
     let mut out = std::io::stdout().lock();
@@ -364,16 +363,16 @@ async fn state_object(s: &Setup) -> Verdict {
 
 async fn ledger_schema(s: &Setup) -> Verdict {
     let known = binary_schema_version();
-    if !s.ledger.exists() {
+    if !s.ledger.path.exists() {
         return Verdict::Ok(format!(
             "no ledger at {} yet; `meterbook sync pull` or `meterbook ingest` creates it",
-            s.ledger.display()
+            s.ledger.path.display()
         ));
     }
-    match Ledger::open_read_only(&s.ledger).and_then(|l| l.schema_version()) {
+    match Ledger::open_for_reading(&s.ledger).and_then(|l| l.schema_version()) {
         Ok(v) => Verdict::Ok(format!(
             "{} is at schema version {v} (this meterbook knows up to {known})",
-            s.ledger.display()
+            s.ledger.path.display()
         )),
         Err(e) => fail(
             format!("{e:#}"),
@@ -392,6 +391,15 @@ async fn lease_state(s: &Setup) -> Verdict {
         Ok(None) => Verdict::Ok("free (never taken)".to_string()),
         Ok(Some(c)) if c.record.is_free(now) => {
             Verdict::Ok(format!("free: {}", c.record.describe(now)))
+        }
+        Ok(Some(c))
+            if lease::HolderProcess::current()
+                .is_some_and(|here| c.record.holder_gone(&crate::sync::host_name(), &here)) =>
+        {
+            Verdict::Ok(format!(
+                "{}; its process on this host is gone, so the next run takes it over at once",
+                c.record.describe(now)
+            ))
         }
         Ok(Some(c)) => Verdict::Warn(format!(
             "{}; a run is in progress, or a host died and the lease will expire",
@@ -438,8 +446,8 @@ async fn formulas(s: &Setup) -> Verdict {
     };
     let mut base: std::collections::BTreeSet<String> =
         BASE_DIMENSIONS.iter().map(|d| d.to_string()).collect();
-    if s.ledger.exists() {
-        if let Ok(ledger) = Ledger::open_read_only(&s.ledger) {
+    if s.ledger.path.exists() {
+        if let Ok(ledger) = Ledger::open_for_reading(&s.ledger) {
             base.extend(ledger.dimensions_in_usage().unwrap_or_default());
         }
     }

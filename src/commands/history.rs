@@ -9,11 +9,7 @@ use crate::ledger::{Ledger, SubmissionFilter};
 use crate::output;
 
 pub fn run(global: &GlobalArgs, args: &HistoryArgs) -> Result<Outcome> {
-    // Bring an older ledger's schema up to date first, then read it read-only.
-    if global.ledger.exists() {
-        Ledger::open(&global.ledger)?;
-    }
-    let ledger = Ledger::open_read_only(&global.ledger)?;
+    let ledger = Ledger::open_for_reading(&global.ledger_file())?;
     let filter = SubmissionFilter {
         contract_id: args.contract.clone(),
         period: args.period.clone(),

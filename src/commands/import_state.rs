@@ -55,7 +55,7 @@ pub async fn run(global: &GlobalArgs, args: &ImportStateArgs) -> Result<Outcome>
         .or_else(|| plan.as_ref().map(ServiceKey::to_string));
     let states = parse_state(&body, flat_key.as_deref())
         .map_err(|why| Fatal::Config(format!("{source}: {why}; nothing was imported")))?;
-    let mut ledger = Ledger::open(&global.ledger)?;
+    let mut ledger = Ledger::open_for_writing(&global.ledger_file())?;
     let counts = ledger.import_predecessor(&source, &states, &args.cloud)?;
     for s in &states {
         let last = match (s.last_processed_month, s.last_processed_hour) {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use crate::cli::{GlobalArgs, IngestArgs};
-use crate::config::SourceSpec;
+use crate::config::{parse_duration, SourceSpec};
 use crate::error::Outcome;
 use crate::ingest::{ingest, IngestOptions};
 use crate::s3::S3Settings;
@@ -22,16 +22,23 @@ pub async fn run(global: &GlobalArgs, args: &IngestArgs) -> Result<Outcome> {
         batch_files: args.batch_files,
         progress: !global.quiet,
         all_months: args.all_months,
+        max_file_bytes: args.limits.max_file_bytes,
+        max_bytes_in_flight: args.limits.max_bytes_in_flight,
+        full_listing_every: parse_duration(&args.limits.full_listing_every)?,
+        start_month: Some(
+            args.start_month
+                .unwrap_or(crate::config::DEFAULT_START_MONTH),
+        ),
     };
     tracing::info!(
         "ingesting {} ({scope}) into {}",
         source.describe(),
         global.ledger.display()
     );
-    let summary = ingest(&global.ledger, &source, &scope, &opts).await?;
+    let summary = ingest(&global.ledger_file(), &source, &scope, &opts).await?;
     if summary.needs_attention() {
         tracing::warn!("{}", summary.line());
-        if summary.problems > 0 {
+        if summary.problems > 0 || summary.path_problems > 0 {
             tracing::warn!("see: meterbook sql \"SELECT * FROM usage_problems\"");
         }
         if summary.unattributed_records > 0 {

@@ -15,7 +15,7 @@ use crate::source::Scope;
 use crate::submit::{compute_resubmissions, plan_resubmissions, send_outbox};
 
 pub async fn run(global: &GlobalArgs, args: &ResubmitArgs) -> Result<Outcome> {
-    let mut ledger = Ledger::open(&global.ledger)?;
+    let mut ledger = Ledger::open_for_writing(&global.ledger_file())?;
     // Periods were complete when first planned; resubmit does not select periods by rules.
     let rules = PeriodRules {
         kind: PeriodKind::Month,

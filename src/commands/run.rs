@@ -44,7 +44,7 @@ async fn cycle(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
         .await
         .context(Step::new(FailureKind::State, "finding the state on S3"))?;
     let duration = Duration::from_secs(args.state.lease_seconds);
-    let taken = lease::acquire(&client, &loc, duration, args.wait_for_lease)
+    let taken = lease::acquire(&client, &loc, duration, args.wait_for_lease, true)
         .await
         .context(Step::new(FailureKind::State, "taking the lease"))?;
     tracing::info!("holding the lease as {}", taken.record().holder);
@@ -71,12 +71,23 @@ async fn steps(
     client: &aws_sdk_s3::Client,
     loc: &StateLocation,
 ) -> Result<Outcome> {
-    let ledger_path = &global.ledger;
-    match state::pull(client, loc, ledger_path, false)
+    let ledger_file = global.ledger_file();
+    let mut pulled = Outcome::Success;
+    match state::pull(client, loc, &ledger_file, false)
         .await
         .context(Step::new(FailureKind::State, "pulling the ledger from S3"))?
     {
         Pulled::Generation { generation, .. } => tracing::info!("pulled generation {generation}"),
+        Pulled::Merged {
+            generation,
+            carried,
+            ..
+        } => {
+            tracing::info!("pulled generation {generation} over this ledger's own changes");
+            if carried.needs_attention() {
+                pulled = Outcome::NeedsAttention;
+            }
+        }
         Pulled::UpToDate { generation } => tracing::info!("ledger is generation {generation}"),
         Pulled::LocalAhead { generation } => tracing::info!(
             "ledger is generation {generation} plus local changes from an unfinished run; keeping them"
@@ -90,14 +101,18 @@ async fn steps(
         concurrency: args.concurrency,
         batch_files: args.batch_files,
         all_months: args.all_months,
+        start_month: args.submit.start_month,
+        limits: args.limits.clone(),
     };
-    let ingested = super::ingest::run(global, &ingest_args)
-        .await
-        .context(Step::new(FailureKind::Export, "ingesting the export"))?;
+    let ingested = pulled.and(
+        super::ingest::run(global, &ingest_args)
+            .await
+            .context(Step::new(FailureKind::Export, "ingesting the export"))?,
+    );
 
     let submit = &args.submit;
     let rules = submit.period_rules()?;
-    let mut ledger = Ledger::open(ledger_path)?;
+    let mut ledger = Ledger::open_for_writing(&ledger_file)?;
     let mut settings = super::submit::settings(
         &ledger,
         rules,
@@ -146,7 +161,7 @@ async fn steps(
     // reconciled by whichever host runs next.
     push(client, loc, global, args).await?;
 
-    let ledger = Mutex::new(Ledger::open(ledger_path)?);
+    let ledger = Mutex::new(Ledger::open_for_writing(&ledger_file)?);
     let sent = send_outbox(&ledger, &clazar, None, submit.clazar.concurrency)
         .await
         .context(Step::new(FailureKind::Clazar, "sending to Clazar"))?;
@@ -171,9 +186,14 @@ async fn push(
     global: &GlobalArgs,
     args: &RunArgs,
 ) -> Result<()> {
-    match state::push(client, loc, &global.ledger, args.state.keep_generations)
-        .await
-        .context(Step::new(FailureKind::State, "pushing the ledger to S3"))?
+    match state::push(
+        client,
+        loc,
+        &global.ledger_file(),
+        args.state.keep_generations,
+    )
+    .await
+    .context(Step::new(FailureKind::State, "pushing the ledger to S3"))?
     {
         Pushed::Generation { generation, .. } => tracing::info!("pushed generation {generation}"),
         Pushed::UpToDate { generation } => {

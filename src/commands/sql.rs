@@ -8,11 +8,7 @@ use crate::ledger::Ledger;
 use crate::output;
 
 pub fn run(global: &GlobalArgs, args: &SqlArgs) -> Result<Outcome> {
-    // Bring an older ledger's schema (and views) up to date first, then query read-only.
-    if global.ledger.exists() {
-        Ledger::open(&global.ledger)?;
-    }
-    let ledger = Ledger::open_read_only(&global.ledger)?;
+    let ledger = Ledger::open_for_reading(&global.ledger_file())?;
     let stdout = std::io::stdout().lock();
     let mut sink = output::sink(args.format, stdout);
     ledger.run_sql(&args.query, sink.as_mut())?;

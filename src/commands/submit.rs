@@ -22,7 +22,7 @@ use crate::submit::{
 
 pub async fn run(global: &GlobalArgs, args: &SubmitArgs) -> Result<Outcome> {
     let rules = args.period_rules()?;
-    let mut ledger = Ledger::open(&global.ledger)?;
+    let mut ledger = Ledger::open_for_writing(&global.ledger_file())?;
     let mut settings = settings(
         &ledger,
         rules,

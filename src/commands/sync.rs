@@ -17,11 +17,13 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
     let client = crate::s3::client(&global.s3.resolve()).await;
     let plan = crate::config::plan_from_env();
     let loc = crate::sync::locate(&client, args.state.state_url.as_deref(), plan.as_ref()).await?;
-    let ledger = &global.ledger;
+    let ledger_file = global.ledger_file();
+    let ledger = &ledger_file.path;
     let keep = args.state.keep_generations;
     let mut out = std::io::stdout().lock();
+    let mut outcome = Outcome::Success;
     match &args.action {
-        SyncAction::Push => match state::push(&client, &loc, ledger, keep).await? {
+        SyncAction::Push => match state::push(&client, &loc, &ledger_file, keep).await? {
             Pushed::Generation {
                 generation,
                 size,
@@ -38,13 +40,43 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
             )?,
         },
         SyncAction::Pull { discard_local } => {
-            match state::pull(&client, &loc, ledger, *discard_local).await? {
+            match state::pull(&client, &loc, &ledger_file, *discard_local).await? {
                 Pulled::Generation { generation, size } => writeln!(
                     out,
                     "pulled generation {generation} from {loc} into {} ({})",
                     ledger.display(),
                     mb(size)
                 )?,
+                Pulled::Merged {
+                    generation,
+                    size,
+                    carried,
+                } => {
+                    outcome = match carried.needs_attention() {
+                        true => Outcome::NeedsAttention,
+                        false => Outcome::Success,
+                    };
+                    let kept = match carried.kept_anything() {
+                        true => format!(
+                            ", keeping {} submissions, {} predecessor imports{} recorded only \
+                             here (push them with `meterbook sync push`)",
+                            carried.submissions,
+                            carried.predecessor_imports,
+                            if carried.cost_tables {
+                                " and the cost tables"
+                            } else {
+                                ""
+                            }
+                        ),
+                        false => String::new(),
+                    };
+                    writeln!(
+                        out,
+                        "pulled generation {generation} from {loc} into {} ({}){kept}",
+                        ledger.display(),
+                        mb(size)
+                    )?
+                }
                 Pulled::UpToDate { generation } => {
                     writeln!(out, "up to date: generation {generation} of {loc}")?
                 }
@@ -64,8 +96,15 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
             generation,
             discard_local,
         } => {
-            let new =
-                state::restore(&client, &loc, ledger, *generation, keep, *discard_local).await?;
+            let new = state::restore(
+                &client,
+                &loc,
+                &ledger_file,
+                *generation,
+                keep,
+                *discard_local,
+            )
+            .await?;
             writeln!(
                 out,
                 "restored generation {generation} of {loc} as generation {new}, and pulled it into {}",
@@ -76,14 +115,14 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
             &mut out,
             &loc,
             ledger,
-            &state::status(&client, &loc, ledger).await?,
+            &state::status(&client, &loc, &ledger_file).await?,
         )?,
         SyncAction::Lease(action) => {
             let duration = Duration::from_secs(args.state.lease_seconds);
             lease_action(&mut out, &client, &loc, action, duration).await?
         }
     }
-    Ok(Outcome::Success)
+    Ok(outcome)
 }
 
 fn mb(bytes: u64) -> String {
@@ -162,7 +201,7 @@ async fn lease_action(
 ) -> Result<()> {
     match action {
         LeaseAction::Acquire { wait, hold } => {
-            let taken = lease::acquire(client, loc, duration, *wait).await?;
+            let taken = lease::acquire(client, loc, duration, *wait, hold.is_some()).await?;
             let record = taken.record().clone();
             writeln!(
                 out,

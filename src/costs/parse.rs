@@ -2,7 +2,7 @@
 //! problem that names its line and reason. Tag columns (`user:*`, `aws:*`) vary per account and
 //! month; every non-empty one is kept.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
 
 use chrono::NaiveDateTime;
@@ -132,21 +132,97 @@ impl Columns {
     }
 }
 
+/// The longest row read: the csv crate holds a whole row in memory, so a row without an end (a
+/// line of gigabytes, an unclosed quote) must stop the file instead.
+pub const MAX_ROW_BYTES: u64 = 1 << 20;
+
+/// Bytes the csv reader asks for at once.
+const READ_BUFFER: usize = 1 << 16;
+
+/// The input of the csv reader, cut off past `max_bytes` in all or [`MAX_ROW_BYTES`] since the
+/// start of the current row, with an I/O error that says so. It also numbers lines: the csv
+/// crate's own line numbers skip blank lines, so a problem would name the wrong line.
+struct Bounded<R> {
+    inner: R,
+    read: u64,
+    /// Where the row being read starts, as the csv reader last reported it.
+    row_start: u64,
+    max_bytes: u64,
+    /// Offsets of the newlines read but not yet passed by a row, how many were passed, and
+    /// where the last one passed is.
+    newlines: VecDeque<u64>,
+    lines_passed: u64,
+    last_passed: Option<u64>,
+}
+
+impl<R> Bounded<R> {
+    /// The 1-based line of the byte at `offset`; offsets asked for never go back.
+    fn line_of(&mut self, offset: u64) -> u64 {
+        while self.newlines.front().is_some_and(|&n| n < offset) {
+            self.last_passed = self.newlines.pop_front();
+            self.lines_passed += 1;
+        }
+        self.lines_passed + 1
+    }
+
+    /// The first line of a row that ends at `end` (where the next row starts) and holds
+    /// `newlines_inside` newlines in its quoted fields. Counted back from its end, since where
+    /// the csv crate says a row starts includes blank lines before it.
+    fn first_line_of_row(&mut self, end: u64, newlines_inside: u64) -> u64 {
+        let before_end = self.line_of(end) - 1;
+        let terminated = self.last_passed == end.checked_sub(1);
+        before_end + 1 - newlines_inside - u64::from(terminated && before_end > 0)
+    }
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let start = self.read;
+        self.read += n as u64;
+        if self.read > self.max_bytes {
+            return Err(std::io::Error::other(format!(
+                "the CSV is larger than {} bytes (--max-csv-bytes); the file is not read",
+                self.max_bytes
+            )));
+        }
+        if self.read - self.row_start > MAX_ROW_BYTES + READ_BUFFER as u64 {
+            return Err(std::io::Error::other(format!(
+                "a row is longer than {MAX_ROW_BYTES} bytes (a line without its end?); the file \
+                 is not read"
+            )));
+        }
+        let found = buf[..n].iter().enumerate().filter(|(_, b)| **b == b'\n');
+        self.newlines.extend(found.map(|(i, _)| start + i as u64));
+        Ok(n)
+    }
+}
+
 /// The rows of one billing CSV, read as a stream. An `Err` item is an I/O error (a damaged or
-/// truncated archive) after which the rest of the file cannot be trusted.
+/// truncated archive, a row or a file over its limit) after which the rest of the file cannot
+/// be trusted.
 pub struct BillingRows<R: Read> {
-    reader: csv::Reader<R>,
+    reader: csv::Reader<Bounded<R>>,
     columns: Columns,
     record: csv::StringRecord,
 }
 
 impl<R: Read> BillingRows<R> {
-    /// Reads the header. `Err` says why the file cannot be read at all.
-    pub fn new(input: R, user_tags: &[String]) -> Result<BillingRows<R>, String> {
+    /// Reads the header; at most `max_bytes` of CSV are read. `Err` says why the file cannot be
+    /// read at all.
+    pub fn new(input: R, user_tags: &[String], max_bytes: u64) -> Result<BillingRows<R>, String> {
         let mut reader = csv::ReaderBuilder::new()
             .flexible(true)
-            .buffer_capacity(1 << 16)
-            .from_reader(input);
+            .buffer_capacity(READ_BUFFER)
+            .from_reader(Bounded {
+                inner: input,
+                read: 0,
+                row_start: 0,
+                max_bytes,
+                newlines: VecDeque::new(),
+                lines_passed: 0,
+                last_passed: None,
+            });
         let header = reader
             .headers()
             .map_err(|e| format!("reading the header row: {e}"))?
@@ -154,11 +230,17 @@ impl<R: Read> BillingRows<R> {
         if header.iter().all(|h| h.trim().is_empty()) {
             return Err("the CSV is empty".into());
         }
+        reader.get_mut().row_start = reader.position().byte();
         Ok(BillingRows {
             columns: Columns::from_header(&header, user_tags)?,
             reader,
             record: csv::StringRecord::new(),
         })
+    }
+
+    fn line_of(&mut self, position: Option<&csv::Position>) -> u64 {
+        let offset = position.map_or(self.reader.position().byte(), |p| p.byte());
+        self.reader.get_mut().line_of(offset)
     }
 }
 
@@ -166,19 +248,25 @@ impl<R: Read> Iterator for BillingRows<R> {
     type Item = Result<Parsed, String>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self.reader.read_record(&mut self.record) {
+        let read = self.reader.read_record(&mut self.record);
+        let next_row = self.reader.position().byte();
+        self.reader.get_mut().row_start = next_row;
+        match read {
             Ok(false) => None,
             Ok(true) => {
-                let line = self.record.position().map_or(0, |p| p.line());
+                let inside = self
+                    .record
+                    .iter()
+                    .map(|f| f.bytes().filter(|b| *b == b'\n').count() as u64)
+                    .sum();
+                let line = self.reader.get_mut().first_line_of_row(next_row, inside);
                 Some(Ok(parse_record(&self.columns, &self.record, line)
                     .unwrap_or_else(|reason| {
                         Parsed::Problem(RowProblem { line, reason })
                     })))
             }
             Err(e) => {
-                let line = e
-                    .position()
-                    .map_or(self.reader.position().line(), |p| p.line());
+                let line = self.line_of(e.position());
                 Some(if e.is_io_error() {
                     Err(format!("reading stopped near line {line}: {e}"))
                 } else {
@@ -290,7 +378,7 @@ mod tests {
 
     fn rows(body: &str) -> Vec<Parsed> {
         let tags: Vec<String> = DEFAULT_USER_TAGS.iter().map(|s| s.to_string()).collect();
-        BillingRows::new(format!("{HEADER}\n{body}").as_bytes(), &tags)
+        BillingRows::new(format!("{HEADER}\n{body}").as_bytes(), &tags, u64::MAX)
             .unwrap()
             .map(Result::unwrap)
             .collect()
@@ -364,7 +452,95 @@ mod tests {
 
     #[test]
     fn a_header_without_costs_is_refused() {
-        let err = BillingRows::new("RecordType,Foo\nLineItem,1\n".as_bytes(), &[]).err();
+        let err = BillingRows::new("RecordType,Foo\nLineItem,1\n".as_bytes(), &[], u64::MAX).err();
         assert_eq!(err.as_deref(), Some("the header has no BlendedCost column"));
+    }
+
+    #[test]
+    fn a_row_without_an_end_stops_the_file_with_memory_bounded() {
+        // 64 MiB of one line: read in 64 KiB pieces, stopped after about a MiB.
+        let endless = std::io::repeat(b'0').take(64 << 20);
+        let head = format!("{HEADER}\n").into_bytes();
+        let tags: Vec<String> = Vec::new();
+        let mut rows = BillingRows::new(head.chain(endless), &tags, u64::MAX).unwrap();
+        let err = rows.next().unwrap().unwrap_err();
+        assert!(err.contains("longer than 1048576 bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_csv_over_its_size_limit_stops() {
+        let body = format!("{HEADER}\n{}", "1,2\n".repeat(100_000));
+        let tags: Vec<String> = Vec::new();
+        let rows = BillingRows::new(body.as_bytes(), &tags, 100_000).unwrap();
+        let last = rows.last().unwrap();
+        assert!(last.unwrap_err().contains("larger than 100000 bytes"));
+    }
+}
+
+/// Property tests: whatever the rows, reading ends, and every line of the CSV is one line item,
+/// total row or problem.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const HEADER: &str = "InvoiceID,LinkedAccountId,RecordType,ProductName,UsageStartDate,UsageEndDate,UsageQuantity,BlendedCost,UnBlendedCost,ResourceId,user:Owner";
+
+    fn cell() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            Just("LineItem".to_string()),
+            Just("InvoiceTotal".to_string()),
+            Just("Rounding".to_string()),
+            Just("2025-06-01 00:00:00".to_string()),
+            Just("2025-06-31 25:00:00".to_string()),
+            Just("1e400".to_string()),
+            Just("NaN".to_string()),
+            "-?[0-9]{0,12}(\\.[0-9]{0,12})?(e-?[0-9]{1,3})?",
+            "[a-zA-Z :_-]{0,16}",
+        ]
+    }
+
+    fn row() -> impl Strategy<Value = String> {
+        proptest::collection::vec(cell(), 1..14).prop_map(|cells| cells.join(","))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn every_line_ends_as_an_item_a_total_or_a_problem(rows in proptest::collection::vec(row(), 0..40)) {
+            let body = format!("{HEADER}\n{}\n", rows.join("\n"));
+            let tags = vec!["user:Owner".to_string()];
+            let parsed: Vec<Parsed> = BillingRows::new(body.as_bytes(), &tags, u64::MAX)
+                .unwrap()
+                .map(|r| r.expect("no I/O error from memory"))
+                .collect();
+            // A line of one empty cell is a blank line, which CSV skips.
+            let expected: Vec<u64> = rows
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| !r.is_empty())
+                .map(|(i, _)| i as u64 + 2)
+                .collect();
+            let lines: Vec<u64> = parsed
+                .iter()
+                .map(|p| match p {
+                    Parsed::Item(i) => i.line,
+                    Parsed::Total(t) => t.line,
+                    Parsed::Problem(p) => p.line,
+                })
+                .collect();
+            prop_assert_eq!(lines, expected);
+        }
+
+        #[test]
+        fn any_bytes_end_without_a_panic_and_bounded(body in proptest::collection::vec(any::<u8>(), 0..600), limit in 1u64..800) {
+            if let Ok(rows) = BillingRows::new(&body[..], &[], limit) {
+                let newlines = body.iter().filter(|b| **b == b'\n' || **b == b'\r').count();
+                prop_assert!(rows.count() <= newlines + 2);
+            }
+        }
     }
 }

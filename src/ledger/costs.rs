@@ -7,11 +7,12 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use rusqlite::{params, OptionalExtension, Transaction};
 
-use super::usage::format_mtime;
+use super::usage::{format_mtime, more_problems_reason};
 use super::{KnownFile, Ledger};
 use crate::costs::grants::Grant;
 use crate::costs::parse::Parsed;
 use crate::period::format_utc;
+use crate::source::parse::PROBLEMS_KEPT_PER_FILE;
 
 /// One version of a billing file, as listed.
 #[derive(Debug, Clone)]
@@ -216,7 +217,9 @@ impl Ledger {
                         stored.totals += 1;
                     }
                     Ok(Parsed::Problem(p)) => {
-                        problem.execute(params![file_id, p.line, p.reason, now])?;
+                        if stored.problems < PROBLEMS_KEPT_PER_FILE as u64 {
+                            problem.execute(params![file_id, p.line, p.reason, now])?;
+                        }
                         stored.problems += 1;
                     }
                     Err(reason) => {
@@ -226,6 +229,15 @@ impl Ledger {
                         return Ok(StoredCostFile::rejected());
                     }
                 }
+            }
+        }
+        if let Some(more) = stored.problems.checked_sub(PROBLEMS_KEPT_PER_FILE as u64) {
+            if more > 0 {
+                tx.execute(
+                    "INSERT INTO cost_ingest_problems (file_id, line, reason, detected_at)
+                     VALUES (?1, NULL, ?2, ?3)",
+                    params![file_id, more_problems_reason(more), now],
+                )?;
             }
         }
         let status = if stored.problems == 0 {

@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
+use super::merge::cost_tables_fingerprint;
 use super::{applied_schema_version, binary_schema_version, Ledger};
 
 /// Why a snapshot file cannot be used.
@@ -77,8 +78,16 @@ pub fn checkpoint(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Checks a snapshot file and returns its schema version.
-pub fn check_snapshot(path: &Path) -> std::result::Result<i64, SnapshotProblem> {
+/// What a checked snapshot holds, beyond its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFacts {
+    pub schema_version: i64,
+    /// The fingerprint of its cost tables (see [`super::carry_over`]).
+    pub cost_tables: String,
+}
+
+/// Checks a snapshot file and says what it holds.
+pub fn check_snapshot(path: &Path) -> std::result::Result<SnapshotFacts, SnapshotProblem> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| SnapshotProblem::NotSqlite(e.to_string()))?;
     let mut stmt = conn
@@ -98,5 +107,9 @@ pub fn check_snapshot(path: &Path) -> std::result::Result<i64, SnapshotProblem> 
     if found > known {
         return Err(SnapshotProblem::NewerSchema { found, known });
     }
-    Ok(found)
+    Ok(SnapshotFacts {
+        schema_version: found,
+        cost_tables: cost_tables_fingerprint(&conn, "main")
+            .map_err(|e| SnapshotProblem::NotSqlite(format!("{e:#}")))?,
+    })
 }

@@ -6,13 +6,15 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
 use chrono::Utc;
-use rusqlite::{params, params_from_iter, Transaction};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{params, params_from_iter, ToSql, Transaction};
 
 use super::{Ledger, QueryResult};
-use crate::dimensions::BaseUsage;
+use crate::dimensions::{BaseUsage, DimensionSum};
 use crate::error::Fatal;
 use crate::period::format_utc;
 use crate::plan::{Period, PeriodKind};
+use crate::source::parse::Quantity;
 
 /// Line statuses that hold a (service key, contract, dimension, period): accepted or in flight.
 pub const HOLDING_STATUSES: [&str; 6] = [
@@ -158,6 +160,26 @@ fn f64_of(v: rusqlite::types::ValueRef<'_>) -> f64 {
     }
 }
 
+/// A usage value is stored as the SQL type it has: integers stay exact integers.
+impl ToSql for Quantity {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match *self {
+            Quantity::Int(i) => ToSqlOutput::from(i),
+            Quantity::Real(x) => ToSqlOutput::from(x),
+        })
+    }
+}
+
+impl FromSql for Quantity {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        match value {
+            ValueRef::Integer(i) => Ok(Quantity::Int(i)),
+            ValueRef::Real(x) => Ok(Quantity::Real(x)),
+            _ => Err(FromSqlError::InvalidType),
+        }
+    }
+}
+
 impl Ledger {
     pub fn begin_submission_run(
         &self,
@@ -225,7 +247,7 @@ impl Ledger {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Every contract's base usage in a period: dimension -> (value, priced amount).
+    /// Every contract's base usage in a period: dimension -> sums of value and priced amount.
     pub fn usage_by_contract(
         &self,
         service_key: &str,
@@ -247,13 +269,17 @@ impl Ledger {
         while let Some(r) = rows.next()? {
             let contract: String = r.get(0)?;
             let dimension: String = r.get(1)?;
-            let value = f64_of(r.get_ref(2)?);
-            let amount = f64_of(r.get_ref(3)?);
+            // The sum keeps its SQL type: an int when every value is one (formulas see a Python
+            // int), else a float.
+            let sum = DimensionSum {
+                value: r.get(2)?,
+                amount: r.get(3)?,
+            };
             match out.last_mut() {
                 Some((c, usage)) if *c == contract => {
-                    usage.insert(dimension, (value, amount));
+                    usage.insert(dimension, sum);
                 }
-                _ => out.push((contract, BaseUsage::from([(dimension, (value, amount))]))),
+                _ => out.push((contract, BaseUsage::from([(dimension, sum)]))),
             }
         }
         Ok(out)
@@ -585,8 +611,8 @@ fn insert_submission(tx: &Transaction<'_>, run_id: i64, s: &NewSubmission) -> Re
     let mut input = tx.prepare_cached(
         "INSERT INTO submission_inputs (submission_id, dimension, value, amount) VALUES (?1, ?2, ?3, ?4)",
     )?;
-    for (dimension, (value, amount)) in &s.inputs {
-        input.execute(params![id, dimension, value, amount])?;
+    for (dimension, sum) in &s.inputs {
+        input.execute(params![id, dimension, sum.value, sum.amount])?;
     }
     Ok(id)
 }

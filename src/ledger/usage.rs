@@ -1,5 +1,7 @@
 //! Usage files and records: storing a batch of file versions, replacing rewritten files while
-//! keeping their history, and the lookups that let ingest skip what it already has.
+//! keeping their history, and the lookups that let ingest skip what it already has. Storing
+//! keeps every hour's total per contract and dimension at most [`MAX_VALUE`] (see
+//! [`HourTotals`]), so that no sum the views or `submit` take can overflow.
 
 use std::collections::HashMap;
 
@@ -9,7 +11,8 @@ use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::Ledger;
 use crate::period::{format_utc, parse_timestamp, Month};
-use crate::source::parse::{Problem, Quantity, UsageRecord};
+use crate::source::parse::{Problem, UsageRecord, MAX_VALUE, PROBLEMS_KEPT_PER_FILE};
+use crate::source::PathProblems;
 
 /// One version of one usage file, as read and parsed, ready to be stored.
 #[derive(Debug, Clone)]
@@ -29,17 +32,10 @@ pub struct FileVersion {
     pub size: u64,
     pub last_modified: Option<DateTime<Utc>>,
     pub records: Vec<UsageRecord>,
+    /// The first problems found (at most [`PROBLEMS_KEPT_PER_FILE`]).
     pub problems: Vec<Problem>,
-}
-
-impl FileVersion {
-    fn status(&self) -> &'static str {
-        match (self.problems.is_empty(), self.records.is_empty()) {
-            (true, _) => "ok",
-            (false, true) => "rejected",
-            (false, false) => "partial",
-        }
-    }
+    /// Problems found beyond those kept.
+    pub more_problems: u64,
 }
 
 /// What storing a file version did.
@@ -50,6 +46,159 @@ pub enum StoreOutcome {
     Replaced,
     /// Same content as stored; only its metadata (ETag, modification time) was refreshed.
     Unchanged,
+}
+
+/// What was stored of one file version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub outcome: StoreOutcome,
+    pub records: u64,
+    /// Problems of the file, counted whether kept as rows or not.
+    pub problems: u64,
+    /// Records stored without a contract id.
+    pub unattributed: u64,
+    /// Records refused because their hour's total would pass [`MAX_VALUE`] (they are problems).
+    pub refused: Vec<Problem>,
+}
+
+/// Stored totals of usage hours touched by this run: per `(service key, hour)`, the total value
+/// per contract (or none) and dimension. A record whose group would pass [`MAX_VALUE`] is refused.
+/// An hour is loaded with one query of its stored records the first time it is touched (a new
+/// hour has none, so ingesting a new month reads nothing back); the least recently used hours are
+/// dropped beyond [`MAX_CACHED_TOTALS`] groups, and loaded again when touched again.
+#[derive(Debug, Default)]
+pub struct HourTotals {
+    hours: HashMap<(String, String), CachedHour>,
+    groups: usize,
+    tick: u64,
+}
+
+#[derive(Debug)]
+struct CachedHour {
+    used: u64,
+    /// Per contract (or none), per dimension; looked up without building a key per record.
+    totals: HashMap<Option<String>, HashMap<String, f64>>,
+    groups: usize,
+}
+
+/// Groups kept in [`HourTotals`] at most: a few megabytes.
+const MAX_CACHED_TOTALS: usize = 100_000;
+
+impl HourTotals {
+    /// Forgets an hour whose stored records changed other than through [`HourTotals::admit`].
+    fn forget(&mut self, service_key: &str, hour: &str) {
+        if let Some(h) = self
+            .hours
+            .remove(&(service_key.to_string(), hour.to_string()))
+        {
+            self.groups -= h.groups;
+        }
+    }
+
+    /// Splits `records` into those that keep every group of the hour within [`MAX_VALUE`] (the
+    /// totals now count them) and problems for the others, in file order.
+    fn admit<'r>(
+        &mut self,
+        tx: &Transaction,
+        service_key: &str,
+        hour: &str,
+        records: &'r [UsageRecord],
+    ) -> Result<(Vec<&'r UsageRecord>, Vec<Problem>)> {
+        if records.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        self.tick += 1;
+        let key = (service_key.to_string(), hour.to_string());
+        let cached = match self.hours.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let loaded = load_hour_totals(tx, service_key, hour)?;
+                self.groups += loaded.groups;
+                e.insert(loaded)
+            }
+        };
+        cached.used = self.tick;
+        let mut admitted = Vec::with_capacity(records.len());
+        let mut refused = Vec::new();
+        for r in records {
+            let dimensions = match cached.totals.get_mut(&r.contract_id) {
+                Some(d) => d,
+                None => cached.totals.entry(r.contract_id.clone()).or_default(),
+            };
+            let total = dimensions.get(r.dimension.as_str()).copied().unwrap_or(0.0);
+            let after = total + r.value.as_f64();
+            if after > MAX_VALUE as f64 {
+                refused.push(Problem {
+                    record_index: Some(r.record_index),
+                    reason: format!(
+                        "value {} of contract {} dimension {} would bring the hour's total to \
+                         {after:.0}, above the largest total taken, 2^52 = {MAX_VALUE}; not stored",
+                        r.value,
+                        r.contract_id.as_deref().unwrap_or("(none)"),
+                        r.dimension
+                    ),
+                    record_kept: false,
+                });
+                continue;
+            }
+            match dimensions.get_mut(r.dimension.as_str()) {
+                Some(t) => *t = after,
+                None => {
+                    dimensions.insert(r.dimension.clone(), after);
+                    cached.groups += 1;
+                    self.groups += 1;
+                }
+            }
+            admitted.push(r);
+        }
+        self.evict();
+        Ok((admitted, refused))
+    }
+
+    /// Drops the least recently used hours until at most half the budget is used.
+    fn evict(&mut self) {
+        if self.groups <= MAX_CACHED_TOTALS {
+            return;
+        }
+        let mut by_use: Vec<((String, String), u64)> = self
+            .hours
+            .iter()
+            .map(|(k, h)| (k.clone(), h.used))
+            .collect();
+        by_use.sort_unstable_by_key(|(_, used)| *used);
+        for (key, _) in by_use {
+            if self.groups <= MAX_CACHED_TOTALS / 2 {
+                break;
+            }
+            if let Some(h) = self.hours.remove(&key) {
+                self.groups -= h.groups;
+            }
+        }
+    }
+}
+
+/// One hour's stored totals per contract and dimension. `TOTAL` (a double) rather than `SUM`,
+/// which would fail on a ledger holding records from before the bound.
+fn load_hour_totals(tx: &Transaction, service_key: &str, hour: &str) -> Result<CachedHour> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT contract_id, dimension, TOTAL(value) FROM usage_records
+         WHERE service_key = ?1 AND hour = ?2 GROUP BY contract_id, dimension",
+    )?;
+    let mut rows = stmt.query([service_key, hour])?;
+    let mut hour = CachedHour {
+        used: 0,
+        totals: HashMap::new(),
+        groups: 0,
+    };
+    while let Some(r) = rows.next()? {
+        let contract: Option<String> = r.get(0)?;
+        hour.totals
+            .entry(contract)
+            .or_default()
+            .insert(r.get(1)?, r.get(2)?);
+        hour.groups += 1;
+    }
+    Ok(hour)
 }
 
 /// What the ledger knows of a key, for deciding whether to read it again.
@@ -96,6 +245,7 @@ pub struct RunCounts {
     pub files_new: u64,
     pub files_replaced: u64,
     pub files_unchanged: u64,
+    pub files_too_large: u64,
     pub records: u64,
     pub problems: u64,
 }
@@ -156,24 +306,92 @@ impl Ledger {
     }
 
     /// Has an ingest of `source` failed to finish cleanly (killed or stopped on an error, so
-    /// `finished_at` is NULL, or with files left unread) since the last clean run with scope
-    /// `complete_scope`, i.e. one that listed every service key and month?
+    /// `finished_at` is NULL, or with files left unread) since the last clean run with one of the
+    /// `complete_scopes`, i.e. one that listed every month of the service keys in question?
     pub fn unsettled_run_since_complete_listing(
         &self,
         source: &str,
-        complete_scope: &str,
+        complete_scopes: &[String; 2],
     ) -> Result<bool> {
         Ok(self.conn.query_row(
             "WITH runs AS (
                  SELECT id, scope, finished_at IS NOT NULL
-                     AND files_seen = files_new + files_replaced + files_unchanged AS clean
+                     AND files_seen = files_new + files_replaced + files_unchanged
+                         + files_too_large AS clean
                  FROM ingest_runs WHERE source = ?1)
              SELECT EXISTS (
                  SELECT 1 FROM runs WHERE NOT clean AND id > COALESCE(
-                     (SELECT MAX(id) FROM runs WHERE clean AND scope = ?2), 0))",
-            params![source, complete_scope],
+                     (SELECT MAX(id) FROM runs WHERE clean AND scope IN (?2, ?3)), 0))",
+            params![source, complete_scopes[0], complete_scopes[1]],
             |r| r.get(0),
         )?)
+    }
+
+    /// Did a clean run with one of the `complete_scopes` start at or after `since`?
+    pub fn complete_listing_since(
+        &self,
+        source: &str,
+        complete_scopes: &[String; 2],
+        since: DateTime<Utc>,
+    ) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM ingest_runs
+                 WHERE source = ?1 AND scope IN (?2, ?3) AND started_at >= ?4
+                   AND finished_at IS NOT NULL
+                   AND files_seen = files_new + files_replaced + files_unchanged + files_too_large)",
+            params![
+                source,
+                complete_scopes[0],
+                complete_scopes[1],
+                format_utc(since)
+            ],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Per service key, the months not yet fully submitted: months with attributed usage where
+    /// some contract has an hour covered by no delivered or imported line (of the month, or of
+    /// that hour), or with a line that needs an operator (`submission_failures`). Months before
+    /// `start_month` and months the predecessor was responsible for are never submitted by
+    /// meterbook, so they never count. Reads every attributed record once.
+    pub fn unsettled_months(
+        &self,
+        start_month: Option<Month>,
+    ) -> Result<HashMap<String, std::collections::BTreeSet<Month>>> {
+        let mut stmt = self.conn.prepare(
+            "WITH used AS (
+                 SELECT service_key, hour, substr(hour, 1, 7) AS month, contract_id
+                 FROM usage_records WHERE contract_id IS NOT NULL
+                 GROUP BY service_key, hour, contract_id),
+             months AS (
+                 SELECT service_key, month FROM used u
+                 WHERE NOT EXISTS (
+                     SELECT 1 FROM submission_lines l
+                     WHERE l.service_key = u.service_key AND l.contract_id = u.contract_id
+                       AND l.status IN ('accepted', 'duplicate', 'imported')
+                       AND ((l.period_kind = 'month' AND l.period = u.month)
+                            OR (l.period_kind = 'hour' AND l.period = u.hour)))
+                 UNION
+                 SELECT service_key, substr(period, 1, 7) FROM submission_failures)
+             SELECT DISTINCT m.service_key, m.month FROM months m
+             WHERE m.month >= ?1
+               AND NOT EXISTS (
+                   SELECT 1 FROM predecessor_coverage p
+                   WHERE p.service_key = m.service_key
+                     AND p.processed_through >= strftime('%Y-%m-%dT%H:%M:%SZ', m.month || '-01', '+1 month'))",
+        )?;
+        let from = start_month.map_or_else(String::new, |m| m.to_string());
+        let rows = stmt.query_map([from], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out: HashMap<String, std::collections::BTreeSet<Month>> = HashMap::new();
+        for row in rows {
+            let (key, month) = row?;
+            if let Ok(month) = month.parse() {
+                out.entry(key).or_default().insert(month);
+            }
+        }
+        Ok(out)
     }
 
     pub fn begin_ingest_run(&self, source: &str, scope: &str) -> Result<i64> {
@@ -188,7 +406,8 @@ impl Ledger {
     pub fn finish_ingest_run(&self, run_id: i64, finished: bool, c: &RunCounts) -> Result<()> {
         self.conn.execute(
             "UPDATE ingest_runs SET finished_at = ?2, files_seen = ?3, files_new = ?4,
-                 files_replaced = ?5, files_unchanged = ?6, records = ?7, problems = ?8
+                 files_replaced = ?5, files_unchanged = ?6, records = ?7, problems = ?8,
+                 files_too_large = ?9
              WHERE id = ?1",
             params![
                 run_id,
@@ -198,29 +417,91 @@ impl Ledger {
                 c.files_replaced,
                 c.files_unchanged,
                 c.records,
-                c.problems
+                c.problems,
+                c.files_too_large
             ],
         )?;
         Ok(())
     }
 
-    /// Stores a batch of file versions in one transaction: each file's records go in all
-    /// together or not at all.
-    pub fn store_files(&mut self, files: &[FileVersion]) -> Result<Vec<StoreOutcome>> {
+    /// Records the path problems a run found (one row per source and path, updated when seen
+    /// again). `settles`: the run listed the whole source and finished, so the problems it did
+    /// not find again are gone.
+    pub fn record_source_problems(
+        &mut self,
+        run_id: i64,
+        source: &str,
+        problems: &PathProblems,
+        settles: bool,
+    ) -> Result<()> {
         let now = format_utc(Utc::now());
         let tx = self.conn.transaction()?;
-        let mut outcomes = Vec::with_capacity(files.len());
-        for file in files {
-            let outcome =
-                store_file(&tx, file, &now).with_context(|| format!("storing {}", file.key))?;
-            outcomes.push(outcome);
+        {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO source_problems (source, path, reason, run_id, first_seen_at, last_seen_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+                 ON CONFLICT (source, path) DO UPDATE SET reason = excluded.reason,
+                     run_id = excluded.run_id, last_seen_at = excluded.last_seen_at",
+            )?;
+            for p in &problems.kept {
+                upsert.execute(params![source, p.path, p.reason, run_id, now])?;
+            }
+            if problems.more > 0 {
+                let path = "(more paths)";
+                let reason = format!(
+                    "... and {} more paths with problems: only the first {PROBLEMS_KEPT_PER_FILE} \
+                     of a run are recorded",
+                    problems.more
+                );
+                upsert.execute(params![source, path, reason, run_id, now])?;
+            }
         }
-        tx.commit().context("committing ingested files")?;
-        Ok(outcomes)
+        if settles {
+            tx.execute(
+                "DELETE FROM source_problems WHERE source = ?1 AND run_id < ?2",
+                params![source, run_id],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores a batch of file versions in one transaction: each file's records go in all
+    /// together or not at all, except records refused by the hour's bound (see [`HourTotals`]).
+    /// `totals` carries the hours' totals from batch to batch of one run.
+    pub fn store_files(
+        &mut self,
+        files: &[FileVersion],
+        totals: &mut HourTotals,
+    ) -> Result<Vec<Stored>> {
+        let now = format_utc(Utc::now());
+        let tx = self.conn.transaction()?;
+        let path_problems: bool =
+            tx.query_row("SELECT EXISTS (SELECT 1 FROM source_problems)", [], |r| {
+                r.get(0)
+            })?;
+        let mut stored = Vec::with_capacity(files.len());
+        for file in files {
+            let s = store_file(&tx, file, &now, totals, path_problems)
+                .with_context(|| format!("storing {}", file.key))?;
+            stored.push(s);
+        }
+        if let Err(e) = tx.commit() {
+            // Totals of uncommitted records must not outlive them.
+            *totals = HourTotals::default();
+            return Err(e).context("committing ingested files");
+        }
+        Ok(stored)
     }
 }
 
-fn store_file(tx: &Transaction, f: &FileVersion, now: &str) -> Result<StoreOutcome> {
+fn store_file(
+    tx: &Transaction,
+    f: &FileVersion,
+    now: &str,
+    totals: &mut HourTotals,
+    path_problems: bool,
+) -> Result<Stored> {
     let existing: Option<(i64, String, StoredPeriod)> = tx
         .prepare_cached(
             "SELECT id, fingerprint, service_key, hour FROM usage_files WHERE key = ?1",
@@ -231,9 +512,9 @@ fn store_file(tx: &Transaction, f: &FileVersion, now: &str) -> Result<StoreOutco
         .optional()?;
     let hour = f.hour.map(format_utc);
     let last_modified = f.last_modified.map(format_mtime);
-    let (file_id, outcome) = match existing {
+    match &existing {
         Some((id, stored, _))
-            if stored == f.fingerprint || Some(&stored) == f.legacy_fingerprint.as_ref() =>
+            if *stored == f.fingerprint || Some(stored) == f.legacy_fingerprint.as_ref() =>
         {
             tx.prepare_cached(
                 "UPDATE usage_files SET etag = ?2, last_modified = ?3, size = ?4, source = ?5,
@@ -248,10 +529,39 @@ fn store_file(tx: &Transaction, f: &FileVersion, now: &str) -> Result<StoreOutco
                 f.source,
                 f.fingerprint
             ])?;
-            return Ok(StoreOutcome::Unchanged);
+            return Ok(Stored {
+                outcome: StoreOutcome::Unchanged,
+                records: 0,
+                problems: 0,
+                unattributed: 0,
+                refused: Vec::new(),
+            });
         }
-        Some((id, _, period)) => {
-            keep_replaced_version(tx, id, &period, now)?;
+        _ => {}
+    }
+    if let Some((id, _, period)) = &existing {
+        keep_replaced_version(tx, *id, period, now)?;
+        if let (Some(service_key), Some(hour)) = period {
+            totals.forget(service_key, hour);
+        }
+    }
+    // A path problem of an earlier run (unreadable, too large) is over now that it is stored.
+    if path_problems {
+        tx.prepare_cached("DELETE FROM source_problems WHERE source = ?1 AND path = ?2")?
+            .execute(params![f.source, f.key])?;
+    }
+    let (records, refused) = match (&f.service_key, &hour) {
+        (Some(service_key), Some(hour)) => totals.admit(tx, service_key, hour, &f.records)?,
+        _ => (Vec::new(), Vec::new()),
+    };
+    let problem_count = f.problems.len() as u64 + f.more_problems + refused.len() as u64;
+    let status = match (problem_count, records.is_empty()) {
+        (0, _) => "ok",
+        (_, true) => "rejected",
+        (_, false) => "partial",
+    };
+    let (file_id, outcome) = match existing {
+        Some((id, _, _)) => {
             tx.prepare_cached(
                 "UPDATE usage_files SET source = ?2, service_key = ?3, hour = ?4, fingerprint = ?5,
                      etag = ?6, size = ?7, last_modified = ?8, ingested_at = ?9,
@@ -268,9 +578,9 @@ fn store_file(tx: &Transaction, f: &FileVersion, now: &str) -> Result<StoreOutco
                 f.size,
                 last_modified,
                 now,
-                f.records.len(),
-                f.problems.len(),
-                f.status()
+                records.len(),
+                problem_count,
+                status
             ])?;
             (id, StoreOutcome::Replaced)
         }
@@ -290,9 +600,9 @@ fn store_file(tx: &Transaction, f: &FileVersion, now: &str) -> Result<StoreOutco
                 f.size,
                 last_modified,
                 now,
-                f.records.len(),
-                f.problems.len(),
-                f.status()
+                records.len(),
+                problem_count,
+                status
             ])?;
             (tx.last_insert_rowid(), StoreOutcome::New)
         }
@@ -304,11 +614,7 @@ fn store_file(tx: &Transaction, f: &FileVersion, now: &str) -> Result<StoreOutco
                  pod_name, host_name, instance_type, timestamp)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )?;
-        for r in &f.records {
-            let value: rusqlite::types::Value = match r.value {
-                Quantity::Int(i) => i.into(),
-                Quantity::Real(x) => x.into(),
-            };
+        for r in &records {
             insert.execute(params![
                 file_id,
                 r.record_index,
@@ -316,7 +622,7 @@ fn store_file(tx: &Transaction, f: &FileVersion, now: &str) -> Result<StoreOutco
                 hour,
                 r.contract_id,
                 r.dimension,
-                value,
+                r.value,
                 r.price_per_unit,
                 r.subscription_id,
                 r.customer_id,
@@ -332,7 +638,12 @@ fn store_file(tx: &Transaction, f: &FileVersion, now: &str) -> Result<StoreOutco
         "INSERT INTO ingest_problems (file_id, record_index, reason, record_kept, detected_at)
          VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
-    for p in &f.problems {
+    let kept = f
+        .problems
+        .iter()
+        .chain(&refused)
+        .take(PROBLEMS_KEPT_PER_FILE);
+    for p in kept {
         problem.execute(params![
             file_id,
             p.record_index,
@@ -341,7 +652,32 @@ fn store_file(tx: &Transaction, f: &FileVersion, now: &str) -> Result<StoreOutco
             now
         ])?;
     }
-    Ok(outcome)
+    if let Some(more) = problem_count.checked_sub(PROBLEMS_KEPT_PER_FILE as u64) {
+        if more > 0 {
+            problem.execute(params![
+                file_id,
+                Option::<i64>::None,
+                more_problems_reason(more),
+                false,
+                now
+            ])?;
+        }
+    }
+    Ok(Stored {
+        outcome,
+        records: records.len() as u64,
+        problems: problem_count,
+        unattributed: records.iter().filter(|r| r.contract_id.is_none()).count() as u64,
+        refused,
+    })
+}
+
+/// The closing problem row of a file with more problems than are kept.
+pub fn more_problems_reason(more: u64) -> String {
+    format!(
+        "... and {more} more problems in this file: only the first {PROBLEMS_KEPT_PER_FILE} are \
+         stored (problem_count has them all)"
+    )
 }
 
 /// The service key and hour a stored file's records sit under (NULL for a file whose path did
@@ -387,7 +723,9 @@ fn keep_replaced_version(
 mod tests {
     use super::*;
     use crate::ingest::{file_version, legacy_fingerprint};
+    use crate::ledger::LedgerFile;
     use crate::source::{classify_key, ObjectMeta};
+    use std::time::Duration;
 
     const KEY: &str = "omnistrate-metering/pg/PROD/pt-1/2025/07/01/00/sub-1.json";
     const BODY: &[u8] =
@@ -409,17 +747,23 @@ mod tests {
         ledger.conn.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
+    /// A ledger file migrated up to `version` only, as an older meterbook left it.
+    fn ledger_at_version(path: &std::path::Path, version: i32) -> rusqlite::Connection {
+        let mut conn = rusqlite::Connection::open(path).unwrap();
+        super::super::embedded::migrations::runner()
+            .set_target(refinery::Target::Version(version))
+            .run(&mut conn)
+            .unwrap();
+        conn
+    }
+
     /// A ledger written before V6 (records clustered by file, SHA-256 fingerprints) is migrated
     /// with its records, and its files are still recognised as unchanged or rewritten.
     #[test]
     fn a_ledger_from_before_v6_keeps_its_records_and_fingerprints() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.sqlite");
-        let mut conn = rusqlite::Connection::open(&path).unwrap();
-        super::super::embedded::migrations::runner()
-            .set_target(refinery::Target::Version(5))
-            .run(&mut conn)
-            .unwrap();
+        let conn = ledger_at_version(&path, 5);
         let sha = legacy_fingerprint(BODY).replace("sha256:", "");
         conn.execute_batch(&format!(
             "INSERT INTO usage_files (id, key, source, service_key, hour, sha256, size,
@@ -435,7 +779,8 @@ mod tests {
         .unwrap();
         drop(conn);
 
-        let mut ledger = Ledger::open(&path).unwrap();
+        let mut ledger =
+            Ledger::open_for_writing(&LedgerFile::new(&path, Duration::from_secs(5))).unwrap();
         assert_eq!(
             count(
                 &ledger,
@@ -457,8 +802,14 @@ mod tests {
 
         // The same body read again is unchanged, and from now on known by its BLAKE3 fingerprint.
         let same = version(BODY, true);
+        let mut totals = HourTotals::default();
+        let outcome = |s: Vec<Stored>| s.into_iter().map(|s| s.outcome).collect::<Vec<_>>();
         assert_eq!(
-            ledger.store_files(std::slice::from_ref(&same)).unwrap(),
+            outcome(
+                ledger
+                    .store_files(std::slice::from_ref(&same), &mut totals)
+                    .unwrap()
+            ),
             [StoreOutcome::Unchanged]
         );
         let known = ledger.known_files([KEY]).unwrap().remove(0).unwrap();
@@ -474,7 +825,7 @@ mod tests {
             false,
         );
         assert_eq!(
-            ledger.store_files(&[rewritten]).unwrap(),
+            outcome(ledger.store_files(&[rewritten], &mut totals).unwrap()),
             [StoreOutcome::Replaced]
         );
         assert_eq!(
@@ -487,6 +838,158 @@ mod tests {
         assert_eq!(
             count(&ledger, "SELECT SUM(value) FROM usage_file_version_totals"),
             13
+        );
+    }
+
+    /// One hour's total per contract and dimension stays within 2^52 across files and batches;
+    /// the records past it are problems, the rest of each file and the other contracts are kept,
+    /// and a replaced file's hour is counted again without its old records.
+    #[test]
+    fn an_hours_total_stays_within_the_bound_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open_for_writing(&LedgerFile::new(
+            dir.path().join("l.sqlite"),
+            Duration::from_secs(5),
+        ))
+        .unwrap();
+        let file = |sub: &str, body: String| {
+            let key = KEY.replace("sub-1", sub);
+            let meta = ObjectMeta {
+                key: key.clone(),
+                size: body.len() as u64,
+                etag: None,
+                last_modified: None,
+            };
+            file_version("test", meta, classify_key(&key), body.as_bytes(), false)
+        };
+        let big = MAX_VALUE - 10;
+        let a = file(
+            "a",
+            format!(
+                r#"[{{"externalPayerId":"A","dimension":"d","value":{big}}},
+                   {{"externalPayerId":"B","dimension":"d","value":{big}}}]"#
+            ),
+        );
+        let b = file(
+            "b",
+            r#"[{"externalPayerId":"A","dimension":"d","value":11},
+               {"externalPayerId":"A","dimension":"d","value":10},
+               {"externalPayerId":"A","dimension":"e","value":11}]"#
+                .to_string(),
+        );
+        let mut totals = HourTotals::default();
+        ledger.store_files(&[a], &mut totals).unwrap();
+        // A fresh cache (a later run) loads the hour from the ledger.
+        let stored = ledger
+            .store_files(std::slice::from_ref(&b), &mut HourTotals::default())
+            .unwrap();
+        assert_eq!((stored[0].records, stored[0].problems), (2, 1));
+        assert_eq!(stored[0].refused[0].record_index, Some(0));
+        assert!(stored[0].refused[0].reason.contains("2^52"));
+        assert_eq!(
+            count(
+                &ledger,
+                "SELECT value FROM hourly_usage WHERE contract_id = 'A' AND dimension = 'd'"
+            ),
+            MAX_VALUE
+        );
+        assert_eq!(
+            count(
+                &ledger,
+                "SELECT status = 'partial' FROM usage_files WHERE key LIKE '%/b.json'"
+            ),
+            1
+        );
+        // Rewriting a.json with less usage makes room for b's record when b is read again.
+        let a2 = file(
+            "a",
+            r#"[{"externalPayerId":"A","dimension":"d","value":1}]"#.into(),
+        );
+        let mut b2 = b;
+        b2.fingerprint.push('x');
+        let stored = ledger.store_files(&[a2, b2], &mut totals).unwrap();
+        assert_eq!(stored[1].problems, 0);
+        assert_eq!(
+            count(
+                &ledger,
+                "SELECT value FROM hourly_usage WHERE contract_id = 'A' AND dimension = 'd'"
+            ),
+            22
+        );
+    }
+
+    /// A ledger at schema 7 holding an overflowing pair (the hostile tester's file) is made safe
+    /// by V8: the record past the bound becomes a problem, every view answers, the rest is kept.
+    #[test]
+    fn a_ledger_with_an_overflowing_hour_is_repaired_by_v8() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite");
+        let conn = ledger_at_version(&path, 7);
+        conn.execute_batch(&format!(
+            "INSERT INTO usage_files (id, key, source, service_key, hour, fingerprint, size,
+                 ingested_at, record_count, problem_count, status)
+             VALUES (7, '{KEY}', 'test', 'pg:PROD:pt-1', '2025-07-01T00:00:00Z', 'blake3:x', 1,
+                 '2025-07-01T01:00:00Z', 3, 0, 'ok');
+             INSERT INTO usage_records (file_id, record_index, service_key, hour, contract_id,
+                 dimension, value)
+             VALUES (7, 0, 'pg:PROD:pt-1', '2025-07-01T00:00:00Z', 'A', 'cpu', 9223372036854775807),
+                    (7, 1, 'pg:PROD:pt-1', '2025-07-01T00:00:00Z', 'A', 'cpu', 1),
+                    (7, 2, 'pg:PROD:pt-1', '2025-07-01T00:00:00Z', 'B', 'cpu', 5);"
+        ))
+        .unwrap();
+        assert!(conn
+            .query_row("SELECT SUM(value) FROM monthly_usage", [], |r| r
+                .get::<_, i64>(0))
+            .is_err());
+        drop(conn);
+
+        let ledger =
+            Ledger::open_for_writing(&LedgerFile::new(&path, Duration::from_secs(5))).unwrap();
+        for view in [
+            "hourly_usage",
+            "monthly_usage",
+            "pending_periods",
+            "submission_drift",
+            "unattributed_usage",
+            "hourly_usage_max_per_pod",
+            "usage_problems",
+        ] {
+            ledger
+                .conn
+                .prepare(&format!("SELECT * FROM {view}"))
+                .unwrap()
+                .query_map([], |_| Ok(()))
+                .unwrap()
+                .collect::<rusqlite::Result<Vec<()>>>()
+                .unwrap_or_else(|e| panic!("{view}: {e}"));
+        }
+        assert_eq!(
+            count(
+                &ledger,
+                "SELECT value FROM monthly_usage WHERE contract_id = 'A'"
+            ),
+            1
+        );
+        assert_eq!(
+            count(
+                &ledger,
+                "SELECT value FROM monthly_usage WHERE contract_id = 'B'"
+            ),
+            5
+        );
+        assert_eq!(
+            count(
+                &ledger,
+                "SELECT record_count * 10 + problem_count FROM usage_files WHERE status = 'partial'"
+            ),
+            21
+        );
+        assert_eq!(
+            count(
+                &ledger,
+                "SELECT record_index FROM usage_problems WHERE reason LIKE '%2^52%'"
+            ),
+            0
         );
     }
 }

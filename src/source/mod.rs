@@ -8,9 +8,10 @@ pub mod s3;
 
 use std::fmt;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, TimeZone, Utc};
 
 use crate::period::Month;
+use crate::source::parse::keep_or_count;
 
 /// Every usage file and the completion marker live under this prefix.
 pub const EXPORT_PREFIX: &str = "omnistrate-metering/";
@@ -32,6 +33,14 @@ impl ServiceKey {
             "{EXPORT_PREFIX}{}/{}/{}/",
             self.service, self.environment, self.plan
         )
+    }
+
+    /// Does `SERVICE:ENVIRONMENT:PLAN` name only these three segments? A segment holding `:`
+    /// would make two different folders (`a:b/c/d` and `a/b:c/d`) one service key.
+    pub fn unambiguous(&self) -> bool {
+        [&self.service, &self.environment, &self.plan]
+            .iter()
+            .all(|s| !s.contains(':'))
     }
 }
 
@@ -79,6 +88,16 @@ pub fn classify_key(key: &str) -> KeyKind {
         environment: parts[1].to_string(),
         plan: parts[2].to_string(),
     };
+    if !service_key.unambiguous() {
+        return KeyKind::BadLayout {
+            reason: format!(
+                "folder names '{}' hold ':', which separates SERVICE:ENVIRONMENT:PLAN; \
+                 such a service key would be ambiguous",
+                parts[..3].join("/")
+            ),
+            service_key,
+        };
+    }
     if parts.len() != 8 || parts[7] == ".json" {
         return KeyKind::BadLayout {
             service_key,
@@ -88,7 +107,16 @@ pub fn classify_key(key: &str) -> KeyKind {
         };
     }
     match parse_hour(&parts[3..7]) {
-        Some(hour) => KeyKind::Usage(UsageKey { service_key, hour }),
+        Some(hour) if (MIN_YEAR..=MAX_YEAR).contains(&hour.year()) => {
+            KeyKind::Usage(UsageKey { service_key, hour })
+        }
+        Some(_) => KeyKind::BadLayout {
+            service_key,
+            reason: format!(
+                "hour folder '{}' is outside the years {MIN_YEAR} to {MAX_YEAR} that periods can hold",
+                parts[3..7].join("/")
+            ),
+        },
         None => KeyKind::BadLayout {
             service_key,
             reason: format!(
@@ -98,6 +126,12 @@ pub fn classify_key(key: &str) -> KeyKind {
         },
     }
 }
+
+/// Usage hours are taken from these years: months start in 1970 (Unix time, and what `Month`
+/// parses), and the month after the last one must still have a four-digit year, since periods
+/// are compared as text.
+const MIN_YEAR: i32 = 1970;
+const MAX_YEAR: i32 = 9998;
 
 fn parse_hour(parts: &[&str]) -> Option<DateTime<Utc>> {
     let widths = [4, 2, 2, 2];
@@ -193,6 +227,44 @@ impl fmt::Display for Scope {
     }
 }
 
+/// A path under a source that could not be taken as a usage file, and why (it is not a file row:
+/// a folder, a link, a file that could not be read or is over the size limit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathProblem {
+    /// Relative to the source root, `/`-separated.
+    pub path: String,
+    pub reason: String,
+}
+
+/// The path problems of one run: the first [`PROBLEMS_KEPT_PER_FILE`] kept, the rest counted.
+#[derive(Debug, Default)]
+pub struct PathProblems {
+    pub kept: Vec<PathProblem>,
+    pub more: u64,
+}
+
+impl PathProblems {
+    pub fn push(&mut self, p: PathProblem) {
+        keep_or_count(&mut self.kept, &mut self.more, p);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.kept.len() as u64 + self.more
+    }
+}
+
+/// Where a listing running on another thread reports path problems.
+pub type ProblemSink = std::sync::Arc<std::sync::Mutex<PathProblems>>;
+
+/// A file over the size limit: not read (or not read further).
+#[derive(Debug, thiserror::Error)]
+#[error("{size}, over the limit of {limit} bytes (--max-file-bytes); not read")]
+pub struct TooLarge {
+    /// What is known of its size, in words ("70000000 bytes", "more than 67108864 bytes").
+    pub size: String,
+    pub limit: u64,
+}
+
 /// An object (or file) found by listing, before its body is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
@@ -238,12 +310,26 @@ mod tests {
             "omnistrate-metering/pg/PROD/pt-1/2025/02/30/01/sub.json",
             "omnistrate-metering/pg/PROD/pt-1/2025/7/23/01/sub.json",
             "omnistrate-metering/pg/PROD/pt-1/2025/07/23/sub.json",
+            "omnistrate-metering/pg/PROD/pt-1/1969/12/31/23/sub.json",
+            "omnistrate-metering/pg/PROD/pt-1/0000/01/01/00/sub.json",
+            "omnistrate-metering/pg/PROD/pt-1/9999/12/31/23/sub.json",
+            "omnistrate-metering/pg:PROD/x/pt-1/2025/07/23/01/sub.json",
+            "omnistrate-metering/pg/PROD:x/pt-1/2025/07/23/01/sub.json",
         ] {
             assert!(
                 matches!(classify_key(key), KeyKind::BadLayout { .. }),
                 "{key}"
             );
         }
+        let KeyKind::BadLayout { reason, .. } =
+            classify_key("omnistrate-metering/pg/PROD/pt-1/1969/12/31/23/sub.json")
+        else {
+            unreachable!()
+        };
+        assert!(
+            reason.contains("outside the years 1970 to 9998"),
+            "{reason}"
+        );
     }
 
     #[test]
@@ -267,6 +353,9 @@ mod tests {
         assert!(scope.admits_year(2025) && !scope.admits_year(2024));
     }
 }
+
+/// The completion marker is read whole; a few hundred bytes per service key.
+const MARKER_MAX_BYTES: u64 = 16 << 20;
 
 /// Files of a folder walk passed on at once: one hand-over between threads per batch, not per file.
 const LIST_BATCH: usize = 512;
@@ -314,22 +403,27 @@ impl Source {
         scope: &Scope,
         floors: s3::MonthFloors,
         tx: tokio::sync::mpsc::Sender<Vec<ObjectMeta>>,
+        problems: ProblemSink,
     ) -> anyhow::Result<()> {
         match self {
             Source::Local(l) => {
                 let (l, scope) = (l.clone(), scope.clone());
                 tokio::task::spawn_blocking(move || {
                     let mut batch = Vec::with_capacity(LIST_BATCH);
-                    l.list(&scope, |m| {
-                        batch.push(m);
-                        batch.len() < LIST_BATCH
-                            || tx
-                                .blocking_send(std::mem::replace(
-                                    &mut batch,
-                                    Vec::with_capacity(LIST_BATCH),
-                                ))
-                                .is_ok()
-                    })?;
+                    l.list(
+                        &scope,
+                        |m| {
+                            batch.push(m);
+                            batch.len() < LIST_BATCH
+                                || tx
+                                    .blocking_send(std::mem::replace(
+                                        &mut batch,
+                                        Vec::with_capacity(LIST_BATCH),
+                                    ))
+                                    .is_ok()
+                        },
+                        |p| problems.lock().expect("not poisoned").push(p),
+                    )?;
                     if !batch.is_empty() {
                         let _ = tx.blocking_send(batch);
                     }
@@ -346,13 +440,20 @@ impl Source {
         match self {
             Source::Local(l) => {
                 let l = l.clone();
-                match tokio::task::spawn_blocking(move || l.read(MARKER_KEY)).await? {
+                match tokio::task::spawn_blocking(move || l.read(MARKER_KEY, MARKER_MAX_BYTES))
+                    .await?
+                {
                     Ok(body) => Ok(Some(body)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(e.into()),
+                    Err(e)
+                        if e.downcast_ref::<std::io::Error>()
+                            .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound) =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
                 }
             }
-            Source::S3(s) => s.read_marker().await,
+            Source::S3(s) => s.read_marker(MARKER_MAX_BYTES).await,
         }
     }
 
@@ -360,24 +461,24 @@ impl Source {
     /// the blocking pool, so that hashing and parsing never hold up the task driving the reads. A
     /// local file is read and processed in one hand-over. Errors that must stop the run are
     /// [`crate::error::Fatal`].
+    /// A body over `max_bytes` is not read on: the error is [`TooLarge`].
     pub async fn fetch<T: Send + 'static>(
         &self,
         meta: ObjectMeta,
+        max_bytes: u64,
         process: impl FnOnce(ObjectMeta, Vec<u8>) -> T + Send + 'static,
     ) -> anyhow::Result<T> {
         match self {
             Source::Local(l) => {
                 let l = l.clone();
                 tokio::task::spawn_blocking(move || {
-                    let body = l
-                        .read(&meta.key)
-                        .map_err(|e| anyhow::anyhow!("reading {}: {e}", meta.key))?;
+                    let body = l.read(&meta.key, max_bytes)?;
                     Ok(process(meta, body))
                 })
                 .await?
             }
             Source::S3(s) => {
-                let (meta, body) = s.fetch(&meta).await?;
+                let (meta, body) = s.fetch(&meta, max_bytes).await?;
                 Ok(tokio::task::spawn_blocking(move || process(meta, body)).await?)
             }
         }

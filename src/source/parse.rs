@@ -1,15 +1,47 @@
 //! Parsing a usage file's body (a JSON array of records) into ledger records and problems.
 //! Pure: no I/O. A problem with one record never loses the others.
+//!
+//! Bounded: the array is read element by element (never collected first), values above
+//! [`MAX_VALUE`] and prices above [`MAX_PRICE_PER_UNIT`] are refused, and only the first
+//! [`PROBLEMS_KEPT_PER_FILE`] problems are kept (the rest are counted), so memory follows the
+//! records, not the problems, whatever the body holds.
 
+use std::fmt;
+
+use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
+
+/// The largest usage value a record may have, and the largest total of one hour's records per
+/// service key, contract (or none) and dimension: 2^52. Below it every integer is exact in a
+/// double, and a month (at most 744 hours) sums to less than 2^62, so SQLite's integer `SUM`
+/// cannot overflow whatever order it adds in.
+pub const MAX_VALUE: i64 = 1 << 52;
+
+/// The largest `pricePerUnit` taken (dollars per unit); a larger one is refused and the record
+/// kept without a price. Omnistrate's prices are cents per unit-hour.
+pub const MAX_PRICE_PER_UNIT: f64 = 1e6;
+
+/// Problems stored per file: the first ones are kept, the rest only counted (in the file's
+/// `problem_count` and one closing problem row), so a file of a million bad lines cannot fill the
+/// disk.
+pub const PROBLEMS_KEPT_PER_FILE: usize = 1000;
 
 /// A usage quantity as written: integers stay exact, fractions are floats.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Quantity {
     Int(i64),
     Real(f64),
+}
+
+impl fmt::Display for Quantity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Quantity::Int(i) => write!(f, "{i}"),
+            Quantity::Real(r) => write!(f, "{r}"),
+        }
+    }
 }
 
 impl Quantity {
@@ -67,11 +99,43 @@ impl Problem {
     }
 }
 
+/// Keeps `item` while `kept` holds fewer than [`PROBLEMS_KEPT_PER_FILE`], else counts it in
+/// `more`.
+pub fn keep_or_count<T>(kept: &mut Vec<T>, more: &mut u64, item: T) {
+    if kept.len() < PROBLEMS_KEPT_PER_FILE {
+        kept.push(item);
+    } else {
+        *more += 1;
+    }
+}
+
 /// The records and problems found in one body.
 #[derive(Debug, Default, PartialEq)]
 pub struct ParsedBody {
     pub records: Vec<UsageRecord>,
+    /// The first [`PROBLEMS_KEPT_PER_FILE`] problems.
     pub problems: Vec<Problem>,
+    /// Problems found beyond those kept.
+    pub more_problems: u64,
+}
+
+impl ParsedBody {
+    /// A body that is wrong as a whole.
+    pub fn rejected(reason: impl Into<String>) -> ParsedBody {
+        ParsedBody {
+            problems: vec![Problem::file(reason)],
+            ..ParsedBody::default()
+        }
+    }
+
+    fn problem(&mut self, p: Problem) {
+        keep_or_count(&mut self.problems, &mut self.more_problems, p);
+    }
+
+    /// Every problem found, kept or not.
+    pub fn problem_count(&self) -> u64 {
+        self.problems.len() as u64 + self.more_problems
+    }
 }
 
 #[derive(Deserialize)]
@@ -92,53 +156,77 @@ struct RawRecord {
 
 /// Parses a usage file body. Never fails: what cannot be used becomes a [`Problem`].
 pub fn parse_usage_body(body: &[u8]) -> ParsedBody {
-    let mut parsed = ParsedBody::default();
     let text = match std::str::from_utf8(body) {
         Ok(t) => t,
         Err(e) => {
-            parsed.problems.push(Problem::file(format!(
+            return ParsedBody::rejected(format!(
                 "body is not UTF-8 (invalid byte at offset {})",
                 e.valid_up_to()
-            )));
-            return parsed;
+            ))
         }
     };
     let trimmed = text.trim_start_matches('\u{feff}').trim();
     if trimmed.is_empty() {
-        parsed.problems.push(Problem::file("empty body"));
-        return parsed;
+        return ParsedBody::rejected("empty body");
     }
     if !trimmed.starts_with('[') {
         let found = match serde_json::from_str::<Value>(trimmed) {
             Ok(v) => format!("a JSON {}", json_kind(&v)),
             Err(e) => format!("invalid JSON: {e}"),
         };
-        parsed.problems.push(Problem::file(format!(
+        return ParsedBody::rejected(format!(
             "body is not a JSON array of records (found {found})"
-        )));
-        return parsed;
+        ));
     }
     // Fast path: a well-formed array of objects parses in one pass.
-    if let Ok(records) = serde_json::from_str::<Vec<RawRecord>>(trimmed) {
-        for (index, rec) in records.into_iter().enumerate() {
-            convert_record(index, rec, &mut parsed);
-        }
+    let mut parsed = ParsedBody::default();
+    if each_element(trimmed, |index, rec: RawRecord| {
+        convert_record(index, rec, &mut parsed)
+    })
+    .is_ok()
+    {
         return parsed;
     }
     // Otherwise one record at a time, so that one bad record cannot hide the others.
-    let items: Vec<&RawValue> = match serde_json::from_str(trimmed) {
-        Ok(items) => items,
-        Err(e) => {
-            parsed
-                .problems
-                .push(Problem::file(format!("invalid JSON: {e}")));
-            return parsed;
-        }
-    };
-    for (index, raw) in items.into_iter().enumerate() {
-        parse_record(index, raw.get(), &mut parsed);
+    let mut parsed = ParsedBody::default();
+    match each_element(trimmed, |index, raw: &RawValue| {
+        parse_record(index, raw.get(), &mut parsed)
+    }) {
+        Ok(()) => parsed,
+        Err(e) => ParsedBody::rejected(format!("invalid JSON: {e}")),
     }
-    parsed
+}
+
+/// Deserializes the elements of the JSON array `text` one at a time, handing each to `each` with
+/// its index, without collecting them first.
+fn each_element<'de, T: Deserialize<'de>>(
+    text: &'de str,
+    each: impl FnMut(usize, T),
+) -> serde_json::Result<()> {
+    struct Elements<F, T>(F, std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>, F: FnMut(usize, T)> Visitor<'de> for Elements<F, T> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON array of records")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+            let mut index = 0;
+            while let Some(element) = seq.next_element::<T>()? {
+                (self.0)(index, element);
+                index += 1;
+            }
+            Ok(())
+        }
+    }
+    impl<'de, T: Deserialize<'de>, F: FnMut(usize, T)> DeserializeSeed<'de> for Elements<F, T> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    Elements(each, std::marker::PhantomData).deserialize(&mut de)?;
+    de.end()
 }
 
 fn parse_record(index: usize, raw: &str, out: &mut ParsedBody) {
@@ -146,7 +234,7 @@ fn parse_record(index: usize, raw: &str, out: &mut ParsedBody) {
         let kind = serde_json::from_str::<Value>(raw)
             .map(|v| json_kind(&v))
             .unwrap_or("value");
-        out.problems.push(Problem::record(
+        out.problem(Problem::record(
             index,
             format!("record is not a JSON object (found a JSON {kind})"),
         ));
@@ -154,9 +242,7 @@ fn parse_record(index: usize, raw: &str, out: &mut ParsedBody) {
     }
     match serde_json::from_str(raw) {
         Ok(rec) => convert_record(index, rec, out),
-        Err(e) => out
-            .problems
-            .push(Problem::record(index, format!("invalid record: {e}"))),
+        Err(e) => out.problem(Problem::record(index, format!("invalid record: {e}"))),
     }
 }
 
@@ -164,13 +250,12 @@ fn parse_record(index: usize, raw: &str, out: &mut ParsedBody) {
 fn convert_record(index: usize, rec: RawRecord, out: &mut ParsedBody) {
     let dimension = match rec.dimension {
         None | Some(Value::Null) => {
-            out.problems
-                .push(Problem::record(index, "record has no dimension"));
+            out.problem(Problem::record(index, "record has no dimension"));
             return;
         }
         Some(Value::String(s)) if !s.trim().is_empty() => s,
         Some(other) => {
-            out.problems.push(Problem::record(
+            out.problem(Problem::record(
                 index,
                 format!("dimension is not a non-empty string: {other}"),
             ));
@@ -179,14 +264,13 @@ fn convert_record(index: usize, rec: RawRecord, out: &mut ParsedBody) {
     };
     let value = match rec.value {
         None | Some(Value::Null) => {
-            out.problems
-                .push(Problem::record(index, "record has no value"));
+            out.problem(Problem::record(index, "record has no value"));
             return;
         }
         Some(v) => match quantity(&v) {
             Ok(q) => q,
             Err(why) => {
-                out.problems.push(Problem::record(
+                out.problem(Problem::record(
                     index,
                     format!("value {v} is {why} (dimension {dimension})"),
                 ));
@@ -196,10 +280,10 @@ fn convert_record(index: usize, rec: RawRecord, out: &mut ParsedBody) {
     };
     let price_per_unit = match rec.price_per_unit {
         None | Some(Value::Null) => None,
-        Some(v) => match quantity(&v) {
-            Ok(q) => Some(q.as_f64()),
+        Some(v) => match quantity(&v).and_then(price) {
+            Ok(p) => Some(p),
             Err(why) => {
-                out.problems.push(Problem {
+                out.problem(Problem {
                     record_index: Some(index),
                     reason: format!("pricePerUnit {v} is {why}; record kept without a price"),
                     record_kept: true,
@@ -212,7 +296,7 @@ fn convert_record(index: usize, rec: RawRecord, out: &mut ParsedBody) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.trim().to_string()).filter(|s| !s.is_empty()),
         Some(other) => {
-            out.problems.push(Problem {
+            out.problem(Problem {
                 record_index: Some(index),
                 reason: format!(
                     "externalPayerId {other} is not a string; record kept as unattributed"
@@ -238,7 +322,7 @@ fn convert_record(index: usize, rec: RawRecord, out: &mut ParsedBody) {
     });
 }
 
-/// A finite, non-negative JSON number.
+/// A finite, non-negative JSON number of at most [`MAX_VALUE`].
 fn quantity(v: &Value) -> Result<Quantity, &'static str> {
     let Value::Number(n) = v else {
         return Err("not a number");
@@ -252,7 +336,18 @@ fn quantity(v: &Value) -> Result<Quantity, &'static str> {
         Quantity::Int(i) if i < 0 => Err("negative"),
         Quantity::Real(r) if !r.is_finite() => Err("not a finite number"),
         Quantity::Real(r) if r < 0.0 => Err("negative"),
+        q if q.as_f64() > MAX_VALUE as f64 => {
+            Err("above the largest value taken, 2^52 = 4503599627370496")
+        }
         q => Ok(q),
+    }
+}
+
+/// A price per unit of at most [`MAX_PRICE_PER_UNIT`].
+fn price(q: Quantity) -> Result<f64, &'static str> {
+    match q.as_f64() {
+        p if p > MAX_PRICE_PER_UNIT => Err("above the largest price taken, 1000000 per unit"),
+        p => Ok(p),
     }
 }
 
@@ -359,5 +454,115 @@ mod tests {
     #[test]
     fn an_empty_array_is_valid_and_empty() {
         assert_eq!(parse_usage_body(b"[]"), ParsedBody::default());
+    }
+
+    #[test]
+    fn values_and_prices_past_their_bounds_are_refused() {
+        let body = format!(
+            r#"[{{"dimension":"d","value":{max}}},
+                {{"dimension":"d","value":{over}}},
+                {{"dimension":"d","value":9223372036854775807}},
+                {{"dimension":"d","value":18446744073709551615}},
+                {{"dimension":"d","value":1e300}},
+                {{"dimension":"d","value":1,"pricePerUnit":1000001}},
+                {{"dimension":"d","value":1,"pricePerUnit":-1}}]"#,
+            max = MAX_VALUE,
+            over = MAX_VALUE + 1
+        );
+        let p = parse_usage_body(body.as_bytes());
+        let kept: Vec<usize> = p.records.iter().map(|r| r.record_index).collect();
+        assert_eq!(kept, [0, 5, 6]);
+        assert_eq!(p.records[0].value, Quantity::Int(MAX_VALUE));
+        assert_eq!(
+            (p.records[1].price_per_unit, p.records[2].price_per_unit),
+            (None, None)
+        );
+        let r = reasons(&p);
+        for i in 0..4 {
+            assert!(r[i].1.contains("2^52"), "{r:?}");
+        }
+        assert!(r[4].1.contains("largest price") && p.problems[4].record_kept);
+        assert!(r[5].1.contains("negative") && p.problems[5].record_kept);
+    }
+
+    #[test]
+    fn problems_past_the_cap_are_counted_not_kept() {
+        let body = format!("[{}0]", "0,".repeat(2 * PROBLEMS_KEPT_PER_FILE));
+        let p = parse_usage_body(body.as_bytes());
+        assert_eq!(p.problems.len(), PROBLEMS_KEPT_PER_FILE);
+        assert_eq!(p.problem_count(), 2 * PROBLEMS_KEPT_PER_FILE as u64 + 1);
+        assert!(p.records.is_empty());
+    }
+}
+
+/// Property tests: whatever the body, parsing ends, stays within its bounds, and accounts for
+/// every element of an array as a record or a problem.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    /// Field values, plausible and hostile.
+    fn field() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (0..=MAX_VALUE).prop_map(Value::from),
+            any::<f64>().prop_filter_map("finite", |f| serde_json::Number::from_f64(f)
+                .map(Value::Number)),
+            "[a-z_ ]{0,12}".prop_map(Value::from),
+            Just(json!({"x": [1, 2]})),
+        ]
+    }
+
+    fn element() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            4 => (field(), field(), field(), field()).prop_map(|(c, d, v, p)| {
+                json!({"externalPayerId": c, "dimension": d, "value": v, "pricePerUnit": p})
+            }),
+            4 => ("[a-z]{1,8}", 0..=MAX_VALUE, proptest::option::of(0.0..2e6f64)).prop_map(
+                |(d, v, p)| json!({"externalPayerId": "c", "dimension": d, "value": v, "pricePerUnit": p})
+            ),
+            1 => field(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn every_element_ends_as_a_record_or_a_problem(elements in proptest::collection::vec(element(), 0..40)) {
+            let body = serde_json::to_vec(&elements).unwrap();
+            let p = parse_usage_body(&body);
+            prop_assert_eq!(p.more_problems, 0);
+            let mut seen = vec![0; elements.len()];
+            for r in &p.records {
+                seen[r.record_index] += 1;
+                prop_assert!(r.value.as_f64().is_finite());
+                prop_assert!((0.0..=MAX_VALUE as f64).contains(&r.value.as_f64()));
+                prop_assert!(r.price_per_unit.is_none_or(|x| (0.0..=MAX_PRICE_PER_UNIT).contains(&x)));
+            }
+            for pr in p.problems.iter().filter(|pr| !pr.record_kept) {
+                let i = pr.record_index.expect("an array's problems name their element");
+                seen[i] += 1;
+            }
+            prop_assert!(seen.iter().all(|&n| n == 1), "{:?}", seen);
+        }
+
+        #[test]
+        fn any_bytes_end_as_bounded_records_and_problems(body in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let p = parse_usage_body(&body);
+            prop_assert!(p.records.len() <= body.len() / 2);
+            prop_assert!(p.problems.len() <= PROBLEMS_KEPT_PER_FILE);
+            // Nothing found means nothing was there: an empty array.
+            if p.records.is_empty() && p.problems.is_empty() {
+                let text = std::str::from_utf8(&body).unwrap().trim_start_matches('\u{feff}');
+                prop_assert_eq!(serde_json::from_str::<Vec<Value>>(text).ok(), Some(vec![]));
+            }
+        }
     }
 }

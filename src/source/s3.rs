@@ -20,7 +20,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use tokio::sync::mpsc::Sender;
 
-use super::{ObjectMeta, Scope, EXPORT_PREFIX, MARKER_KEY};
+use super::{ObjectMeta, Scope, TooLarge, EXPORT_PREFIX, MARKER_KEY};
 use crate::error::Fatal;
 use crate::period::Month;
 
@@ -38,8 +38,26 @@ pub struct S3Source {
     prefix: String,
 }
 
-/// Per service key (`SERVICE:ENV:PLAN`), the first month to list.
-pub type MonthFloors = HashMap<String, Month>;
+/// Per service key (`SERVICE:ENV:PLAN`), which months to list; a service key without an entry
+/// is listed in full.
+pub type MonthFloors = HashMap<String, MonthSelection>;
+
+/// Months to list: every month from `from` on, and the older months in `also`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonthSelection {
+    pub from: Month,
+    pub also: std::collections::BTreeSet<Month>,
+}
+
+impl MonthSelection {
+    pub fn admits(&self, m: Month) -> bool {
+        m >= self.from || self.also.contains(&m)
+    }
+
+    pub fn admits_year(&self, year: i32) -> bool {
+        year >= self.from.year || self.also.iter().any(|m| m.year == year)
+    }
+}
 
 /// What the folders below a prefix are, by how many segments below `omnistrate-metering/` the
 /// prefix is; below a month's days (the hours) everything is listed in full.
@@ -100,8 +118,9 @@ impl S3Source {
     }
 
     /// Reads one object; the metadata returned is the GET's own, so that the ETag recorded is the
-    /// one of the body read even when the object was rewritten after listing.
-    pub async fn fetch(&self, meta: &ObjectMeta) -> Result<(ObjectMeta, Vec<u8>)> {
+    /// one of the body read even when the object was rewritten after listing. A body over
+    /// `max_bytes` (by its Content-Length, or as it streams in) is [`TooLarge`]: not read on.
+    pub async fn fetch(&self, meta: &ObjectMeta, max_bytes: u64) -> Result<(ObjectMeta, Vec<u8>)> {
         let key = format!("{}{}", self.prefix, meta.key);
         let mut attempt = 1;
         loop {
@@ -115,17 +134,31 @@ impl S3Source {
                 .map_err(|e| self.get_error(&key, e))?;
             let fresh = ObjectMeta {
                 key: meta.key.clone(),
-                size: resp.content_length().map_or(meta.size, |n| n as u64),
+                size: resp.content_length().map_or(meta.size, |n| n.max(0) as u64),
                 etag: resp.e_tag().map(unquote).or_else(|| meta.etag.clone()),
                 last_modified: resp.last_modified().and_then(to_utc).or(meta.last_modified),
             };
-            match resp.body.collect().await {
-                Ok(body) => return Ok((fresh, body.into_bytes().to_vec())),
-                Err(e) if attempt < BODY_ATTEMPTS => {
+            if fresh.size > max_bytes {
+                return Err(TooLarge {
+                    size: format!("{} bytes", fresh.size),
+                    limit: max_bytes,
+                }
+                .into());
+            }
+            match read_body(resp.body, max_bytes).await {
+                Ok(body) => return Ok((fresh, body)),
+                Err(BodyError::TooLarge) => {
+                    return Err(TooLarge {
+                        size: format!("more than {max_bytes} bytes"),
+                        limit: max_bytes,
+                    }
+                    .into())
+                }
+                Err(BodyError::Stream(e)) if attempt < BODY_ATTEMPTS => {
                     tracing::debug!("reading s3://{}/{key}: {e}; trying again", self.bucket);
                     attempt += 1;
                 }
-                Err(e) => {
+                Err(BodyError::Stream(e)) => {
                     return Err(anyhow::Error::new(e)
                         .context(format!("reading the body of s3://{}/{key}", self.bucket)))
                 }
@@ -134,14 +167,14 @@ impl S3Source {
     }
 
     /// Reads the completion marker; `None` when there is none.
-    pub async fn read_marker(&self) -> Result<Option<Vec<u8>>> {
+    pub async fn read_marker(&self, max_bytes: u64) -> Result<Option<Vec<u8>>> {
         let meta = ObjectMeta {
             key: MARKER_KEY.to_string(),
             size: 0,
             etag: None,
             last_modified: None,
         };
-        match self.fetch(&meta).await {
+        match self.fetch(&meta, max_bytes).await {
             Ok((_, body)) => Ok(Some(body)),
             Err(e) if e.chain().any(|c| c.downcast_ref::<NoSuchKey>().is_some()) => Ok(None),
             Err(e) => Err(e),
@@ -223,6 +256,26 @@ impl S3Source {
             }
         }
     }
+}
+
+enum BodyError {
+    TooLarge,
+    Stream(aws_sdk_s3::primitives::ByteStreamError),
+}
+
+/// A response body, chunk by chunk, stopping past `max_bytes`.
+async fn read_body(
+    mut body: aws_sdk_s3::primitives::ByteStream,
+    max_bytes: u64,
+) -> Result<Vec<u8>, BodyError> {
+    let mut out = Vec::new();
+    while let Some(chunk) = body.try_next().await.map_err(BodyError::Stream)? {
+        if (out.len() + chunk.len()) as u64 > max_bytes {
+            return Err(BodyError::TooLarge);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 /// The object does not exist (the marker is optional; a usage file may vanish after listing).
@@ -319,20 +372,20 @@ impl Lister {
             Level::Environment => self.scope.admits_segment(1, child),
             Level::Plan => self.scope.admits_segment(2, child),
             Level::Year => child.parse::<i32>().map_or(true, |y| {
-                self.scope.admits_year(y) && self.floor(segments).is_none_or(|f| y >= f.year)
+                self.scope.admits_year(y) && self.floor(segments).is_none_or(|f| f.admits_year(y))
             }),
             Level::Month => format!("{}-{child}", segments[3])
                 .parse::<Month>()
                 .map_or(true, |m| {
-                    self.scope.admits_month(m) && self.floor(segments).is_none_or(|f| m >= f)
+                    self.scope.admits_month(m) && self.floor(segments).is_none_or(|f| f.admits(m))
                 }),
             Level::Day => true,
         }
     }
 
-    fn floor(&self, segments: &[String]) -> Option<Month> {
+    fn floor(&self, segments: &[String]) -> Option<&MonthSelection> {
         let key = segments.get(..3)?.join(":");
-        self.floors.get(&key).copied()
+        self.floors.get(&key)
     }
 
     /// One delimiter listing of `prefix` (below the source's prefix), every page.

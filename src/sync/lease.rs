@@ -1,9 +1,11 @@
 //! The lease: one run at a time across hosts. A small JSON object beside the state
 //! (`KEY.lease`), created with `If-None-Match: *`, renewed and taken over (once expired or
 //! released) with `If-Match`, so two hosts can never both believe they hold it. A holder that dies
-//! leaves a lease that expires; the next run takes over. Expiry is judged by the reader's clock
-//! against the holder's, so hosts need roughly synchronised clocks (NTP), well within the lease
-//! duration.
+//! leaves a lease that expires; the next run takes over. On the holder's own host it is taken
+//! over at once: the lease names the holding process (boot, pid namespace, pid and start time),
+//! and a process that is gone (or a pid now used by another process) holds nothing. Expiry is
+//! judged by the reader's clock against the holder's, so hosts need roughly synchronised clocks
+//! (NTP), well within the lease duration.
 
 use std::time::Duration;
 
@@ -31,12 +33,97 @@ pub struct LeaseRecord {
     pub expires_at: DateTime<Utc>,
     /// Given back by its holder; free for the next run.
     pub released: bool,
+    /// The holding process, when the lease is tied to one (`run`, `lease acquire --hold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<HolderProcess>,
+}
+
+/// Which process holds a lease, precisely enough to tell, on its host, that it is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolderProcess {
+    /// `/proc/sys/kernel/random/boot_id`: pids and start times mean something only within one
+    /// boot.
+    pub boot_id: String,
+    /// The pid namespace (`/proc/self/ns/pid`): containers on one host share a host name
+    /// and a boot, but not their pids.
+    pub pid_namespace: String,
+    /// The process's start, in clock ticks after boot (`/proc/<pid>/stat`, field 22): a pid
+    /// reused by another process has another.
+    pub start_ticks: u64,
+}
+
+impl HolderProcess {
+    /// This process; `None` where `/proc` does not say (then only expiry frees its leases).
+    pub fn current() -> Option<HolderProcess> {
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let pid_namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        Some(HolderProcess {
+            boot_id: boot_id.trim().to_string(),
+            pid_namespace: pid_namespace.to_string_lossy().into_owned(),
+            start_ticks: parse_stat(&stat)?.start_ticks,
+        })
+    }
+
+    /// Whether process `pid` of this namespace is certainly not this one: there is no such
+    /// process, only its zombie, or another process started under the same pid. A process that
+    /// exists but that `/proc` does not show (mounted with `hidepid`) may be it: not gone.
+    fn is_gone(&self, pid: u32) -> bool {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return false;
+        };
+        if pid <= 0 {
+            return false; // kill(0 or -1) would ask about a group of processes
+        }
+        // SAFETY: kill(2) with signal 0 sends nothing; it only says whether the process exists.
+        let exists = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !exists {
+            return true;
+        }
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| parse_stat(&s)) {
+            Ok(Some(stat)) => stat.dead || stat.start_ticks != self.start_ticks,
+            _ => false,
+        }
+    }
+}
+
+/// What the lease needs of a `/proc/<pid>/stat` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    /// Field 3, the state, says zombie or dead.
+    dead: bool,
+    /// Field 22: when the process started, in clock ticks after boot.
+    start_ticks: u64,
+}
+
+/// Reads a `/proc/<pid>/stat` line. The command name (field 2) may hold spaces and parentheses,
+/// so fields are counted after its last `)`.
+fn parse_stat(stat: &str) -> Option<Stat> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    Some(Stat {
+        dead: matches!(fields.first(), Some(&"Z" | &"X" | &"x")),
+        start_ticks: fields.get(22 - 3)?.parse().ok()?,
+    })
 }
 
 impl LeaseRecord {
     /// Whether a new holder may take it at `now`.
     pub fn is_free(&self, now: DateTime<Utc>) -> bool {
         self.released || self.expires_at <= now
+    }
+
+    /// Whether it is held by a process of this host (`host`, seen from `here`) that is gone. A
+    /// lease not tied to a process, or held on another host, another boot or in another pid
+    /// namespace, is never judged so: it expires.
+    pub fn holder_gone(&self, host: &str, here: &HolderProcess) -> bool {
+        self.host == host
+            && self.process.as_ref().is_some_and(|p| {
+                p.boot_id == here.boot_id
+                    && p.pid_namespace == here.pid_namespace
+                    && p.is_gone(self.pid)
+            })
     }
 
     /// One line: who holds it and until when.
@@ -129,19 +216,23 @@ pub struct Lease {
     duration: Duration,
 }
 
-/// Takes the lease: creates it, or takes over a released or expired one. When another holder has
-/// it, fails with [`Fatal::Conflict`] naming the holder and expiry, or with `wait` polls until it
-/// is free.
+/// Takes the lease: creates it, or takes over a released or expired one, or one whose holding
+/// process on this host is gone. When another holder has it, fails with [`Fatal::Conflict`]
+/// naming the holder and expiry, or with `wait` polls until it is free. With `tied_to_process`
+/// the lease names this process, so that this host takes it over as soon as the process is gone;
+/// without, it is held until released or expired, whatever becomes of this process.
 pub async fn acquire(
     client: &Client,
     loc: &StateLocation,
     duration: Duration,
     wait: bool,
+    tied_to_process: bool,
 ) -> Result<Lease> {
     let host = super::host_name();
     let pid = std::process::id();
     let holder = format!("{host}:{pid}:{:08x}", rand::random::<u32>());
     let ttl = chrono::Duration::from_std(duration).context("lease duration")?;
+    let process = HolderProcess::current();
     loop {
         let now = Utc::now();
         let condition = match read(client, loc).await? {
@@ -150,6 +241,18 @@ pub async fn acquire(
                 if !c.record.released {
                     tracing::warn!("taking over an expired lease: {}", c.record.describe(now));
                 }
+                Condition::Replace(c.etag)
+            }
+            Some(c)
+                if process
+                    .as_ref()
+                    .is_some_and(|here| c.record.holder_gone(&host, here)) =>
+            {
+                tracing::warn!(
+                    "taking over the lease at once: its holding process {} on this host is gone ({})",
+                    c.record.pid,
+                    c.record.describe(now)
+                );
                 Condition::Replace(c.etag)
             }
             Some(c) if wait => {
@@ -177,6 +280,7 @@ pub async fn acquire(
             acquired_at: now,
             expires_at: now + ttl,
             released: false,
+            process: process.clone().filter(|_| tied_to_process),
         };
         // Refused: another host wrote in between; read again to see who.
         if let Ok(etag) = write(client, loc, &record, &condition).await? {
@@ -313,6 +417,7 @@ mod tests {
             acquired_at: t,
             expires_at: t + chrono::Duration::seconds(60),
             released: false,
+            process: None,
         };
         assert!(!held.is_free(t + chrono::Duration::seconds(59)));
         assert!(held.is_free(t + chrono::Duration::seconds(60)));
@@ -321,5 +426,86 @@ mod tests {
             ..held
         };
         assert!(released.is_free(t));
+    }
+
+    #[test]
+    fn the_start_time_is_field_22_even_when_the_name_has_spaces_and_parentheses() {
+        let stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 \
+                    987654 1000 100 18446744073709551615";
+        let alive = Stat {
+            dead: false,
+            start_ticks: 987654,
+        };
+        assert_eq!(parse_stat(stat), Some(alive));
+        let zombie = "4242 (gone) Z 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 0 0";
+        assert_eq!(
+            parse_stat(zombie),
+            Some(Stat {
+                dead: true,
+                ..alive
+            })
+        );
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn only_a_process_of_this_host_boot_and_namespace_that_is_gone_gives_up_its_lease() {
+        let Some(here) = HolderProcess::current() else {
+            eprintln!("SKIPPED: no /proc");
+            return;
+        };
+        let t = Utc::now();
+        let mine = LeaseRecord {
+            holder: "h:1:0".into(),
+            host: "this-host".into(),
+            pid: std::process::id(),
+            acquired_at: t,
+            expires_at: t + chrono::Duration::seconds(600),
+            released: false,
+            process: Some(here.clone()),
+        };
+        // This very process is alive: it holds its lease.
+        assert!(!mine.holder_gone("this-host", &here));
+        // A pid no process has, or a pid given to a process that started later: gone.
+        let dead = LeaseRecord {
+            pid: i32::MAX as u32,
+            ..mine.clone()
+        };
+        assert!(dead.holder_gone("this-host", &here));
+        let reused = LeaseRecord {
+            process: Some(HolderProcess {
+                start_ticks: here.start_ticks + 1,
+                ..here.clone()
+            }),
+            ..mine.clone()
+        };
+        assert!(reused.holder_gone("this-host", &here));
+        // A pid that names no single process (0 and -1 name groups) is never judged gone.
+        for nonsense in [0, u32::MAX] {
+            let odd = LeaseRecord {
+                pid: nonsense,
+                ..mine.clone()
+            };
+            assert!(!odd.holder_gone("this-host", &here), "{nonsense}");
+        }
+        // Another host, another boot, another pid namespace, or no process: only expiry frees it.
+        assert!(!reused.holder_gone("other-host", &here));
+        for other in [
+            HolderProcess {
+                boot_id: "another-boot".into(),
+                ..here.clone()
+            },
+            HolderProcess {
+                pid_namespace: "pid:[1]".into(),
+                ..here.clone()
+            },
+        ] {
+            assert!(!reused.holder_gone("this-host", &other));
+        }
+        let untied = LeaseRecord {
+            process: None,
+            ..reused
+        };
+        assert!(!untied.holder_gone("this-host", &here));
     }
 }

@@ -1,6 +1,7 @@
 //! What this host knows about the ledger's place in the state's history: the sidecar file
 //! `LEDGER.sync.json`, written (atomically) after every pull, push and restore. Its ETag is the
-//! condition of the next upload; its content fingerprint tells whether the ledger has changed since.
+//! condition of the next upload; its content fingerprint tells whether the ledger has changed
+//! since, and its cost tables' fingerprint which side changed them when both moved on.
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,10 @@ pub struct SyncRecord {
     pub sha256: String,
     /// Content fingerprint (see [`super::snapshot::Fingerprints`]).
     pub content: String,
+    /// Fingerprint of that generation's cost tables, to tell later which side changed them
+    /// (see [`crate::ledger::carry_over`]); absent in records of older meterbooks.
+    #[serde(default)]
+    pub cost_tables: Option<String>,
     pub synced_at: DateTime<Utc>,
 }
 

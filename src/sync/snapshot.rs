@@ -1,7 +1,8 @@
 //! Snapshot files: taking a checked copy of the ledger, fingerprinting it, compressing it for
 //! upload, unpacking and verifying a downloaded one, and installing it in place of the ledger
 //! (write beside, fsync, rename, fsync the folder). Temporary files live beside the ledger (same
-//! file system, so the final rename is atomic) and are removed when dropped.
+//! file system, so the final rename is atomic) and are removed when dropped, on every path: a
+//! temporary SQLite file with the journal and log files SQLite may have left beside it.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -11,7 +12,7 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use tempfile::TempPath;
 
-use crate::ledger::{check_snapshot, checkpoint, DiskFull, Ledger, SnapshotProblem};
+use crate::ledger::{check_snapshot, checkpoint, DiskFull, Ledger, SnapshotFacts, SnapshotProblem};
 
 /// zstd level: level 3 compresses a ledger about 11:1 at several hundred MB/s.
 const ZSTD_LEVEL: i32 = 3;
@@ -33,28 +34,60 @@ pub struct Fingerprints {
     pub size: u64,
 }
 
+/// A temporary SQLite file. Dropped, it is removed together with the `-journal`, `-wal` and
+/// `-shm` files SQLite may have left beside it (a copy that failed half-way leaves a journal).
+pub struct TempDb(Option<TempPath>);
+
+impl TempDb {
+    pub fn path(&self) -> &Path {
+        self.0.as_deref().expect("a temporary file until persisted")
+    }
+
+    /// Renames it to `to`.
+    fn persist(mut self, to: &Path) -> Result<()> {
+        let temp = self.0.take().expect("a temporary file until persisted");
+        temp.persist(to)
+            .with_context(|| format!("replacing ledger {}", to.display()))?;
+        Ok(())
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        let Some(path) = self.0.take() else {
+            return;
+        };
+        for suffix in ["-journal", "-wal", "-shm"] {
+            let mut side = path.as_os_str().to_os_string();
+            side.push(suffix);
+            let _ = std::fs::remove_file(side);
+        }
+        drop(path);
+    }
+}
+
 /// A checked snapshot in a temporary file.
 pub struct Snapshot {
-    pub path: TempPath,
+    pub path: TempDb,
     pub fingerprints: Fingerprints,
-    pub schema_version: i64,
+    pub facts: SnapshotFacts,
 }
 
 /// Copies the ledger with `VACUUM INTO` to a temporary file beside it and checks the copy.
 pub fn take(ledger: &Ledger) -> Result<Snapshot> {
-    let path = temp_beside(ledger.path(), "snapshot")?;
-    ledger.snapshot_into(&path)?;
-    let schema_version = check_snapshot(&path).map_err(|problem| {
+    let path = TempDb(Some(temp_beside(ledger.path(), "snapshot")?));
+    ledger.snapshot_into(path.path())?;
+    let facts = check_snapshot(path.path()).map_err(|problem| {
         anyhow::anyhow!(
             "the snapshot of ledger {} failed its check: {problem}; nothing was uploaded",
             ledger.path().display()
         )
     })?;
-    let fingerprints = fingerprint(&path)?;
+    let fingerprints = fingerprint(path.path())?;
     Ok(Snapshot {
         path,
         fingerprints,
-        schema_version,
+        facts,
     })
 }
 
@@ -138,35 +171,36 @@ pub fn unpack(
     if compression != COMPRESSION {
         return Ok(Err(Refusal::UnknownCompression(compression.to_string())));
     }
-    let out = temp_beside(beside, "pulled")?;
+    let out = TempDb(Some(temp_beside(beside, "pulled")?));
     let input =
         File::open(compressed).with_context(|| format!("reading {}", compressed.display()))?;
-    let file = File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+    let file =
+        File::create(out.path()).with_context(|| format!("creating {}", out.path().display()))?;
     let mut writer = BufWriter::new(file);
     let decoded = zstd::Decoder::new(input).and_then(|mut d| std::io::copy(&mut d, &mut writer));
     if let Err(e) = decoded {
         if e.kind() == std::io::ErrorKind::StorageFull {
-            return Err(io_error(e, &out, "unpacking the state into"));
+            return Err(io_error(e, out.path(), "unpacking the state into"));
         }
         return Ok(Err(Refusal::Undecodable(e.to_string())));
     }
     let file = writer
         .into_inner()
-        .map_err(|e| io_error(e.into_error(), &out, "unpacking the state into"))?;
+        .map_err(|e| io_error(e.into_error(), out.path(), "unpacking the state into"))?;
     file.sync_all()
-        .map_err(|e| io_error(e, &out, "unpacking the state into"))?;
-    let fingerprints = fingerprint(&out)?;
+        .map_err(|e| io_error(e, out.path(), "unpacking the state into"))?;
+    let fingerprints = fingerprint(out.path())?;
     if fingerprints.sha256 != expected_sha256 {
         return Ok(Err(Refusal::Checksum {
             expected: expected_sha256.to_string(),
             actual: fingerprints.sha256,
         }));
     }
-    Ok(match check_snapshot(&out) {
-        Ok(schema_version) => Ok(Snapshot {
+    Ok(match check_snapshot(out.path()) {
+        Ok(facts) => Ok(Snapshot {
             path: out,
             fingerprints,
-            schema_version,
+            facts,
         }),
         Err(problem) => Err(problem.into()),
     })
@@ -175,17 +209,14 @@ pub fn unpack(
 /// Replaces the ledger with a checked snapshot: empties the old ledger's write-ahead log first
 /// (a stale log must never be replayed onto the new file), renames, removes the old `-wal` and
 /// `-shm` files, and syncs the folder.
-pub fn install(snapshot: Snapshot, ledger: &Path) -> Result<()> {
+pub fn install(snapshot: TempDb, ledger: &Path) -> Result<()> {
     if ledger.exists() {
         checkpoint(ledger)?;
     }
-    File::open(&snapshot.path)
+    File::open(snapshot.path())
         .and_then(|f| f.sync_all())
-        .with_context(|| format!("syncing {}", snapshot.path.display()))?;
-    snapshot
-        .path
-        .persist(ledger)
-        .with_context(|| format!("replacing ledger {}", ledger.display()))?;
+        .with_context(|| format!("syncing {}", snapshot.path().display()))?;
+    snapshot.persist(ledger)?;
     for suffix in ["-wal", "-shm"] {
         let mut side = ledger.as_os_str().to_os_string();
         side.push(suffix);

@@ -1,6 +1,9 @@
 //! Pull, push, restore and status: the state's history as a chain of generations, each uploaded
-//! only if the state is still the one this ledger was synced with. Nothing here replaces a local
-//! ledger that has changes not on S3 unless asked to, or installs a state that failed a check.
+//! only if the state is still the one this ledger was synced with. A pull over a ledger with
+//! changes not on S3 keeps what only this ledger knows (submissions, predecessor imports, cost
+//! tables changed here) by carrying it over into the newer state, and drops what the state
+//! covers or any ingest rebuilds ([`crate::ledger::carry_over`]). Nothing here installs a state
+//! that failed a check, or replaces a file that is not a meterbook ledger.
 
 use std::path::Path;
 
@@ -13,7 +16,7 @@ use super::remote::{self, Condition, ObjectInfo, Refused, StateMeta};
 use super::snapshot::{self, Fingerprints, Refusal, Snapshot};
 use super::StateLocation;
 use crate::error::Fatal;
-use crate::ledger::{Ledger, SnapshotProblem};
+use crate::ledger::{carry_over, empty_cost_tables, Carried, Ledger, LedgerFile, SnapshotProblem};
 use crate::period::format_utc;
 
 /// The state object with its parsed metadata.
@@ -71,30 +74,41 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .context("a background task")?
 }
 
-/// A checked snapshot of the ledger (which must exist), taken without changing it.
-async fn take_snapshot(ledger: &Path) -> Result<Snapshot> {
-    let path = ledger.to_path_buf();
-    blocking(move || snapshot::take(&Ledger::open_read_only(&path)?)).await
+/// A checked snapshot of the ledger, taken without changing it; `None` when there is no ledger.
+async fn take_snapshot(ledger: &LedgerFile) -> Result<Option<Snapshot>> {
+    if !ledger.path.exists() {
+        return Ok(None);
+    }
+    let file = ledger.clone();
+    let taken = blocking(move || snapshot::take(&Ledger::open_for_reading(&file)?)).await?;
+    Ok(Some(taken))
+}
+
+/// Refuses, before anything replaces it, a file at the ledger's path that is not a meterbook
+/// ledger this meterbook can use (see [`Ledger::open_for_reading`]): it is left as it is.
+async fn check_replaceable(ledger: &LedgerFile) -> Result<()> {
+    if ledger.path.exists() {
+        let file = ledger.clone();
+        blocking(move || Ledger::open_for_reading(&file).map(drop)).await?;
+    }
+    Ok(())
 }
 
 /// The fingerprints of the ledger's current content, or `None` when there is no ledger.
-pub async fn local_content(ledger: &Path) -> Result<Option<Fingerprints>> {
-    if !ledger.exists() {
-        return Ok(None);
-    }
-    Ok(Some(take_snapshot(ledger).await?.fingerprints))
+pub async fn local_content(ledger: &LedgerFile) -> Result<Option<Fingerprints>> {
+    Ok(take_snapshot(ledger).await?.map(|s| s.fingerprints))
 }
 
 /// Refuses to replace a ledger that holds changes which are neither in the generation it was
 /// synced as nor in the incoming state.
 async fn guard_local(
-    ledger: &Path,
+    ledger: &LedgerFile,
     record: Option<&SyncRecord>,
     incoming_content: &str,
     discard_local: bool,
 ) -> Result<()> {
     if discard_local {
-        return Ok(());
+        return check_replaceable(ledger).await;
     }
     let Some(local) = local_content(ledger).await? else {
         return Ok(());
@@ -109,23 +123,20 @@ async fn guard_local(
     Err(Fatal::Conflict(format!(
         "ledger {} has {since}, so replacing it would lose its changes; push them with \
          `meterbook sync push`, or pass --discard-local to drop them",
-        ledger.display()
+        ledger.path.display()
     ))
     .into())
 }
 
-fn record_for(
-    loc: &StateLocation,
-    generation: u64,
-    etag: &str,
-    prints: &Fingerprints,
-) -> SyncRecord {
+/// What the ledger is once it is `snapshot`'s content as generation `generation` (ETag `etag`).
+fn record_for(loc: &StateLocation, generation: u64, etag: &str, snapshot: &Snapshot) -> SyncRecord {
     SyncRecord {
         state_url: loc.to_string(),
         generation,
         etag: etag.to_string(),
-        sha256: prints.sha256.clone(),
-        content: prints.content.clone(),
+        sha256: snapshot.fingerprints.sha256.clone(),
+        content: snapshot.fingerprints.content.clone(),
+        cost_tables: Some(snapshot.facts.cost_tables.clone()),
         synced_at: Utc::now(),
     }
 }
@@ -148,19 +159,19 @@ pub enum Pushed {
 pub async fn push(
     client: &Client,
     loc: &StateLocation,
-    ledger: &Path,
+    ledger_file: &LedgerFile,
     keep: u64,
 ) -> Result<Pushed> {
-    if !ledger.exists() {
+    let ledger = ledger_file.path.as_path();
+    let started = std::time::Instant::now();
+    let Some(snapshot) = take_snapshot(ledger_file).await? else {
         return Err(Fatal::Config(format!(
             "no ledger at {}; nothing to push",
             ledger.display()
         ))
         .into());
-    }
+    };
     let record = local::read(ledger, &loc.to_string())?;
-    let started = std::time::Instant::now();
-    let snapshot = take_snapshot(ledger).await?;
     tracing::info!(
         "snapshot of {} checked: {} bytes in {:.1}s",
         ledger.display(),
@@ -187,7 +198,7 @@ pub async fn push(
             let generation = current.meta.generation;
             local::write(
                 ledger,
-                &record_for(loc, generation, &current.info.etag, &prints),
+                &record_for(loc, generation, &current.info.etag, &snapshot),
             )?;
             return Ok(Pushed::UpToDate { generation });
         }
@@ -203,7 +214,7 @@ pub async fn push(
         generation,
         sha256: prints.sha256.clone(),
         content: prints.content.clone(),
-        schema_version: snapshot.schema_version,
+        schema_version: snapshot.facts.schema_version,
         compression: snapshot::COMPRESSION.to_string(),
         size: prints.size,
         pushed_at: Utc::now(),
@@ -238,7 +249,7 @@ pub async fn push(
         }
     };
     crate::failpoint::hit("after-upload");
-    local::write(ledger, &record_for(loc, generation, &etag, &prints))?;
+    local::write(ledger, &record_for(loc, generation, &etag, &snapshot))?;
     keep_generation(client, loc, generation, &etag, keep).await;
     Ok(Pushed::Generation {
         generation,
@@ -256,8 +267,9 @@ fn moved_on(
     Fatal::Conflict(format!(
         "the state {loc} is at generation {} (pushed by {} at {}), but ledger {} {synced}: \
          another host wrote in between, so nothing was uploaded and the local ledger was kept \
-         as it is. Take the newer state with `meterbook sync pull --discard-local` (this drops \
-         the local changes) and run again",
+         as it is. Take the newer state with `meterbook sync pull` (it keeps this ledger's \
+         submissions, predecessor imports and cost changes, and drops what any ingest reads \
+         again from the export), then push again; `meterbook run` does both by itself",
         current.generation,
         current.pushed_by,
         format_utc(current.pushed_at),
@@ -276,7 +288,7 @@ async fn upload_snapshot(
     condition: &Condition,
 ) -> Result<(std::result::Result<String, Refused>, u64)> {
     let started = std::time::Instant::now();
-    let snapshot_path = snapshot.path.to_path_buf();
+    let snapshot_path = snapshot.path.path().to_path_buf();
     let compressed = blocking(move || snapshot::compress(&snapshot_path)).await?;
     let stored = std::fs::metadata(&compressed)?.len();
     tracing::info!(
@@ -339,6 +351,13 @@ async fn keep_generation(
 pub enum Pulled {
     /// The local ledger is now this generation.
     Generation { generation: u64, size: u64 },
+    /// The local ledger had changes the state did not have: it is now this generation, plus
+    /// what only the local ledger knew ([`Carried`] says what was kept and what dropped).
+    Merged {
+        generation: u64,
+        size: u64,
+        carried: Carried,
+    },
     /// The local ledger already is the current generation.
     UpToDate { generation: u64 },
     /// The local ledger is the current generation plus changes not yet pushed.
@@ -347,13 +366,16 @@ pub enum Pulled {
     NoState,
 }
 
-/// Downloads the state, verifies it and installs it as the local ledger.
+/// Downloads the state, verifies it and installs it as the local ledger. When the local ledger
+/// has changes the state does not have (and `discard_local` is not given), what only it knows is
+/// carried over into the state first ([`carry_over`]).
 pub async fn pull(
     client: &Client,
     loc: &StateLocation,
-    ledger: &Path,
+    ledger_file: &LedgerFile,
     discard_local: bool,
 ) -> Result<Pulled> {
+    let ledger = ledger_file.path.as_path();
     let record = local::read(ledger, &loc.to_string())?;
     let Some(current) = head(client, loc).await? else {
         return match &record {
@@ -362,7 +384,7 @@ pub async fn pull(
         };
     };
     if let Some(r) = record.as_ref().filter(|r| r.etag == current.info.etag) {
-        if let Some(local) = local_content(ledger).await? {
+        if let Some(local) = local_content(ledger_file).await? {
             return Ok(if local.content == r.content {
                 Pulled::UpToDate {
                     generation: r.generation,
@@ -374,13 +396,18 @@ pub async fn pull(
             });
         }
     }
-    guard_local(
-        ledger,
-        record.as_ref(),
-        &current.meta.content,
-        discard_local,
-    )
-    .await?;
+    // The state has moved on, or this ledger was never synced with it.
+    let local = match discard_local {
+        true => {
+            check_replaceable(ledger_file).await?;
+            None
+        }
+        false => take_snapshot(ledger_file).await?,
+    };
+    let local_changes = local.filter(|l| {
+        let content = &l.fingerprints.content;
+        *content != current.meta.content && record.as_ref().is_none_or(|r| r.content != *content)
+    });
     let started = std::time::Instant::now();
     let (snapshot, info, meta) = fetch(client, loc, &loc.key, ledger).await?;
     tracing::info!(
@@ -392,11 +419,119 @@ pub async fn pull(
     );
     let generation = meta.generation;
     let size = snapshot.fingerprints.size;
-    let prints = snapshot.fingerprints.clone();
+    let pulled = record_for(loc, generation, &info.etag, &snapshot);
+    let (snapshot, carried) = match local_changes {
+        None => (snapshot, None),
+        Some(local) => {
+            let base = record
+                .as_ref()
+                .and_then(|r| r.cost_tables.clone())
+                .unwrap_or_else(empty_cost_tables);
+            let (snapshot, carried) = blocking(move || {
+                let carried = carry_over(snapshot.path.path(), local.path.path(), &base)?;
+                Ok((snapshot, carried))
+            })
+            .await?;
+            report_carried(&carried);
+            (snapshot, Some(carried))
+        }
+    };
     let target = ledger.to_path_buf();
-    blocking(move || snapshot::install(snapshot, &target)).await?;
-    local::write(ledger, &record_for(loc, generation, &info.etag, &prints))?;
-    Ok(Pulled::Generation { generation, size })
+    blocking(move || snapshot::install(snapshot.path, &target)).await?;
+    local::write(ledger, &pulled)?;
+    Ok(match carried {
+        None => Pulled::Generation { generation, size },
+        Some(carried) => Pulled::Merged {
+            generation,
+            size,
+            carried,
+        },
+    })
+}
+
+/// Says what a pull kept of the local ledger and what it dropped.
+fn report_carried(c: &Carried) {
+    if c.usage_files_dropped > 0 {
+        tracing::info!(
+            "dropped {} usage files ingested here that the state does not have: any ingest \
+             reads them again from the export",
+            c.usage_files_dropped
+        );
+    }
+    if c.updates_dropped > 0 {
+        tracing::info!(
+            "dropped what was recorded here about {} submissions after the state was pushed \
+             (answers of a run that did not push them): the state's record is kept; the next \
+             run re-sends what is still in flight there, and Clazar's duplicate answer confirms \
+             what had arrived",
+            c.updates_dropped
+        );
+    }
+    for l in &c.left_out {
+        let what = format!(
+            "{} contract {} {} {}",
+            l.service_key, l.contract_id, l.period_kind, l.period
+        );
+        if l.status == "pending" {
+            tracing::info!(
+                "dropped the submission of {what} planned here and never sent: the state already \
+                 holds that period"
+            );
+        } else {
+            tracing::warn!(
+                "left out the submission of {what} recorded here as {}: the state already holds \
+                 an accepted or in-flight line for that period (Clazar refuses a second one as a \
+                 duplicate); the state's record is kept",
+                l.status
+            );
+        }
+    }
+    if c.submissions > 0 {
+        tracing::warn!(
+            "kept {} submissions ({} lines, {} runs) recorded here that the state did not have \
+             (e.g. a `meterbook submit` that was not pushed): they are now in the ledger, and \
+             the next push uploads them",
+            c.submissions,
+            c.lines,
+            c.runs
+        );
+    }
+    if c.predecessor_imports > 0 {
+        tracing::warn!(
+            "kept {} predecessor imports recorded here that the state did not have; the next \
+             push uploads them",
+            c.predecessor_imports
+        );
+    }
+    if c.cost_tables {
+        tracing::warn!(
+            "kept the cost tables changed here (`costs ingest`, `costs grants load`), which the \
+             state had not changed; the next push uploads them"
+        );
+    }
+    if let Some(dropped) = &c.cost_tables_dropped {
+        let mut again: Vec<String> = dropped
+            .billing_sources
+            .iter()
+            .map(|s| format!("`meterbook costs ingest --source {s}`"))
+            .collect();
+        again.extend(
+            dropped
+                .grants_files
+                .iter()
+                .map(|f| format!("`meterbook costs grants load {f}`")),
+        );
+        tracing::warn!(
+            "the cost tables were changed both here and in the state (`costs ingest` or `costs \
+             grants load` on two hosts), and only one version can be kept: the state's, which \
+             other hosts already have. This host's cost changes were dropped; to bring them \
+             back, run here again: {}",
+            match again.is_empty() {
+                true => "the cost commands run here".to_string(),
+                false => again.join(", "),
+            }
+        );
+    }
 }
 
 /// Downloads an object of the state's history beside the ledger and verifies it. A missing
@@ -429,11 +564,12 @@ async fn fetch(
 pub async fn restore(
     client: &Client,
     loc: &StateLocation,
-    ledger: &Path,
+    ledger_file: &LedgerFile,
     wanted: u64,
     keep: u64,
     discard_local: bool,
 ) -> Result<u64> {
+    let ledger = ledger_file.path.as_path();
     let record = local::read(ledger, &loc.to_string())?;
     let kept = remote::list_generations(client, loc).await?;
     if !kept.contains(&wanted) {
@@ -449,7 +585,7 @@ pub async fn restore(
         .and_then(|c| StateMeta::from_metadata(&c.metadata).ok())
         .map_or(0, |m| m.generation);
     let (snapshot, _, old) = fetch(client, loc, &loc.generation_key(wanted), ledger).await?;
-    guard_local(ledger, record.as_ref(), &old.content, discard_local).await?;
+    guard_local(ledger_file, record.as_ref(), &old.content, discard_local).await?;
     let generation = [current_generation, kept.last().copied().unwrap_or(0)]
         .into_iter()
         .chain(record.as_ref().map(|r| r.generation))
@@ -474,10 +610,10 @@ pub async fn restore(
                  `meterbook sync status` and try again"
         ))
     })?;
-    let prints = snapshot.fingerprints.clone();
+    let restored = record_for(loc, generation, &etag, &snapshot);
     let target = ledger.to_path_buf();
-    blocking(move || snapshot::install(snapshot, &target)).await?;
-    local::write(ledger, &record_for(loc, generation, &etag, &prints))?;
+    blocking(move || snapshot::install(snapshot.path, &target)).await?;
+    local::write(ledger, &restored)?;
     keep_generation(client, loc, generation, &etag, keep).await;
     Ok(generation)
 }
@@ -503,10 +639,10 @@ impl Status {
     }
 }
 
-pub async fn status(client: &Client, loc: &StateLocation, ledger: &Path) -> Result<Status> {
+pub async fn status(client: &Client, loc: &StateLocation, ledger: &LedgerFile) -> Result<Status> {
     Ok(Status {
         remote: head(client, loc).await?,
-        record: local::read(ledger, &loc.to_string())?,
+        record: local::read(&ledger.path, &loc.to_string())?,
         local: local_content(ledger).await?,
         kept: remote::list_generations(client, loc).await?,
     })
