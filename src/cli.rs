@@ -165,6 +165,20 @@ pub enum Command {
     History(HistoryArgs),
     /// Re-send failed, rejected or warned submissions, recomputed with the current formulas.
     Resubmit(ResubmitArgs),
+    /// Ask a running `meterbook run`'s health check whether it is healthy (exit 0) or not (exit 1):
+    /// the container image's HEALTHCHECK.
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The health check's port, as `run` serves it.
+    #[arg(long, env = "HEALTHCHECK_PORT", default_value_t = 8080)]
+    pub healthcheck_port: u16,
+
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 5)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ mod util;
 
 mod costs;
 mod daemon;
+mod deploy;
 mod dropin;
 mod formulas;
 mod hostile;

@@ -2,6 +2,7 @@
 
 pub mod costs;
 pub mod doctor;
+pub mod health;
 pub mod history;
 pub mod import_state;
 pub mod ingest;
@@ -30,5 +31,6 @@ pub async fn dispatch(cli: Cli) -> Result<Outcome> {
         Command::History(args) => history::run(global, args),
         Command::Resubmit(args) => resubmit::run(global, args).await,
         Command::Costs(args) => costs::run(global, args).await,
+        Command::Health(args) => health::run(args).await,
     }
 }
