@@ -92,7 +92,11 @@ fn the_compose_file_passes_every_variable_of_the_predecessor_and_each_names_a_pa
     for (name, key) in &c.environment {
         assert!(c.params.contains_key(key), "{name}: no API parameter {key}");
     }
-    for own in ["METERBOOK_STATE_URL", "METERBOOK_ROUNDING", "METERBOOK_PERIOD"] {
+    for own in [
+        "METERBOOK_STATE_URL",
+        "METERBOOK_ROUNDING",
+        "METERBOOK_PERIOD",
+    ] {
         let key = &c.environment[own];
         assert_eq!(c.params[key].0, false, "{own} is optional");
     }
@@ -139,7 +143,10 @@ fn the_configuration_check_accepts_exactly_what_the_compose_file_passes() {
             (Some(v), _) => v.clone(),
             (None, Some(d)) => d.clone(),
             (None, None) => {
-                assert!(!required, "{key} is required but the test fills in no value");
+                assert!(
+                    !required,
+                    "{key} is required but the test fills in no value"
+                );
                 blank.push(name.clone());
                 String::new()
             }
@@ -147,7 +154,8 @@ fn the_configuration_check_accepts_exactly_what_the_compose_file_passes() {
         cmd.env(name, value);
     }
     assert!(
-        blank.contains(&"DIMENSION2_NAME".to_string()) && blank.contains(&"METERBOOK_STATE_URL".to_string()),
+        blank.contains(&"DIMENSION2_NAME".to_string())
+            && blank.contains(&"METERBOOK_STATE_URL".to_string()),
         "{blank:?}"
     );
     // Only where the servers are differs from a real deployment.
@@ -167,7 +175,10 @@ fn the_configuration_check_accepts_exactly_what_the_compose_file_passes() {
     assert!(text.contains("formulas: 1 valid: cpu"), "{text}");
     assert!(!text.contains("FAIL"), "{text}");
     assert!(
-        text.contains(&format!("s3://{}/meterbook/state/pg/PROD/pt-HJSv20iWX0/", bucket.name)),
+        text.contains(&format!(
+            "s3://{}/meterbook/state/pg/PROD/pt-HJSv20iWX0/",
+            bucket.name
+        )),
         "the state is the plan's own:\n{text}"
     );
     assert!(!text.contains(SECRET) && !stderr_of(&out).contains(SECRET));
