@@ -98,7 +98,7 @@ fn the_compose_file_passes_every_variable_of_the_predecessor_and_each_names_a_pa
         "METERBOOK_PERIOD",
     ] {
         let key = &c.environment[own];
-        assert_eq!(c.params[key].0, false, "{own} is optional");
+        assert!(!c.params[key].0, "{own} is optional");
     }
     for secret in ["clazarClientSecret", "awsSecretAccessKey"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("omnistrate-compose.yaml");
