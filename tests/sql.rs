@@ -223,13 +223,8 @@ fn an_older_ledger_is_read_as_it_is_with_a_warning_and_migrated_only_by_a_writer
 
     // A writing command brings it up to date, keeping its rows.
     env.write_usage(&usage_key("pt-1", "2025/06/01/00", "sub-1"), b"[]");
-    let out = env.ingest();
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("migrating ledger"),
-        "{}",
-        stderr_of(&out)
-    );
+    let out = env.ingest().expect_code(0);
+    assert!(out.stderr.contains("migrating ledger"), "{}", out.stderr);
     let latest = embedded::migrations::runner()
         .get_migrations()
         .iter()
@@ -307,7 +302,7 @@ fn control_characters_are_escaped_in_a_table_and_exact_in_csv_and_json() {
         &usage_key("pt-1", "2025/06/01/00", "sub-1"),
         json!([r]).to_string().as_bytes(),
     );
-    assert!(env.ingest().status.success());
+    env.ingest().expect_code(0);
     let q = "SELECT pod_name FROM usage_records";
     let out = env.cmd().args(["sql", q]).output().unwrap();
     let table = String::from_utf8(out.stdout).unwrap();
