@@ -626,28 +626,38 @@ pub fn http(
 /// and the ones left blank arrive as empty strings. One custom dimension, as the compose file
 /// requires (`DIMENSION1_*`); the test's own settings (S3 endpoint, Clazar emulator) come on top.
 pub fn compose_vars(bucket: &str, plan: &str) -> Vec<(&'static str, String)> {
+    let mut vars = scope_vars(plan).to_vec();
+    vars.extend(
+        [
+            ("CLAZAR_CLIENT_ID", CLIENT_ID),
+            ("CLAZAR_CLIENT_SECRET", SECRET),
+            ("CLAZAR_CLOUD", "aws"),
+            ("AWS_S3_BUCKET_NAME", bucket),
+            ("AWS_REGION", "us-east-1"),
+            ("DIMENSION1_NAME", "cpu_core_hours"),
+            ("DIMENSION1_FORMULA", "cpu_core_hours"),
+            ("DIMENSION2_NAME", ""),
+            ("DIMENSION2_FORMULA", ""),
+            ("DIMENSION3_NAME", ""),
+            ("DIMENSION3_FORMULA", ""),
+            ("START_MONTH", ""),
+            ("DRY_RUN", ""),
+            ("LOG_LEVEL", ""),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name, value.to_string())),
+    );
+    vars
+}
+
+/// The variables that scope meterbook to the service key pg:PROD:`plan`, as the predecessor's
+/// deployments set them.
+pub fn scope_vars(plan: &str) -> [(&'static str, String); 3] {
     [
-        ("SERVICE_NAME", "pg"),
-        ("ENVIRONMENT_TYPE", "PROD"),
-        ("PLAN_ID", plan),
-        ("CLAZAR_CLIENT_ID", CLIENT_ID),
-        ("CLAZAR_CLIENT_SECRET", SECRET),
-        ("CLAZAR_CLOUD", "aws"),
-        ("AWS_S3_BUCKET_NAME", bucket),
-        ("AWS_REGION", "us-east-1"),
-        ("DIMENSION1_NAME", "cpu_core_hours"),
-        ("DIMENSION1_FORMULA", "cpu_core_hours"),
-        ("DIMENSION2_NAME", ""),
-        ("DIMENSION2_FORMULA", ""),
-        ("DIMENSION3_NAME", ""),
-        ("DIMENSION3_FORMULA", ""),
-        ("START_MONTH", ""),
-        ("DRY_RUN", ""),
-        ("LOG_LEVEL", ""),
+        ("SERVICE_NAME", "pg".into()),
+        ("ENVIRONMENT_TYPE", "PROD".into()),
+        ("PLAN_ID", plan.into()),
     ]
-    .into_iter()
-    .map(|(name, value)| (name, value.to_string()))
-    .collect()
 }
 
 /// A usage record as JSON, with the fields tests vary.
