@@ -148,10 +148,3 @@ impl Emulator {
         v
     }
 }
-
-// The helper as it was, kept while the test files move to TestEnv::with_emulator.
-impl Emulator {
-    pub fn start(_env: &crate::util::TestEnv, extra: &[&str]) -> Emulator {
-        Emulator::launch(extra)
-    }
-}

@@ -145,11 +145,3 @@ impl Bucket {
             .collect()
     }
 }
-
-// The helper as it was, kept while the test files move to the one above.
-impl Bucket {
-    pub fn upload_tree(&self, dir: &Path, prefix: &str) -> i64 {
-        self.upload(dir, prefix);
-        crate::util::usage_records(dir).len() as i64
-    }
-}

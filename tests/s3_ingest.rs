@@ -17,6 +17,16 @@ fn ingest(env: &TestEnv, source: &str) -> TestCommand {
     env.meterbook(["ingest", "--source", source])
 }
 
+/// A usage file of one record: `value` CPU core hours of contract c-1.
+fn cpu_hours_of_c1(value: i64) -> Vec<u8> {
+    serde_json::to_vec(&json!([record(
+        Some("c-1"),
+        "cpu_core_hours",
+        json!(value)
+    )]))
+    .unwrap()
+}
+
 /// `scripts/fault-proxy.py` in front of the test server; stopped when dropped.
 struct FaultProxy {
     _process: Running,
@@ -109,7 +119,7 @@ fn more_than_1000_keys_in_one_day_are_all_ingested_once_and_a_rerun_fetches_noth
     assert_eq!(size as u64, local.len());
     assert!(modified.starts_with("20"), "{modified}");
     let stored_sources: Vec<String> = env.column("SELECT DISTINCT source FROM usage_files");
-    assert_eq!(stored_sources, [source.clone()]);
+    assert_eq!(stored_sources, [source.as_str()]);
 
     // A re-run through a counting proxy: listings only, not one GET of a usage file.
     let proxy = FaultProxy::start(&[]);
@@ -127,8 +137,7 @@ fn more_than_1000_keys_in_one_day_are_all_ingested_once_and_a_rerun_fetches_noth
 fn listing_covers_only_the_months_in_scope_and_unsubmitted_months_by_default() {
     let env = TestEnv::new().with_bucket("months");
     let bucket = env.bucket();
-    let body =
-        serde_json::to_vec(&json!([record(Some("c-1"), "cpu_core_hours", json!(2))])).unwrap();
+    let body = cpu_hours_of_c1(2);
     for hour in ["2025/03/10/00", "2025/05/31/23", "2025/06/01/00"] {
         bucket.put(&usage_key("pt-1", hour, "sub-a"), &body);
     }
@@ -180,17 +189,12 @@ fn listing_covers_only_the_months_in_scope_and_unsubmitted_months_by_default() {
 fn a_rewrite_of_a_month_already_sent_is_found_by_the_daily_full_listing_and_shown_as_drift() {
     let env = TestEnv::new().with_bucket("drift").with_emulator(&[]);
     let bucket = env.bucket();
-    let usage = |value: i64| {
-        serde_json::to_vec(&json!([record(
-            Some("c-1"),
-            "cpu_core_hours",
-            json!(value)
-        )]))
-        .unwrap()
-    };
     let march = usage_key("pt-1", "2025/03/10/00", "sub-a");
-    bucket.put(&march, &usage(2));
-    bucket.put(&usage_key("pt-1", "2025/06/01/00", "sub-a"), &usage(1));
+    bucket.put(&march, &cpu_hours_of_c1(2));
+    bucket.put(
+        &usage_key("pt-1", "2025/06/01/00", "sub-a"),
+        &cpu_hours_of_c1(1),
+    );
     bucket.put(
         MARKER_KEY,
         br#"{"pg:PROD:pt-1": {"last_processed_to": "2025-06-30T23:59:59Z"}}"#,
@@ -202,7 +206,7 @@ fn a_rewrite_of_a_month_already_sent_is_found_by_the_daily_full_listing_and_show
     assert_eq!(emu.accepted().len(), 2);
 
     // March is sent: a re-run within the day does not list it.
-    bucket.put(&march, &usage(5));
+    bucket.put(&march, &cpu_hours_of_c1(5));
     ingest(&env, &source).expect_code(0);
     assert_eq!(env.count("SELECT MAX(version) FROM usage_files"), 1);
 
@@ -240,8 +244,7 @@ fn a_rewrite_of_a_month_already_sent_is_found_by_the_daily_full_listing_and_show
 fn odd_and_oversized_objects_are_problem_rows_and_the_rest_is_ingested() {
     let env = TestEnv::new().with_bucket("odd");
     let bucket = env.bucket();
-    let small =
-        serde_json::to_vec(&json!([record(Some("c-1"), "cpu_core_hours", json!(2))])).unwrap();
+    let small = cpu_hours_of_c1(2);
     let big: Vec<serde_json::Value> = (0..20)
         .map(|_| record(Some("c-2"), "cpu_core_hours", json!(1)))
         .collect();
@@ -320,8 +323,7 @@ fn a_rewritten_object_replaces_its_records_and_keeps_the_earlier_version() {
 fn objects_that_are_not_usage_files_are_ignored() {
     let env = TestEnv::new().with_bucket("other");
     let bucket = env.bucket();
-    let body =
-        serde_json::to_vec(&json!([record(Some("c-1"), "cpu_core_hours", json!(2))])).unwrap();
+    let body = cpu_hours_of_c1(2);
     bucket.put(&usage_key("pt-1", "2025/06/01/00", "sub-a"), &body);
     for key in [
         "omnistrate-metering/pg/PROD/pt-1/2025/06/01/00/readme.txt",
@@ -359,8 +361,7 @@ fn an_empty_prefix_ingests_nothing_and_records_the_missing_marker() {
 fn a_malformed_marker_is_recorded_and_warned_about_and_ingest_goes_on() {
     let env = TestEnv::new().with_bucket("marker");
     let bucket = env.bucket();
-    let body =
-        serde_json::to_vec(&json!([record(Some("c-1"), "cpu_core_hours", json!(2))])).unwrap();
+    let body = cpu_hours_of_c1(2);
     bucket.put(&usage_key("pt-1", "2025/06/01/00", "sub-a"), &body);
     bucket.put(MARKER_KEY, b"{not json");
     let source = bucket.url();

@@ -404,10 +404,6 @@ pub struct Running {
 }
 
 impl Running {
-    pub fn id(&self) -> u32 {
-        self.child.id()
-    }
-
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
@@ -768,34 +764,4 @@ pub fn file_digests(dir: &Path) -> BTreeMap<String, String> {
             )
         })
         .collect()
-}
-
-// The harness as it was, kept while the test files move to the one above; removed once none uses it.
-impl TestEnv {
-    pub fn cmd(&self) -> assert_cmd::Command {
-        assert_cmd::Command::from_std(self.std_cmd())
-    }
-
-    pub fn std_cmd(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meterbook"));
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", self.dir.path())
-            .env("METERBOOK_LEDGER", &self.ledger)
-            .env("METERBOOK_LOG", "info")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .current_dir(self.dir.path());
-        cmd
-    }
-}
-
-pub fn compose_env(cmd: &mut Command, bucket: &str, plan: &str) {
-    cmd.envs(compose_vars(bucket, plan));
-}
-
-pub fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
