@@ -87,7 +87,7 @@ fn odd_paths_are_problem_rows_naming_them_and_everything_else_is_ingested() {
     let env = TestEnv::new();
     let good = [record(Some("c-1"), "cpu_core_hours", json!(2))];
     env.write_records(&usage_key("pt-1", "2025/06/01/00", "sub-a"), &good);
-    let elsewhere = env.dir.path().join("elsewhere");
+    let elsewhere = env.path("elsewhere");
     std::fs::create_dir_all(elsewhere.join("00")).unwrap();
     std::fs::write(
         elsewhere.join("00/sub-x.json"),
@@ -281,7 +281,7 @@ fn billing_file(dir: &std::path::Path, month: &str, csv: &[u8]) {
 #[test]
 fn billing_bombs_end_as_a_few_problem_rows_and_other_months_are_intact() {
     let env = TestEnv::new();
-    let dir = env.dir.path().join("billing");
+    let dir = env.path("billing");
     std::fs::create_dir_all(&dir).unwrap();
     let good = format!(
         "{BILLING_HEADER}1,111,222,LineItem,EC2,2025-06-01 00:00:00,2025-06-01 01:00:00,1,0.5,0.5,i-1,alice\n"

@@ -145,7 +145,7 @@ fn a_flat_state_on_s3_is_read_with_the_service_key_from_its_name() {
 #[test]
 fn a_corrupt_state_is_refused_and_nothing_is_imported() {
     let env = TestEnv::new();
-    let state = env.dir.path().join("metering_state.json");
+    let state = env.path("metering_state.json");
     std::fs::write(
         &state,
         "{\"pg:PROD:pt-1\": {\"last_processed_month\": \"June\"}}",

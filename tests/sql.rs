@@ -63,8 +63,8 @@ fn prints_json_csv_and_table() {
 fn a_statement_that_would_write_is_refused_and_changes_nothing() {
     let env = env_with_usage();
     let before = file_digests(env.dir.path());
-    let copy = env.dir.path().join("copy.sqlite");
-    let other = env.dir.path().join("other.sqlite");
+    let copy = env.path("copy.sqlite");
+    let other = env.path("other.sqlite");
     Connection::open(&other)
         .unwrap()
         .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x);")
@@ -110,7 +110,7 @@ fn reading_commands_change_no_file_and_leave_none_behind() {
     let before = file_digests(env.dir.path());
     assert!(before.contains_key("ledger.sqlite"), "{before:?}");
     assert!(!before.contains_key("ledger.sqlite-wal"), "{before:?}");
-    std::fs::create_dir(env.dir.path().join("plots")).unwrap();
+    std::fs::create_dir(env.path("plots")).unwrap();
     // Each with its exit code: doctor finds no S3 there (2).
     let commands: [(&[&str], i32); 7] = [
         (&["sql", "SELECT * FROM monthly_usage"], 0),
@@ -207,7 +207,7 @@ fn an_older_ledger_is_read_as_it_is_with_a_warning_and_migrated_only_by_a_writer
 fn a_file_that_is_not_a_ledger_is_refused_by_every_command_and_left_as_it_is() {
     let env = TestEnv::new();
     env.write_usage(&usage_key("pt-1", "2025/06/01/00", "sub-1"), b"[]");
-    let grants = env.dir.path().join("grants.csv");
+    let grants = env.path("grants.csv");
     std::fs::write(&grants, "user,amount,start\nalice,10,2025-06-01\n").unwrap();
     let export = env.export().display().to_string();
     let grants = grants.display().to_string();

@@ -11,7 +11,7 @@ use crate::emulator::SECRET;
 use crate::util::{Output, TestEnv, SERVICE_KEY};
 
 /// A test environment with the emulator started with `args`, fast retries and debug logs.
-fn with_emulator(args: &[&str]) -> TestEnv {
+fn with_fast_emulator(args: &[&str]) -> TestEnv {
     TestEnv::new().with_emulator(args).with_vars([
         ("METERBOOK_CLAZAR_BACKOFF_MS", "10"),
         ("METERBOOK_CLAZAR_TIMEOUT", "5"),
@@ -107,7 +107,7 @@ fn triple(c: &str, d: &str, s: &str) -> (String, String, String) {
 
 #[test]
 fn submits_each_amount_once_per_contract_and_a_second_run_sends_nothing() {
-    let env = with_emulator(&[]);
+    let env = with_fast_emulator(&[]);
     june(&env);
     let emu = env.emulator();
     run(&env, &["submit"], 0);
@@ -142,7 +142,7 @@ fn submits_each_amount_once_per_contract_and_a_second_run_sends_nothing() {
 
 #[test]
 fn the_unique_index_refuses_a_second_accepted_or_in_flight_line() {
-    let env = with_emulator(&[]);
+    let env = with_fast_emulator(&[]);
     june(&env);
     run(&env, &["submit"], 0);
     let db = env.db();
@@ -180,7 +180,7 @@ fn the_unique_index_refuses_a_second_accepted_or_in_flight_line() {
 
 #[test]
 fn only_periods_the_marker_covers_entirely_are_submitted() {
-    let env = with_emulator(&[]);
+    let env = with_fast_emulator(&[]);
     env.write_hour(
         "2025/06/30/23",
         "sub-a",
@@ -218,7 +218,7 @@ fn only_periods_the_marker_covers_entirely_are_submitted() {
 
 #[test]
 fn without_a_marker_nothing_is_sent_unless_a_grace_delay_is_opted_into() {
-    let env = with_emulator(&[]);
+    let env = with_fast_emulator(&[]);
     env.write_hour(
         "2025/06/01/00",
         "sub-a",
@@ -237,7 +237,7 @@ fn without_a_marker_nothing_is_sent_unless_a_grace_delay_is_opted_into() {
 
 #[test]
 fn hourly_periods_are_submitted_up_to_the_marker_oldest_first_and_bounded() {
-    let env = with_emulator(&[]);
+    let env = with_fast_emulator(&[]);
     for h in ["00", "01", "02", "03"] {
         env.write_hour(
             &format!("2025/06/01/{h}"),
@@ -286,7 +286,7 @@ fn hourly_periods_are_submitted_up_to_the_marker_oldest_first_and_bounded() {
 
 #[test]
 fn a_duplicate_of_an_accepted_record_counts_as_accepted() {
-    let env = with_emulator(&[]);
+    let env = with_fast_emulator(&[]);
     june(&env);
     let emu = env.emulator();
     // Another ledger (say, the predecessor) already sent contract-b's June.
@@ -309,7 +309,7 @@ fn a_duplicate_of_an_accepted_record_counts_as_accepted() {
 
 #[test]
 fn an_unregistered_dimension_is_a_warning_that_needs_attention_and_resubmit_sends_it() {
-    let env = with_emulator(&["--dimension", "cpu_core_hours"]);
+    let env = with_fast_emulator(&["--dimension", "cpu_core_hours"]);
     june(&env);
     let emu = env.emulator();
     run(&env, &["submit"], 3);
@@ -349,7 +349,7 @@ fn an_unregistered_dimension_is_a_warning_that_needs_attention_and_resubmit_send
 
 #[test]
 fn an_unknown_contract_is_rejected_with_its_errors_and_does_not_block_others() {
-    let env = with_emulator(&["--unknown-contract", "contract-a"]);
+    let env = with_fast_emulator(&["--unknown-contract", "contract-a"]);
     june(&env);
     let emu = env.emulator();
     run(&env, &["submit"], 3);
@@ -364,7 +364,7 @@ fn an_unknown_contract_is_rejected_with_its_errors_and_does_not_block_others() {
 
 #[test]
 fn transient_failures_are_retried_with_backoff_honouring_retry_after() {
-    let env = with_emulator(&[]);
+    let env = with_fast_emulator(&[]);
     one_contract(&env);
     let emu = env.emulator();
     emu.faults(json!([
@@ -389,7 +389,7 @@ fn transient_failures_are_retried_with_backoff_honouring_retry_after() {
 
 #[test]
 fn without_an_answer_after_every_retry_the_next_run_sends_it_again() {
-    let env = with_emulator(&[]);
+    let env = with_fast_emulator(&[]);
     june(&env);
     let emu = env.emulator();
     emu.faults(json!([{"kind": "status", "status": 502, "times": 2}]));
@@ -407,7 +407,7 @@ fn without_an_answer_after_every_retry_the_next_run_sends_it_again() {
 
 #[test]
 fn another_4xx_is_rejected_without_retry() {
-    let env = with_emulator(&[]);
+    let env = with_fast_emulator(&[]);
     june(&env);
     let emu = env.emulator();
     emu.faults(json!([{"kind": "status", "status": 422}]));
@@ -422,7 +422,7 @@ fn another_4xx_is_rejected_without_retry() {
 
 #[test]
 fn an_unreadable_answer_is_a_failure_with_its_body_and_resubmit_finds_it_had_arrived() {
-    let env = with_emulator(&[]);
+    let env = with_fast_emulator(&[]);
     one_contract(&env);
     let emu = env.emulator();
     emu.faults(json!([{"kind": "malformed", "accept": true}]));
@@ -447,7 +447,7 @@ fn an_unreadable_answer_is_a_failure_with_its_body_and_resubmit_finds_it_had_arr
 
 #[test]
 fn a_slow_answer_times_out_and_the_retry_is_recognised_as_a_duplicate() {
-    let env = with_emulator(&[]);
+    let env = with_fast_emulator(&[]);
     one_contract(&env);
     let emu = env.emulator();
     emu.faults(json!([{"kind": "slow", "ms": 3000, "accept": true}]));
@@ -461,7 +461,7 @@ fn a_slow_answer_times_out_and_the_retry_is_recognised_as_a_duplicate() {
 
 #[test]
 fn an_expired_token_is_renewed_once() {
-    let env = with_emulator(&[]);
+    let env = with_fast_emulator(&[]);
     june(&env);
     let emu = env.emulator();
     emu.faults(json!([{"kind": "expire_token"}]));
@@ -474,7 +474,7 @@ fn an_expired_token_is_renewed_once() {
 
 #[test]
 fn the_token_is_renewed_shortly_before_it_expires() {
-    let env = with_emulator(&["--token-ttl-secs", "1"]);
+    let env = with_fast_emulator(&["--token-ttl-secs", "1"]);
     june(&env);
     let emu = env.emulator();
     // The first answer takes longer than the token lives: the second request needs a new one.
@@ -491,7 +491,7 @@ fn the_token_is_renewed_shortly_before_it_expires() {
 
 #[test]
 fn refused_credentials_stop_the_run_with_a_configuration_error_and_keep_the_outbox() {
-    let env = with_emulator(&[]);
+    let env = with_fast_emulator(&[]);
     june(&env);
     let emu = env.emulator();
     let out = env
@@ -522,7 +522,7 @@ fn refused_credentials_stop_the_run_with_a_configuration_error_and_keep_the_outb
 
 #[test]
 fn a_crash_between_send_and_record_is_reconciled_by_the_next_run() {
-    let env = with_emulator(&[]);
+    let env = with_fast_emulator(&[]);
     june(&env);
     let emu = env.emulator();
     // The failpoint aborts the process.
@@ -557,7 +557,7 @@ fn a_crash_between_send_and_record_is_reconciled_by_the_next_run() {
 
 #[test]
 fn a_dry_run_prints_the_payloads_changes_nothing_and_calls_nothing() {
-    let env = with_emulator(&[]);
+    let env = with_fast_emulator(&[]);
     june(&env);
     let emu = env.emulator();
     let out = env
@@ -607,7 +607,7 @@ fn a_dry_run_prints_the_payloads_changes_nothing_and_calls_nothing() {
 
 #[test]
 fn formulas_give_exact_quantities_and_the_amount_before_rounding_is_kept() {
-    let env = with_emulator(&["--dimension", "cents", "--dimension", "half_replicas"]);
+    let env = with_fast_emulator(&["--dimension", "cents", "--dimension", "half_replicas"]);
     // 0.58 x 0.5 = 0.29 of cpu price: 0.29 / 0.01 is 28.999999999999996 in floating point.
     env.write_hour(
         "2025/06/01/00",
@@ -639,7 +639,7 @@ fn formulas_give_exact_quantities_and_the_amount_before_rounding_is_kept() {
 /// dry run: Python's meaning, where evalexpr sent twice the amount for `//` and rounded halves up.
 #[test]
 fn a_dry_run_evaluates_the_predecessors_formulas_as_python_does() {
-    let env = with_emulator(&[]);
+    let env = with_fast_emulator(&[]);
     let gib = 1_u64 << 30;
     // contract-a: 40 CPU core hours and 3 GiB-hours of memory; contract-b: 10 CPU core hours.
     for (hour, contract, cpu, memory) in [
@@ -702,7 +702,7 @@ fn a_dry_run_evaluates_the_predecessors_formulas_as_python_does() {
 
 #[test]
 fn a_formula_python_would_read_differently_or_not_at_all_is_refused_naming_its_variable() {
-    let env = with_emulator(&[]);
+    let env = with_fast_emulator(&[]);
     june(&env);
     let emu = env.emulator();
     for (formula, what) in [
@@ -733,7 +733,7 @@ fn a_formula_python_would_read_differently_or_not_at_all_is_refused_naming_its_v
 
 #[test]
 fn a_bad_formula_stops_the_run_before_anything_is_sent() {
-    let env = with_emulator(&[]);
+    let env = with_fast_emulator(&[]);
     june(&env);
     let emu = env.emulator();
     let out = env
@@ -751,7 +751,7 @@ fn a_bad_formula_stops_the_run_before_anything_is_sent() {
 
 #[test]
 fn a_negative_result_is_a_recorded_failure_for_that_contract_only() {
-    let env = with_emulator(&["--dimension", "net"]);
+    let env = with_fast_emulator(&["--dimension", "net"]);
     june(&env);
     let emu = env.emulator();
     env.meterbook(["submit"])
@@ -772,7 +772,7 @@ fn a_negative_result_is_a_recorded_failure_for_that_contract_only() {
 
 #[test]
 fn max_records_per_request_splits_a_contracts_lines() {
-    let env = with_emulator(&[]);
+    let env = with_fast_emulator(&[]);
     june(&env);
     let emu = env.emulator();
     run(&env, &["submit", "--max-records-per-request", "1"], 0);
@@ -781,7 +781,7 @@ fn max_records_per_request_splits_a_contracts_lines() {
 
 #[test]
 fn usage_that_changes_after_submission_is_reported_as_drift_not_resent() {
-    let env = with_emulator(&[]);
+    let env = with_fast_emulator(&[]);
     june(&env);
     let emu = env.emulator();
     run(&env, &["submit"], 0);
@@ -803,7 +803,7 @@ fn usage_that_changes_after_submission_is_reported_as_drift_not_resent() {
 
 #[test]
 fn history_filters_and_formats() {
-    let env = with_emulator(&[]);
+    let env = with_fast_emulator(&[]);
     june(&env);
     run(&env, &["submit"], 0);
     let out = run(
