@@ -661,7 +661,7 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        TestCommand::new("umount").arg(&self.0).succeeds();
+        let _ = TestCommand::new("umount").arg(&self.0).succeeds();
     }
 }
 

@@ -410,7 +410,7 @@ impl Running {
 
     /// What the program has written to stdout so far.
     pub fn stdout_so_far(&self) -> String {
-        String::from_utf8_lossy(&contents(&self.stdout)).into_owned()
+        text(&self.stdout)
     }
 
     /// Sends SIGTERM; the program then has `limit` to end.
@@ -491,8 +491,8 @@ impl Running {
     fn read(&self, code: Option<i32>) -> Output {
         Output {
             code,
-            stdout: String::from_utf8_lossy(&contents(&self.stdout)).into_owned(),
-            stderr: String::from_utf8_lossy(&contents(&self.stderr)).into_owned(),
+            stdout: text(&self.stdout),
+            stderr: text(&self.stderr),
         }
     }
 
@@ -536,11 +536,11 @@ fn shown_code(code: Option<i32>) -> String {
     code.map_or("none (ended by a signal)".into(), |c| c.to_string())
 }
 
-/// The whole of a file the program wrote to (read at offsets: the program shares its position).
-fn contents(file: &File) -> Vec<u8> {
+/// All a program has written to `file` (read at offsets: the program shares its position).
+fn text(file: &File) -> String {
     let mut buf = vec![0; file.metadata().unwrap().len() as usize];
     file.read_exact_at(&mut buf, 0).unwrap();
-    buf
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// The command as a shell line, for failure messages: its folder, its variables (PATH left out,
