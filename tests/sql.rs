@@ -218,14 +218,7 @@ fn a_file_that_is_not_a_ledger_is_refused_by_every_command_and_left_as_it_is() {
         &["submit", "--period", "month"],
         &["costs", "grants", "load", &grants],
         &["costs", "report"],
-        &[
-            "sync",
-            "push",
-            "--state-url",
-            "s3://nowhere/state",
-            "--s3-endpoint-url",
-            "http://127.0.0.1:1",
-        ],
+        &["sync", "push", "--state-url", "s3://nowhere/state"],
     ];
     // Another program's SQLite database (in WAL mode), and a file that is not SQLite at all.
     let conn = Connection::open(&env.ledger).unwrap();
@@ -245,8 +238,10 @@ fn a_file_that_is_not_a_ledger_is_refused_by_every_command_and_left_as_it_is() {
         std::fs::write(&env.ledger, file).unwrap();
         let before = file_digests(env.dir.path());
         for args in commands {
+            // Nothing listens at the S3 endpoint: the ledger is refused before S3 is asked.
             let err = env
                 .meterbook(args)
+                .s3_endpoint("http://127.0.0.1:1")
                 .env("CLAZAR_CLIENT_ID", "id")
                 .env("CLAZAR_CLIENT_SECRET", "secret")
                 .expect_code(2)
