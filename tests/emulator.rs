@@ -1,11 +1,10 @@
 //! The Clazar emulator (`src/bin/clazar-emulator.rs`) as the tests run it: started on a free port
-//! on 127.0.0.1 (by [`crate::util::TestEnv::with_emulator`], with a folder of its own), driven over
-//! its control API, stopped when dropped.
+//! on 127.0.0.1 (by [`crate::util::TestEnv::with_emulator`]), driven over its control API, stopped
+//! when dropped.
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tempfile::TempDir;
 
 use crate::util::{http, Running, TestCommand};
 
@@ -14,10 +13,8 @@ pub const SECRET: &str = "sEcReT-client-value-4f1d9c";
 
 /// A running emulator, stopped when dropped.
 pub struct Emulator {
-    // Declared first, so that it is stopped before its folder is removed.
     _process: Running,
     port: u16,
-    dir: TempDir,
 }
 
 impl Emulator {
@@ -28,8 +25,6 @@ impl Emulator {
             .args(["--client-id", CLIENT_ID, "--client-secret", SECRET])
             .arg("--port-file")
             .arg(&port_file)
-            .arg("--log")
-            .arg(dir.path().join("accepted.jsonl"))
             .args(args)
             .spawn();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -46,7 +41,6 @@ impl Emulator {
         Emulator {
             _process: process,
             port,
-            dir,
         }
     }
 
@@ -83,13 +77,12 @@ impl Emulator {
         serde_json::from_str(&self.control("GET", "/_emulator/tokens", None)).unwrap()
     }
 
-    /// Every record the emulator accepted, from its log.
+    /// Every record the emulator accepted. Asked over the control API, which answers under the
+    /// lock every record is accepted under: its `--log` file can be read in the middle of a line
+    /// while a request is being answered.
     pub fn accepted(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.dir.path().join("accepted.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        let body = self.control("GET", "/_emulator/accepted", None);
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
     }
 
     /// Accepted (contract, dimension, quantity) triples, sorted.
