@@ -7,9 +7,8 @@ use std::path::Path;
 
 use serde_yaml_ng::Value;
 
-use crate::emulator::{Emulator, CLIENT_ID, SECRET};
-use crate::s3::Bucket;
-use crate::util::{stderr_of, TestEnv};
+use crate::emulator::{CLIENT_ID, SECRET};
+use crate::util::TestEnv;
 
 /// Every variable the predecessor's newest compose file passes, with its API parameter.
 const PREDECESSOR_ENVIRONMENT: [(&str, &str); 19] = [
@@ -112,11 +111,9 @@ fn the_compose_file_passes_every_variable_of_the_predecessor_and_each_names_a_pa
 #[test]
 fn the_configuration_check_accepts_exactly_what_the_compose_file_passes() {
     let c = compose();
-    let bucket = Bucket::new("compose");
-    let env = TestEnv::new();
+    let env = TestEnv::new().with_bucket("compose").with_emulator(&[]);
     env.generate(&["--subscriptions", "1", "--month", "2025-06"]);
-    bucket.upload_tree(&env.export(), "");
-    let emu = Emulator::start(&env, &[]);
+    env.bucket().upload(&env.export(), "");
     // What an operator fills in; every optional parameter left blank (Omnistrate then passes an
     // empty string) or at its default.
     let filled: BTreeMap<&str, String> = BTreeMap::from([
@@ -128,14 +125,17 @@ fn the_configuration_check_accepts_exactly_what_the_compose_file_passes() {
         ("clazarCloud", "aws".to_string()),
         ("awsAccessKeyId", "testing".to_string()),
         ("awsSecretAccessKey", "testing".to_string()),
-        ("awsS3BucketName", bucket.name.clone()),
+        ("awsS3BucketName", env.bucket().name.clone()),
         ("dimension1Name", "cpu".to_string()),
         ("dimension1Formula", "cpu_core_hours // 2".to_string()),
     ]);
-    let mut cmd = env.std_cmd();
-    for var in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"] {
-        cmd.env_remove(var);
-    }
+    // Only where the servers are (the S3 endpoint and Clazar's base URL, set by the test
+    // environment) differs from a real deployment.
+    let mut cmd = env
+        .meterbook(["doctor"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_REGION");
     let mut blank = Vec::new();
     for (name, key) in &c.environment {
         let (required, default) = &c.params[key];
@@ -151,35 +151,23 @@ fn the_configuration_check_accepts_exactly_what_the_compose_file_passes() {
                 String::new()
             }
         };
-        cmd.env(name, value);
+        cmd = cmd.env(name, value);
     }
     assert!(
         blank.contains(&"DIMENSION2_NAME".to_string())
             && blank.contains(&"METERBOOK_STATE_URL".to_string()),
         "{blank:?}"
     );
-    // Only where the servers are differs from a real deployment.
-    let out = cmd
-        .env("AWS_ENDPOINT_URL", crate::s3::endpoint())
-        .env("METERBOOK_S3_PATH_STYLE", "true")
-        .env("METERBOOK_CLAZAR_BASE_URL", emu.url())
-        .arg("doctor")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "doctor failed on the compose file's environment:\n{text}{}",
-        stderr_of(&out)
-    );
+    let out = cmd.expect_code(0);
+    let text = &out.stdout;
     assert!(text.contains("formulas: 1 valid: cpu"), "{text}");
     assert!(!text.contains("FAIL"), "{text}");
     assert!(
         text.contains(&format!(
             "s3://{}/meterbook/state/pg/PROD/pt-HJSv20iWX0/",
-            bucket.name
+            env.bucket().name
         )),
         "the state is the plan's own:\n{text}"
     );
-    assert!(!text.contains(SECRET) && !stderr_of(&out).contains(SECRET));
+    assert!(!text.contains(SECRET) && !out.stderr.contains(SECRET));
 }
