@@ -7,8 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::dimensions::Rounding;
 use crate::output::Format;
-use crate::period::Month;
-use crate::plan::PeriodKind;
+use crate::period::{Month, PeriodKind};
 
 /// meterbook: a usage ledger for Omnistrate exports, reported to Clazar exactly once.
 #[derive(Debug, Parser)]

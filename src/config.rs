@@ -11,8 +11,8 @@ use crate::cli::{ClazarArgs, GlobalArgs, QuantityArgs, S3Args, ScopeArgs, Submit
 use crate::dimensions::{Dimensions, BASE_DIMENSIONS};
 use crate::error::Fatal;
 use crate::ledger::LedgerFile;
-use crate::period::Month;
-use crate::plan::{PeriodKind, PeriodRules};
+use crate::period::{Month, PeriodKind};
+use crate::plan::PeriodRules;
 use crate::s3::S3Settings;
 use crate::source::{Scope, ServiceKey};
 

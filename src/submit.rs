@@ -24,7 +24,8 @@ use crate::dimensions::{BaseUsage, Dimensions};
 use crate::ledger::{
     Ledger, LineUpdate, NewLine, NewSubmission, OutboxItem, SubmissionFilter, SubmissionUpdate,
 };
-use crate::plan::{due_periods, Completeness, Period, PeriodKind, PeriodRules};
+use crate::period::{Period, PeriodKind};
+use crate::plan::{due_periods, Completeness, PeriodRules};
 use crate::source::{Scope, ServiceKey};
 
 /// The failpoint that kills the process right after an answer arrives, before it is recorded

@@ -10,7 +10,8 @@ use crate::cli::{GlobalArgs, ResubmitArgs};
 use crate::commands::submit::{dry_run, finish, run_settings, settings};
 use crate::error::Outcome;
 use crate::ledger::{Ledger, SubmissionFilter};
-use crate::plan::{PeriodKind, PeriodRules};
+use crate::period::PeriodKind;
+use crate::plan::PeriodRules;
 use crate::source::Scope;
 use crate::submit::{compute_resubmissions, plan_resubmissions, send_outbox};
 

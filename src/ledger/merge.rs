@@ -482,7 +482,7 @@ mod tests {
     use crate::ledger::{
         Ledger, LedgerFile, LineUpdate, NewLine, NewSubmission, SqlValue, SubmissionUpdate,
     };
-    use crate::plan::{Period, PeriodKind};
+    use crate::period::{Period, PeriodKind};
 
     fn open(path: &Path) -> Ledger {
         Ledger::open_for_writing(&LedgerFile::new(path, Duration::from_secs(5))).unwrap()

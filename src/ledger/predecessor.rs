@@ -7,8 +7,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::Ledger;
-use crate::period::{format_utc, parse_timestamp, Month};
-use crate::plan::Period;
+use crate::period::{format_utc, parse_timestamp, Month, Period};
 use crate::predecessor::{PredecessorError, PredecessorState};
 
 /// What an import recorded.

@@ -12,8 +12,7 @@ use rusqlite::{params, params_from_iter, ToSql, Transaction};
 use super::{Ledger, QueryResult};
 use crate::dimensions::{BaseUsage, DimensionSum};
 use crate::error::Fatal;
-use crate::period::format_utc;
-use crate::plan::{Period, PeriodKind};
+use crate::period::{format_utc, Period, PeriodKind};
 use crate::source::parse::Quantity;
 
 /// Line statuses that hold a (service key, contract, dimension, period): accepted or in flight.
