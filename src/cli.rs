@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::dimensions::Rounding;
+use crate::ledger::LineStatus;
 use crate::output::Format;
 use crate::period::{Month, PeriodKind};
 
@@ -646,10 +647,9 @@ pub struct HistoryArgs {
     #[arg(long)]
     pub period: Option<String>,
 
-    /// Only lines with this status: pending, sending, transient, accepted, duplicate, imported,
-    /// warning, rejected, failed.
-    #[arg(long)]
-    pub status: Option<String>,
+    /// Only lines with this status.
+    #[arg(long, value_enum)]
+    pub status: Option<LineStatus>,
 
     /// Only what needs attention (the submission_failures view).
     #[arg(long)]

@@ -107,6 +107,8 @@ pub enum PeriodKind {
 }
 
 impl PeriodKind {
+    pub const ALL: [PeriodKind; 2] = [PeriodKind::Month, PeriodKind::Hour];
+
     pub fn as_str(self) -> &'static str {
         match self {
             PeriodKind::Month => "month",

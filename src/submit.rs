@@ -22,7 +22,8 @@ use crate::clazar::{
 };
 use crate::dimensions::{BaseUsage, Dimensions};
 use crate::ledger::{
-    Ledger, LineUpdate, NewLine, NewSubmission, OutboxItem, SubmissionFilter, SubmissionUpdate,
+    Ledger, LineStatus, LineUpdate, NewLine, NewSubmission, OutboxItem, SubmissionFilter,
+    SubmissionStatus, SubmissionUpdate,
 };
 use crate::period::{Period, PeriodKind};
 use crate::plan::{due_periods, Completeness, PeriodRules};
@@ -61,7 +62,7 @@ impl Plan {
     pub fn formula_failures(&self) -> usize {
         self.submissions
             .iter()
-            .filter(|s| s.status == "failed")
+            .filter(|s| s.status == SubmissionStatus::Failed)
             .count()
     }
 }
@@ -175,13 +176,13 @@ pub fn compute_resubmissions(
     s: &SubmitSettings,
     filter: &SubmissionFilter,
 ) -> Result<(Vec<NewSubmission>, Vec<String>)> {
-    let mut groups: BTreeMap<(String, String, String, String), Vec<_>> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, String, PeriodKind, String), Vec<_>> = BTreeMap::new();
     for c in ledger.retry_candidates(filter)? {
         groups
             .entry((
                 c.service_key.clone(),
                 c.contract_id.clone(),
-                c.period_kind.clone(),
+                c.period_kind,
                 c.period.clone(),
             ))
             .or_default()
@@ -190,11 +191,6 @@ pub fn compute_resubmissions(
     let mut subs = Vec::new();
     let mut notes = Vec::new();
     for ((key, contract, kind, period_key), candidates) in groups {
-        let kind = if kind == "hour" {
-            PeriodKind::Hour
-        } else {
-            PeriodKind::Month
-        };
         let Some(period) = Period::parse(kind, &period_key) else {
             notes.push(format!(
                 "{key} {contract} {period_key}: not a {kind} period"
@@ -263,7 +259,7 @@ fn build_submissions(
         period,
         cloud: s.cloud.clone(),
         payload: None,
-        status: "pending",
+        status: SubmissionStatus::Pending,
         error: None,
         retry_of: previous,
         inputs: usage.clone(),
@@ -288,14 +284,20 @@ fn build_submissions(
                     &l.dimension,
                     l.exact,
                     Some(*q),
-                    "failed",
+                    LineStatus::Failed,
                     Some("not sent: another dimension of this contract failed".into()),
                 ),
-                Err(why) => line(&l.dimension, l.exact, None, "failed", Some(why.clone())),
+                Err(why) => line(
+                    &l.dimension,
+                    l.exact,
+                    None,
+                    LineStatus::Failed,
+                    Some(why.clone()),
+                ),
             })
             .collect();
         return vec![NewSubmission {
-            status: "failed",
+            status: SubmissionStatus::Failed,
             error: Some(error),
             lines,
             ..base
@@ -308,7 +310,7 @@ fn build_submissions(
                 &l.dimension,
                 l.exact,
                 l.quantity.clone().ok(),
-                "pending",
+                LineStatus::Pending,
                 None,
             )
         })
@@ -330,7 +332,7 @@ fn build_submissions(
 
 /// Sets a pending submission's payload from its lines: the exact body that will be sent.
 fn rebuild_payload(mut s: NewSubmission) -> NewSubmission {
-    if s.status != "pending" {
+    if s.status != SubmissionStatus::Pending {
         return s;
     }
     let (start_time, end_time) = s.period.window();
@@ -371,20 +373,28 @@ impl SendReport {
 
     fn count(&mut self, u: &SubmissionUpdate, lines: usize) {
         self.requests += 1;
-        let mut add = |status: &str, n: u64| match status {
-            "accepted" => self.accepted += n,
-            "duplicate" => self.duplicate += n,
-            "warning" => self.warning += n,
-            "rejected" => self.rejected += n,
-            "transient" => self.transient += n,
-            _ => self.failed += n,
-        };
-        if u.lines.is_empty() {
-            add(u.status, lines as u64);
+        if let (true, Some(every)) = (u.lines.is_empty(), u.status.of_every_line()) {
+            self.add(every, lines as u64);
         }
         for l in &u.lines {
-            add(l.status, 1);
+            self.add(l.status, 1);
         }
+    }
+
+    fn add(&mut self, status: LineStatus, n: u64) {
+        let counter = match status {
+            LineStatus::Accepted => &mut self.accepted,
+            // Accepted before: by Clazar (a duplicate), or by the predecessor (imported).
+            LineStatus::Duplicate | LineStatus::Imported => &mut self.duplicate,
+            LineStatus::Warning => &mut self.warning,
+            LineStatus::Rejected => &mut self.rejected,
+            LineStatus::Failed => &mut self.failed,
+            // Without an answer: the next run sends it again.
+            LineStatus::Transient | LineStatus::Pending | LineStatus::Sending => {
+                &mut self.transient
+            }
+        };
+        *counter += n;
     }
 
     pub fn line(&self) -> String {
@@ -405,7 +415,10 @@ pub async fn send_outbox(
     concurrency: usize,
 ) -> Result<SendReport> {
     let items = lock(ledger).outbox(only)?;
-    let reconciling = items.iter().filter(|i| i.status != "pending").count();
+    let reconciling = items
+        .iter()
+        .filter(|i| i.status != SubmissionStatus::Pending)
+        .count();
     if reconciling > 0 {
         tracing::info!(
             "re-sending {reconciling} submissions left in flight or without an answer by an earlier run"
@@ -497,12 +510,8 @@ fn report_update(item: &OutboxItem, u: &SubmissionUpdate) {
         item.service_key, item.contract_id, item.period_kind, item.period
     );
     match u.status {
-        "answered" => {
-            for l in u
-                .lines
-                .iter()
-                .filter(|l| !matches!(l.status, "accepted" | "duplicate"))
-            {
+        SubmissionStatus::Answered => {
+            for l in u.lines.iter().filter(|l| !l.status.delivered()) {
                 let dimension = item
                     .lines
                     .iter()
@@ -525,16 +534,17 @@ fn report_update(item: &OutboxItem, u: &SubmissionUpdate) {
 
 /// What an answer means for a submission and each of its lines.
 fn interpret(item: &OutboxItem, d: &Delivery) -> SubmissionUpdate {
-    let whole = |status: &'static str, http: Option<u16>, body: Option<String>, error: String| {
-        SubmissionUpdate {
-            status,
-            attempts: d.attempts,
-            http_status: http,
-            response_body: body,
-            error: Some(error),
-            lines: Vec::new(),
-        }
-    };
+    let whole =
+        |status: SubmissionStatus, http: Option<u16>, body: Option<String>, error: String| {
+            SubmissionUpdate {
+                status,
+                attempts: d.attempts,
+                http_status: http,
+                response_body: body,
+                error: Some(error),
+                lines: Vec::new(),
+            }
+        };
     match &d.answer {
         Answer::Results {
             status,
@@ -560,15 +570,18 @@ fn interpret(item: &OutboxItem, d: &Delivery) -> SubmissionUpdate {
                         Some(r) => line_update(*line_id, r),
                         None => LineUpdate {
                             line_id: *line_id,
-                            status: "failed",
+                            status: LineStatus::Failed,
+                            clazar_id: None,
+                            result_status: None,
+                            code: None,
                             message: Some("no result for this record in Clazar's answer".into()),
-                            ..LineUpdate::default()
+                            errors: None,
                         },
                     }
                 })
                 .collect();
             SubmissionUpdate {
-                status: "answered",
+                status: SubmissionStatus::Answered,
                 attempts: d.attempts,
                 http_status: Some(*status),
                 response_body: Some(body.clone()),
@@ -579,7 +592,7 @@ fn interpret(item: &OutboxItem, d: &Delivery) -> SubmissionUpdate {
         Answer::Transient {
             why, status, body, ..
         } => whole(
-            "transient",
+            SubmissionStatus::Transient,
             *status,
             body.clone(),
             format!(
@@ -588,19 +601,19 @@ fn interpret(item: &OutboxItem, d: &Delivery) -> SubmissionUpdate {
             ),
         ),
         Answer::Rejected { status, body } => whole(
-            "rejected",
+            SubmissionStatus::Rejected,
             Some(*status),
             Some(body.clone()),
             format!("HTTP {status}: {}", snippet(body)),
         ),
         Answer::Unauthorized { body } => whole(
-            "rejected",
+            SubmissionStatus::Rejected,
             Some(401),
             Some(body.clone()),
             format!("HTTP 401: {}", snippet(body)),
         ),
         Answer::Unreadable { status, body, why } => whole(
-            "failed",
+            SubmissionStatus::Failed,
             Some(*status),
             Some(body.clone()),
             format!("{why}; body: {}", snippet(body)),
@@ -626,10 +639,10 @@ fn line_update(line_id: i64, r: &crate::clazar::MeteringResult) -> LineUpdate {
     LineUpdate {
         line_id,
         status: match kind {
-            ResultKind::Accepted => "accepted",
-            ResultKind::Duplicate => "duplicate",
-            ResultKind::Warning => "warning",
-            ResultKind::Rejected => "rejected",
+            ResultKind::Accepted => LineStatus::Accepted,
+            ResultKind::Duplicate => LineStatus::Duplicate,
+            ResultKind::Warning => LineStatus::Warning,
+            ResultKind::Rejected => LineStatus::Rejected,
         },
         clazar_id: r.id.clone(),
         result_status: r.status.clone(),
@@ -654,10 +667,10 @@ mod tests {
             id: 1,
             service_key: "pg:PROD:pt-1".into(),
             contract_id: "c1".into(),
-            period_kind: "month".into(),
+            period_kind: PeriodKind::Month,
             period: "2025-06".into(),
             payload: "{}".into(),
-            status: "pending".into(),
+            status: SubmissionStatus::Pending,
             attempts: 0,
             lines: vec![(10, "cpu".into()), (11, "mem".into()), (12, "disk".into())],
         }
@@ -677,9 +690,16 @@ mod tests {
             {"dimension": "cpu", "status": "success", "id": "r1"}
         ]}"#;
         let u = interpret(&item(), &delivered(200, body));
-        assert_eq!(u.status, "answered");
-        let got: Vec<(i64, &str)> = u.lines.iter().map(|l| (l.line_id, l.status)).collect();
-        assert_eq!(got, [(10, "accepted"), (11, "warning"), (12, "failed")]);
+        assert_eq!(u.status, SubmissionStatus::Answered);
+        let got: Vec<(i64, LineStatus)> = u.lines.iter().map(|l| (l.line_id, l.status)).collect();
+        assert_eq!(
+            got,
+            [
+                (10, LineStatus::Accepted),
+                (11, LineStatus::Warning),
+                (12, LineStatus::Failed)
+            ]
+        );
         assert_eq!(u.lines[0].clazar_id.as_deref(), Some("r1"));
         assert!(u.lines[2].message.as_deref().unwrap().contains("no result"));
     }
@@ -689,13 +709,13 @@ mod tests {
         let u = interpret(&item(), &delivered(404, "not here"));
         assert_eq!(
             (u.status, u.http_status, u.response_body.as_deref()),
-            ("rejected", Some(404), Some("not here"))
+            (SubmissionStatus::Rejected, Some(404), Some("not here"))
         );
         let u = interpret(&item(), &delivered(200, "<html>"));
-        assert_eq!(u.status, "failed");
+        assert_eq!(u.status, SubmissionStatus::Failed);
         assert!(u.error.unwrap().contains("<html>"));
         let u = interpret(&item(), &delivered(503, ""));
-        assert_eq!(u.status, "transient");
+        assert_eq!(u.status, SubmissionStatus::Transient);
         assert!(u.lines.is_empty());
     }
 }

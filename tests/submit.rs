@@ -837,3 +837,18 @@ fn history_filters_and_formats() {
     );
     assert_eq!(csv.stdout.lines().count(), 1, "only the header");
 }
+
+#[test]
+fn history_refuses_a_status_that_is_not_one() {
+    let env = with_fast_emulator(&[]);
+    june(&env);
+    run(&env, &["submit"], 0);
+    // A typo used to filter on a status no line can have, and print no rows without a word.
+    let out = run(&env, &["history", "--status", "acepted"], 2);
+    assert!(
+        out.stderr.contains("invalid value 'acepted' for '--status"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty());
+}

@@ -9,6 +9,7 @@ mod open;
 mod predecessor;
 mod query;
 mod snapshot;
+mod status;
 mod submissions;
 mod usage;
 
@@ -27,9 +28,10 @@ use open::{inspect, Found, MigrationLock, ReaderSidecars};
 pub use predecessor::ImportCounts;
 pub use query::{QueryResult, SqlValue};
 pub use snapshot::{check_snapshot, checkpoint, DiskFull, SnapshotFacts, SnapshotProblem};
+pub use status::{LineStatus, SubmissionStatus};
 pub use submissions::{
     DriftRow, LineUpdate, NewLine, NewSubmission, OutboxItem, RetryCandidate, SubmissionFilter,
-    SubmissionUpdate, HOLDING_STATUSES,
+    SubmissionUpdate,
 };
 pub use usage::{FileVersion, HourTotals, KnownFile, RunCounts, StoreOutcome, Stored};
 

@@ -9,21 +9,12 @@ use chrono::Utc;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::{params, params_from_iter, ToSql, Transaction};
 
-use super::{Ledger, QueryResult};
+use super::status::sql_list;
+use super::{Ledger, LineStatus, QueryResult, SubmissionStatus};
 use crate::dimensions::{BaseUsage, DimensionSum};
 use crate::error::Fatal;
 use crate::period::{format_utc, Period, PeriodKind};
 use crate::source::parse::Quantity;
-
-/// Line statuses that hold a (service key, contract, dimension, period): accepted or in flight.
-pub const HOLDING_STATUSES: [&str; 6] = [
-    "pending",
-    "sending",
-    "transient",
-    "accepted",
-    "duplicate",
-    "imported",
-];
 
 /// A submission as planned, before it is written.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,8 +25,8 @@ pub struct NewSubmission {
     pub cloud: String,
     /// The exact body to send; `None` when nothing can be sent (then `status` is `failed`).
     pub payload: Option<String>,
-    /// `pending` or `failed`.
-    pub status: &'static str,
+    /// `Pending`, or `Failed` when nothing can be sent.
+    pub status: SubmissionStatus,
     pub error: Option<String>,
     pub retry_of: Option<i64>,
     /// The base usage it was computed from (for drift).
@@ -49,8 +40,8 @@ pub struct NewLine {
     pub dimension: String,
     pub exact_quantity: Option<f64>,
     pub quantity: Option<i64>,
-    /// `pending` or `failed`.
-    pub status: &'static str,
+    /// `Pending`, or `Failed` when this line (or another of the contract's) cannot be sent.
+    pub status: LineStatus,
     pub message: Option<String>,
     pub retry_of: Option<i64>,
 }
@@ -61,10 +52,10 @@ pub struct OutboxItem {
     pub id: i64,
     pub service_key: String,
     pub contract_id: String,
-    pub period_kind: String,
+    pub period_kind: PeriodKind,
     pub period: String,
     pub payload: String,
-    pub status: String,
+    pub status: SubmissionStatus,
     pub attempts: i64,
     /// Line ids and dimensions, in payload order.
     pub lines: Vec<(i64, String)>,
@@ -73,7 +64,8 @@ pub struct OutboxItem {
 /// What an answer did to a submission.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubmissionUpdate {
-    pub status: &'static str,
+    /// With no `lines`, every line of the submission takes this status too.
+    pub status: SubmissionStatus,
     pub attempts: u32,
     pub http_status: Option<u16>,
     pub response_body: Option<String>,
@@ -82,10 +74,10 @@ pub struct SubmissionUpdate {
 }
 
 /// What an answer did to one line.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LineUpdate {
     pub line_id: i64,
-    pub status: &'static str,
+    pub status: LineStatus,
     pub clazar_id: Option<String>,
     pub result_status: Option<String>,
     pub code: Option<String>,
@@ -100,7 +92,7 @@ pub struct RetryCandidate {
     pub submission_id: i64,
     pub service_key: String,
     pub contract_id: String,
-    pub period_kind: String,
+    pub period_kind: PeriodKind,
     pub period: String,
     pub dimension: String,
 }
@@ -110,7 +102,7 @@ pub struct RetryCandidate {
 pub struct DriftRow {
     pub service_key: String,
     pub contract_id: String,
-    pub period_kind: String,
+    pub period_kind: PeriodKind,
     pub period: String,
     pub dimension: String,
     pub submitted_value: f64,
@@ -124,12 +116,13 @@ pub struct SubmissionFilter {
     pub contract_id: Option<String>,
     /// A period key (`2025-06`, or an hour); a month also matches its hours.
     pub period: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<LineStatus>,
 }
 
 impl SubmissionFilter {
     /// `WHERE` terms over a view with `contract_id`, `period` and `status` columns.
     fn sql(&self) -> (String, Vec<String>) {
+        let status = self.status.map(|s| s.as_str().to_string());
         let mut terms = vec!["1 = 1".to_string()];
         let mut values = Vec::new();
         let mut add = |term: &str, v: &Option<String>| {
@@ -140,7 +133,7 @@ impl SubmissionFilter {
         };
         add("contract_id = ?", &self.contract_id);
         add("(period = ? OR substr(period, 1, 7) = ?)", &self.period);
-        add("status = ?", &self.status);
+        add("status = ?", &status);
         (terms.join(" AND "), values)
     }
 }
@@ -189,7 +182,7 @@ impl Ledger {
         self.conn.execute(
             "INSERT INTO submission_runs (command, period_kind, settings, started_at)
              VALUES (?1, ?2, ?3, ?4)",
-            params![command, kind.map(|k| k.as_str()), settings, now()],
+            params![command, kind, settings, now()],
         )?;
         Ok(self.conn.last_insert_rowid())
     }
@@ -299,7 +292,7 @@ impl Ledger {
                     OR (?2 = 'month' AND period_kind = 'hour' AND period >= ?4 AND period < ?4 || '~'))",
         )?;
         let rows = stmt.query_map(
-            params![service_key, period.kind.as_str(), period.key(), month],
+            params![service_key, period.kind, period.key(), month],
             |r| r.get(0),
         )?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -393,7 +386,7 @@ impl Ledger {
         self.record_answer(
             id,
             &SubmissionUpdate {
-                status: "pending",
+                status: SubmissionStatus::Pending,
                 attempts: 0,
                 http_status: None,
                 response_body: None,
@@ -407,7 +400,8 @@ impl Ledger {
     pub fn record_answer(&mut self, id: i64, u: &SubmissionUpdate) -> Result<()> {
         let tx = self.conn.transaction()?;
         let at = now();
-        let answered = (u.http_status.is_some() || u.status != "pending").then_some(&at);
+        let answered =
+            (u.http_status.is_some() || u.status != SubmissionStatus::Pending).then_some(&at);
         tx.execute(
             "UPDATE submissions SET status = ?2, attempts = attempts + ?3,
                  http_status = COALESCE(?4, http_status), response_body = COALESCE(?5, response_body),
@@ -415,12 +409,12 @@ impl Ledger {
              WHERE id = ?1",
             params![id, u.status, u.attempts, u.http_status, u.response_body, u.error, answered],
         )?;
-        if u.lines.is_empty() {
+        if let (true, Some(every)) = (u.lines.is_empty(), u.status.of_every_line()) {
             // The whole request shares one fate (pending again, transient, rejected, failed).
             tx.execute(
                 "UPDATE submission_lines SET status = ?2, message = ?3, updated_at = ?4
                  WHERE submission_id = ?1",
-                params![id, u.status, u.error, at],
+                params![id, every, u.error, at],
             )?;
         }
         for l in &u.lines {
@@ -481,10 +475,10 @@ impl Ledger {
             "SELECT dimension FROM submission_lines
              WHERE service_key = ?1 AND contract_id = ?2 AND period_kind = ?3 AND period = ?4
                AND status IN ({})",
-            quoted(&HOLDING_STATUSES)
+            sql_list(&LineStatus::HOLDING)
         ))?;
         let rows = stmt.query_map(
-            params![service_key, contract_id, period.kind.as_str(), period.key()],
+            params![service_key, contract_id, period.kind, period.key()],
             |r| r.get(0),
         )?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -553,14 +547,6 @@ fn is_constraint_violation(e: &anyhow::Error) -> bool {
     })
 }
 
-fn quoted(items: &[&str]) -> String {
-    items
-        .iter()
-        .map(|s| format!("'{s}'"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn insert_submission(tx: &Transaction<'_>, run_id: i64, s: &NewSubmission) -> Result<i64> {
     let at = now();
     let (start, end) = s.period.window();
@@ -572,7 +558,7 @@ fn insert_submission(tx: &Transaction<'_>, run_id: i64, s: &NewSubmission) -> Re
             run_id,
             s.service_key,
             s.contract_id,
-            s.period.kind.as_str(),
+            s.period.kind,
             s.period.key(),
             start,
             end,
@@ -595,7 +581,7 @@ fn insert_submission(tx: &Transaction<'_>, run_id: i64, s: &NewSubmission) -> Re
             id,
             s.service_key,
             s.contract_id,
-            s.period.kind.as_str(),
+            s.period.kind,
             s.period.key(),
             l.dimension,
             l.exact_quantity.filter(|x| x.is_finite()),

@@ -472,7 +472,7 @@ fn report_carried(c: &Carried) {
             "{} contract {} {} {}",
             l.service_key, l.contract_id, l.period_kind, l.period
         );
-        if l.status == "pending" {
+        if l.status == crate::ledger::SubmissionStatus::Pending {
             tracing::info!(
                 "dropped the submission of {what} planned here and never sent: the state already \
                  holds that period"
