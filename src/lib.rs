@@ -22,6 +22,7 @@ pub mod plan;
 pub mod predecessor;
 pub mod progress;
 pub mod s3;
+pub mod secret;
 pub mod source;
 pub mod submit;
 pub mod sync;

@@ -10,6 +10,16 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::period::{parse_timestamp, Month};
+use crate::s3::S3Settings;
+
+/// Where to look for the predecessor's state: its export bucket (the newest version kept its
+/// state there, per plan), `STATE_FILE_PATH` (older versions), and how to reach S3.
+#[derive(Debug, Clone)]
+pub struct PredecessorLookup {
+    pub s3: S3Settings,
+    pub bucket: Option<String>,
+    pub state_file: Option<String>,
+}
 
 /// What the predecessor recorded for one service key.
 #[derive(Debug, Clone, PartialEq)]

@@ -30,19 +30,6 @@ pub struct S3Settings {
 /// Connecting takes a few milliseconds on a working network; anything long is a dead endpoint.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-impl Default for S3Settings {
-    fn default() -> S3Settings {
-        S3Settings {
-            endpoint_url: None,
-            region: None,
-            force_path_style: false,
-            checksums_when_required: false,
-            max_attempts: 8,
-            attempt_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
 /// Builds a client. Region falls back to us-east-1 when nothing else names one. Transient errors
 /// (500, 503 SlowDown, timeouts, dropped connections) are retried with exponential backoff; a
 /// whole operation may take every attempt's time limit plus the backoff between them.

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
 use crate::clazar::{
-    Answer, ClazarError, Client, Delivery, MeteringRecord, MeteringRequest, ResultKind,
+    Answer, ClazarError, Client, Cloud, Delivery, MeteringRecord, MeteringRequest, ResultKind,
 };
 use crate::dimensions::{BaseUsage, Dimensions};
 use crate::ledger::{
@@ -35,11 +35,11 @@ pub const FAILPOINT_AFTER_SEND: &str = "after-send";
 
 /// What planning needs.
 #[derive(Debug, Clone)]
-pub struct SubmitSettings {
+pub struct Planning {
     pub rules: PeriodRules,
     pub dimensions: Dimensions,
-    /// `CLAZAR_CLOUD`: aws, azure or gcp.
-    pub cloud: String,
+    /// `CLAZAR_CLOUD`.
+    pub cloud: Cloud,
     /// At most this many records per request (a contract's lines are split, never mixed).
     pub max_records_per_request: usize,
     /// Which service keys.
@@ -80,7 +80,7 @@ fn service_key_in_scope(scope: &Scope, key: &str) -> bool {
 }
 
 /// Computes the plan without writing anything (this is also the dry run).
-pub fn compute_plan(ledger: &Ledger, s: &SubmitSettings, now: DateTime<Utc>) -> Result<Plan> {
+pub fn compute_plan(ledger: &Ledger, s: &Planning, now: DateTime<Utc>) -> Result<Plan> {
     let mut by_key: BTreeMap<String, Vec<Period>> = BTreeMap::new();
     for (key, period) in ledger.periods_with_unplanned_usage(s.rules.kind)? {
         if !service_key_in_scope(&s.scope, &key) || s.held_back.contains(&key) {
@@ -146,7 +146,7 @@ pub fn write_plan(ledger: &mut Ledger, run_id: i64, plan: &Plan) -> Result<Vec<i
 /// The planning step of `submit`: compute the due periods and commit their outbox rows.
 pub fn plan_submissions(
     ledger: &mut Ledger,
-    s: &SubmitSettings,
+    s: &Planning,
     run_id: i64,
     now: DateTime<Utc>,
 ) -> Result<Plan> {
@@ -161,7 +161,7 @@ pub fn plan_submissions(
 /// what could not be retried.
 pub fn plan_resubmissions(
     ledger: &mut Ledger,
-    s: &SubmitSettings,
+    s: &Planning,
     filter: &SubmissionFilter,
     run_id: i64,
 ) -> Result<(Vec<i64>, Vec<String>)> {
@@ -173,7 +173,7 @@ pub fn plan_resubmissions(
 /// What [`plan_resubmissions`] would write, without writing it (the dry run of `resubmit`).
 pub fn compute_resubmissions(
     ledger: &Ledger,
-    s: &SubmitSettings,
+    s: &Planning,
     filter: &SubmissionFilter,
 ) -> Result<(Vec<NewSubmission>, Vec<String>)> {
     let mut groups: BTreeMap<(String, String, PeriodKind, String), Vec<_>> = BTreeMap::new();
@@ -240,7 +240,7 @@ pub fn compute_resubmissions(
 /// One contract's submissions for a period: its lines computed, split into requests of at most
 /// `max_records_per_request`, or one failed submission when any line cannot be sent.
 fn build_submissions(
-    s: &SubmitSettings,
+    s: &Planning,
     service_key: &str,
     contract: &str,
     period: Period,
@@ -257,7 +257,7 @@ fn build_submissions(
         service_key: service_key.to_string(),
         contract_id: contract.to_string(),
         period,
-        cloud: s.cloud.clone(),
+        cloud: s.cloud,
         payload: None,
         status: SubmissionStatus::Pending,
         error: None,
@@ -341,7 +341,7 @@ fn rebuild_payload(mut s: NewSubmission) -> NewSubmission {
             .lines
             .iter()
             .map(|l| MeteringRecord {
-                cloud: s.cloud.clone(),
+                cloud: s.cloud.to_string(),
                 contract_id: s.contract_id.clone(),
                 dimension: l.dimension.clone(),
                 start_time: start_time.clone(),

@@ -5,35 +5,16 @@
 
 pub mod types;
 
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use rand::Rng;
 use serde::Deserialize;
 
-pub use types::{MeteringRecord, MeteringRequest, MeteringResponse, MeteringResult, ResultKind};
-
-/// A secret (client secret, bearer token): never printed, not even by `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-
-    /// The value, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+use crate::secret::Secret;
+pub use types::{
+    Cloud, MeteringRecord, MeteringRequest, MeteringResponse, MeteringResult, ResultKind,
+};
 
 /// Where Clazar is and how to talk to it.
 #[derive(Debug, Clone)]
@@ -50,6 +31,8 @@ pub struct ClazarSettings {
     pub max_retries: u32,
     /// The first backoff delay; it doubles per retry (with jitter), up to [`MAX_BACKOFF`].
     pub backoff: Duration,
+    /// Requests in flight at once.
+    pub concurrency: usize,
 }
 
 /// The longest wait between attempts, `Retry-After` included.
@@ -452,11 +435,5 @@ mod tests {
         let d = backoff_delay(base, 0, Some(Duration::from_secs(2)));
         assert_eq!(d, Duration::from_secs(2));
         assert!(backoff_delay(base, 30, None) <= MAX_BACKOFF);
-    }
-
-    #[test]
-    fn secrets_do_not_print() {
-        let s = Secret::new("hunter2");
-        assert_eq!(format!("{s:?}"), "Secret(***)");
     }
 }

@@ -5,28 +5,23 @@ use std::fs::File;
 use std::io::Write;
 
 use anyhow::{Context, Result};
-use chrono::{Days, Utc};
-use chrono_tz::Tz;
 
-use crate::cli::{
-    CostsArgs, CostsCommand, CostsIngestArgs, CostsPlotArgs, CostsReportArgs, CostsWindowArgs,
-    EmailArgs, GlobalArgs, GrantsCommand, ReportFormat,
-};
-use crate::config::SourceSpec;
+use crate::cli::{CostsArgs, CostsCommand, GlobalArgs, GrantsCommand, ReportFormat};
+use crate::config::{CostIngestSettings, CostPlotSettings, CostReportSettings, Environment};
 use crate::costs::grants::read_grants;
-use crate::costs::mail::{self, Attachment, MailSettings};
+use crate::costs::mail::{self, Attachment};
 use crate::costs::parse::BillingRows;
 use crate::costs::plot::write_plots;
 use crate::costs::report::{CostReport, Window};
 use crate::costs::source::{with_csv, BillingObject, BillingSource};
 use crate::error::{Fatal, Outcome};
-use crate::ledger::{CostFile, Ledger, StoredCostFile};
+use crate::ledger::{CostFile, Ledger, LedgerFile, StoredCostFile};
 
-pub async fn run(global: &GlobalArgs, args: &CostsArgs) -> Result<Outcome> {
+pub async fn run(global: &GlobalArgs, args: &CostsArgs, env: &Environment) -> Result<Outcome> {
     match &args.command {
-        CostsCommand::Ingest(a) => ingest(global, a).await,
-        CostsCommand::Report(a) => report(global, a).await,
-        CostsCommand::Plot(a) => plot(global, a),
+        CostsCommand::Ingest(a) => ingest(&CostIngestSettings::resolve(global, a)?).await,
+        CostsCommand::Report(a) => report(&CostReportSettings::resolve(global, a, env)?).await,
+        CostsCommand::Plot(a) => plot(&CostPlotSettings::resolve(global, a)?),
         CostsCommand::Grants(GrantsCommand::Load { file }) => load_grants(global, file),
     }
 }
@@ -76,12 +71,11 @@ struct IngestCounts {
     problems: u64,
 }
 
-async fn ingest(global: &GlobalArgs, args: &CostsIngestArgs) -> Result<Outcome> {
-    let tags = user_tags(&args.user_tags)?;
-    let source =
-        BillingSource::open(&SourceSpec::parse(&args.source)?, &global.s3.resolve()).await?;
-    let mut ledger = Ledger::open_for_writing(&global.ledger_file())?;
-    let updated = ledger.set_cost_user_tags(&tags)?;
+async fn ingest(settings: &CostIngestSettings) -> Result<Outcome> {
+    let tags = &settings.user_tags;
+    let source = BillingSource::open(&settings.source, &settings.s3).await?;
+    let mut ledger = Ledger::open_for_writing(&settings.ledger)?;
+    let updated = ledger.set_cost_user_tags(tags)?;
     if updated > 0 {
         tracing::info!(
             "user tags are now {}: re-resolved the user of {updated} line items",
@@ -112,8 +106,8 @@ async fn ingest(global: &GlobalArgs, args: &CostsIngestArgs) -> Result<Outcome> 
                 &file,
                 body,
                 object.name.zipped,
-                &tags,
-                args.max_csv_bytes,
+                tags,
+                settings.max_csv_bytes,
             )
         })?;
         tracing::info!(
@@ -187,49 +181,28 @@ fn cost_file(source: &BillingSource, object: &BillingObject) -> CostFile {
     }
 }
 
-fn user_tags(raw: &[String]) -> Result<Vec<String>> {
-    let tags: Vec<String> = raw
-        .iter()
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
-        .collect();
-    if tags.is_empty() {
-        return Err(Fatal::Config("--user-tags names no tag".into()).into());
-    }
-    if let Some(bad) = tags.iter().find(|t| t.contains(['"', '\\'])) {
-        return Err(
-            Fatal::Config(format!("--user-tags: {bad:?} may not contain '\"' or '\\'")).into(),
-        );
-    }
-    Ok(tags)
-}
-
-async fn report(global: &GlobalArgs, args: &CostsReportArgs) -> Result<Outcome> {
-    let window = resolve_window(&args.window)?;
-    let mail = (!args.email.email_to.is_empty())
-        .then(|| mail_settings(&args.email))
-        .transpose()?;
-    let report = build_report(global, &window)?;
+async fn report(settings: &CostReportSettings) -> Result<Outcome> {
+    let report = build_report(&settings.ledger, &settings.window)?;
     {
         let mut out = std::io::stdout().lock();
-        match args.format {
+        match settings.format {
             ReportFormat::Text => report.write_text(&mut out)?,
             ReportFormat::Json => report.write_json(&mut out)?,
             ReportFormat::Csv => report.write_csv(&mut out)?,
         }
         out.flush()?;
     }
-    if let Some(settings) = mail {
+    if let Some(mail) = settings.mail.clone() {
         let mut body = Vec::new();
         report.write_text(&mut body)?;
         let body = String::from_utf8(body).context("the report is not UTF-8")?;
-        let attachments = match args.no_plot {
-            true => Vec::new(),
-            false => vec![plot_attachment(&report)?],
+        let attachments = match settings.plot {
+            true => vec![plot_attachment(&report)?],
+            false => Vec::new(),
         };
         let subject = report.headline();
-        let recipients = settings.to.len();
-        tokio::task::spawn_blocking(move || mail::send(&settings, &subject, body, attachments))
+        let recipients = mail.to.len();
+        tokio::task::spawn_blocking(move || mail::send(&mail, &subject, body, attachments))
             .await??;
         tracing::info!("emailed the report to {recipients} recipient(s)");
     }
@@ -264,18 +237,17 @@ fn plot_attachment(report: &CostReport) -> Result<Attachment> {
     })
 }
 
-fn plot(global: &GlobalArgs, args: &CostsPlotArgs) -> Result<Outcome> {
-    let window = resolve_window(&args.window)?;
-    let report = build_report(global, &window)?;
-    let svg = args.out.with_extension("svg");
-    write_plots(&report, &args.out, &svg)?;
-    println!("{}", args.out.display());
+fn plot(settings: &CostPlotSettings) -> Result<Outcome> {
+    let report = build_report(&settings.ledger, &settings.window)?;
+    let svg = settings.png.with_extension("svg");
+    write_plots(&report, &settings.png, &svg)?;
+    println!("{}", settings.png.display());
     println!("{}", svg.display());
     Ok(Outcome::Success)
 }
 
-fn build_report(global: &GlobalArgs, window: &Window) -> Result<CostReport> {
-    let ledger = Ledger::open_for_reading(&global.ledger_file())?;
+fn build_report(ledger: &LedgerFile, window: &Window) -> Result<CostReport> {
+    let ledger = Ledger::open_for_reading(ledger)?;
     let (from, to) = window.utc_range();
     let hours = ledger.hourly_costs(from, to)?;
     let month = window.yesterday().format("%Y-%m").to_string();
@@ -286,79 +258,4 @@ fn build_report(global: &GlobalArgs, window: &Window) -> Result<CostReport> {
         report.add_grant(&grant, ledger.user_spend(&grant.user, from, to)?);
     }
     Ok(report)
-}
-
-fn resolve_window(args: &CostsWindowArgs) -> Result<Window> {
-    let tz: Tz = args.tz.trim().parse().map_err(|_| {
-        Fatal::Config(format!(
-            "--tz {:?} is not a time zone; use an IANA name such as America/Los_Angeles or UTC",
-            args.tz
-        ))
-    })?;
-    let today = args
-        .today
-        .unwrap_or_else(|| Utc::now().with_timezone(&tz).date_naive());
-    let last = args.to.unwrap_or(today - Days::new(1));
-    let first = match args.from {
-        Some(from) => from,
-        None if args.days == 0 => {
-            return Err(Fatal::Config("--days must be at least 1".into()).into())
-        }
-        None => last - Days::new(u64::from(args.days) - 1),
-    };
-    if first > last {
-        return Err(Fatal::Config(format!(
-            "the window starts ({first}) after it ends ({last})"
-        ))
-        .into());
-    }
-    if (last - first).num_days() > 3660 {
-        return Err(Fatal::Config("the window is longer than ten years".into()).into());
-    }
-    Ok(Window {
-        tz,
-        today,
-        first,
-        last,
-    })
-}
-
-fn mail_settings(args: &EmailArgs) -> Result<MailSettings> {
-    let config = |m: String| anyhow::Error::from(Fatal::Config(m));
-    let mailbox = |what: &str, s: &str| {
-        s.trim()
-            .parse()
-            .map_err(|e| config(format!("{what} {s:?} is not an email address: {e}")))
-    };
-    let from = args.email_from.as_deref().ok_or_else(|| {
-        config("--email-from (or METERBOOK_EMAIL_FROM) is needed to send email".into())
-    })?;
-    let host = args
-        .smtp_host
-        .clone()
-        .filter(|h| !h.trim().is_empty())
-        .ok_or_else(|| config("--smtp-host (or SMTP_HOST) is needed to send email".into()))?;
-    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let credentials = match (env("SMTP_USERNAME"), env("SMTP_PASSWORD")) {
-        (Some(user), Some(password)) => Some((user, password)),
-        (None, None) => None,
-        _ => {
-            return Err(config(
-                "set both SMTP_USERNAME and SMTP_PASSWORD, or neither".into(),
-            ))
-        }
-    };
-    Ok(MailSettings {
-        host: host.trim().to_string(),
-        port: args.smtp_port,
-        security: args.smtp_security,
-        from: mailbox("--email-from", from)?,
-        to: args
-            .email_to
-            .iter()
-            .filter(|t| !t.trim().is_empty())
-            .map(|t| mailbox("--email-to", t))
-            .collect::<Result<_>>()?,
-        credentials,
-    })
 }

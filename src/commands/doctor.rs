@@ -12,9 +12,9 @@ use aws_sdk_s3::Client;
 use chrono::Utc;
 
 use crate::cli::{DoctorArgs, GlobalArgs};
-use crate::config::SourceSpec;
+use crate::config::{DoctorSettings, Environment, SourceSpec};
 use crate::error::{Fatal, Outcome};
-use crate::ledger::{binary_schema_version, Ledger, LedgerFile};
+use crate::ledger::{binary_schema_version, Ledger};
 use crate::source::MARKER_KEY;
 use crate::sync::remote::{self, Condition, Refused};
 use crate::sync::{lease, state, StateLocation};
@@ -40,10 +40,8 @@ fn fail(problem: impl Into<String>, fix: impl Into<String>) -> Verdict {
 /// What the checks look at.
 pub struct Setup {
     client: Client,
-    source: std::result::Result<SourceSpec, String>,
+    settings: DoctorSettings,
     state: std::result::Result<StateLocation, String>,
-    ledger: LedgerFile,
-    clazar: std::result::Result<crate::clazar::ClazarSettings, String>,
 }
 
 type CheckFuture<'a> = Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;
@@ -98,18 +96,19 @@ pub const CHECKS: &[Check] = &[
     },
 ];
 
-pub async fn run(global: &GlobalArgs, args: &DoctorArgs) -> Result<Outcome> {
-    let client = crate::s3::client(&global.s3.resolve()).await;
-    let plan = crate::config::plan_from_env();
-    let state = crate::sync::locate(&client, args.state.state_url.as_deref(), plan.as_ref())
-        .await
-        .map_err(|e| format!("{e:#}"));
+pub async fn run(global: &GlobalArgs, args: &DoctorArgs, env: &Environment) -> Result<Outcome> {
+    let settings = DoctorSettings::resolve(global, args, env);
+    let client = crate::s3::client(&settings.s3).await;
+    let state = match &settings.state {
+        Ok(state) => crate::sync::locate(&client, state)
+            .await
+            .map_err(|e| format!("{e:#}")),
+        Err(e) => Err(e.clone()),
+    };
     let setup = Setup {
         client,
-        source: SourceSpec::resolve(args.source.as_deref()).map_err(|e| format!("{e:#}")),
+        settings,
         state,
-        ledger: global.ledger_file(),
-        clazar: args.clazar.resolve().map_err(|e| format!("{e:#}")),
     };
     let mut out = std::io::stdout().lock();
     let mut failed = 0;
@@ -153,7 +152,7 @@ async fn credentials(s: &Setup) -> Verdict {
 }
 
 fn export_location(s: &Setup) -> std::result::Result<(String, String), Verdict> {
-    match &s.source {
+    match &s.settings.source {
         Ok(SourceSpec::S3 { bucket, prefix }) => Ok((bucket.clone(), prefix.clone())),
         Ok(SourceSpec::Local(dir)) => Err(Verdict::Ok(format!(
             "source is the local folder {}; not an S3 export",
@@ -363,16 +362,16 @@ async fn state_object(s: &Setup) -> Verdict {
 
 async fn ledger_schema(s: &Setup) -> Verdict {
     let known = binary_schema_version();
-    if !s.ledger.path.exists() {
+    if !s.settings.ledger.path.exists() {
         return Verdict::Ok(format!(
             "no ledger at {} yet; `meterbook sync pull` or `meterbook ingest` creates it",
-            s.ledger.path.display()
+            s.settings.ledger.path.display()
         ));
     }
-    match Ledger::open_for_reading(&s.ledger).and_then(|l| l.schema_version()) {
+    match Ledger::open_for_reading(&s.settings.ledger).and_then(|l| l.schema_version()) {
         Ok(v) => Verdict::Ok(format!(
             "{} is at schema version {v} (this meterbook knows up to {known})",
-            s.ledger.path.display()
+            s.settings.ledger.path.display()
         )),
         Err(e) => fail(
             format!("{e:#}"),
@@ -413,7 +412,7 @@ async fn lease_state(s: &Setup) -> Verdict {
 }
 
 async fn clazar_authentication(s: &Setup) -> Verdict {
-    let settings = match &s.clazar {
+    let settings = match &s.settings.clazar {
         Ok(settings) => settings.clone(),
         Err(why) => {
             return fail(
@@ -438,20 +437,13 @@ async fn clazar_authentication(s: &Setup) -> Verdict {
 }
 
 async fn formulas(s: &Setup) -> Verdict {
-    use crate::dimensions::{Dimensions, Rounding, BASE_DIMENSIONS};
-    let vars: Vec<(String, String)> = std::env::vars().collect();
-    let specs = match Dimensions::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
-        Ok(specs) => specs,
-        Err(e) => return fail(e.to_string(), "fix the DIMENSION_* variable it names"),
-    };
-    let mut base: std::collections::BTreeSet<String> =
-        BASE_DIMENSIONS.iter().map(|d| d.to_string()).collect();
-    if s.ledger.path.exists() {
-        if let Ok(ledger) = Ledger::open_for_reading(&s.ledger) {
-            base.extend(ledger.dimensions_in_usage().unwrap_or_default());
+    let mut in_ledger = Vec::new();
+    if s.settings.ledger.path.exists() {
+        if let Ok(ledger) = Ledger::open_for_reading(&s.settings.ledger) {
+            in_ledger = ledger.dimensions_in_usage().unwrap_or_default();
         }
     }
-    match Dimensions::new(specs, &base, false, Rounding::Floor) {
+    match s.settings.dimensions(&in_ledger) {
         Ok(d) if d.formulas.is_empty() => {
             Verdict::Ok("none defined: the base dimensions are sent as they are".into())
         }
@@ -464,7 +456,7 @@ async fn formulas(s: &Setup) -> Verdict {
                 .collect::<Vec<_>>()
                 .join(", ")
         )),
-        Err(e) => fail(e.to_string(), "fix the DIMENSION_* variable it names"),
+        Err(e) => fail(e, "fix the DIMENSION_* variable it names"),
     }
 }
 

@@ -10,10 +10,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::cli::{GlobalArgs, ImportStateArgs};
-use crate::config::{export_bucket, plan_from_env, predecessor_state_file};
+use crate::config::{Environment, ImportSettings};
 use crate::error::{Fatal, Outcome};
 use crate::ledger::Ledger;
-use crate::predecessor::{parse_state, service_key_from_file_name, PredecessorState};
+use crate::predecessor::{
+    parse_state, service_key_from_file_name, PredecessorLookup, PredecessorState,
+};
 use crate::s3::S3Settings;
 use crate::source::{Scope, ServiceKey};
 use crate::sync::remote;
@@ -21,21 +23,25 @@ use crate::sync::remote;
 /// The older versions' default state file (a local path, or a key in the export bucket).
 const OLD_STATE_FILE: &str = "metering_state.json";
 
-pub async fn run(global: &GlobalArgs, args: &ImportStateArgs) -> Result<Outcome> {
-    let plan = plan_from_env();
-    let bucket = export_bucket();
-    let places = match args.from.as_deref().map(str::trim) {
+pub async fn run(
+    global: &GlobalArgs,
+    args: &ImportStateArgs,
+    env: &Environment,
+) -> Result<Outcome> {
+    let settings = ImportSettings::resolve(global, args, env);
+    let lookup = &settings.lookup;
+    let (plan, bucket) = (&settings.plan, &lookup.bucket);
+    let places = match settings.from.as_deref() {
         Some(from) => vec![Place::named(from, bucket.as_deref())?],
-        None => default_places(bucket.as_deref(), plan.as_ref()),
+        None => default_places(lookup, plan.as_ref()),
     };
-    let s3 = global.s3.resolve();
-    let mut reader = Reader::new(&s3);
+    let mut reader = Reader::new(&lookup.s3);
     let Some((place, body)) = reader.first(&places).await? else {
         let looked: Vec<String> = places.iter().map(Place::to_string).collect();
         return Err(Fatal::Config(format!(
             "no predecessor state at {}{}",
             looked.join(", "),
-            if args.from.is_some() {
+            if settings.from.is_some() {
                 ""
             } else if plan.is_none() || bucket.is_none() {
                 "; pass --from PATH|s3://BUCKET/KEY (or set AWS_S3_BUCKET_NAME, SERVICE_NAME, \
@@ -48,15 +54,15 @@ pub async fn run(global: &GlobalArgs, args: &ImportStateArgs) -> Result<Outcome>
         .into());
     };
     let source = place.to_string();
-    let flat_key = args
+    let flat_key = settings
         .service_key
         .clone()
         .or_else(|| place.service_key())
         .or_else(|| plan.as_ref().map(ServiceKey::to_string));
     let states = parse_state(&body, flat_key.as_deref())
         .map_err(|why| Fatal::Config(format!("{source}: {why}; nothing was imported")))?;
-    let mut ledger = Ledger::open_for_writing(&global.ledger_file())?;
-    let counts = ledger.import_predecessor(&source, &states, &args.cloud)?;
+    let mut ledger = Ledger::open_for_writing(&settings.ledger)?;
+    let counts = ledger.import_predecessor(&source, &states, settings.cloud.as_str())?;
     for s in &states {
         let last = match (s.last_processed_month, s.last_processed_hour) {
             (Some(m), _) => format!("month {m}"),
@@ -88,18 +94,18 @@ pub async fn run(global: &GlobalArgs, args: &ImportStateArgs) -> Result<Outcome>
 /// something for them, or cannot be read. Sending then could bill again what it billed.
 pub(crate) async fn predecessor_guard(
     ledger: &Ledger,
-    s3: &S3Settings,
-    bucket: Option<&str>,
+    lookup: &PredecessorLookup,
     scope: &Scope,
 ) -> Result<BTreeMap<String, String>> {
     let mut held = BTreeMap::new();
-    let mut reader = Reader::new(s3);
+    let mut reader = Reader::new(&lookup.s3);
+    let bucket = lookup.bucket.as_deref();
     for key in ledger.service_keys_without_history()? {
         let Some(plan) = parse_service_key(&key).filter(|k| scope.admits_service_key(k)) else {
             continue;
         };
         let newest = bucket.map(|b| newest_place(b, &plan));
-        for place in default_places(bucket, Some(&plan)) {
+        for place in default_places(lookup, Some(&plan)) {
             let Some(body) = reader.read(&place).await? else {
                 continue;
             };
@@ -178,12 +184,15 @@ fn newest_place(bucket: &str, plan: &ServiceKey) -> Place {
 /// Where the predecessor's state may be, in the order looked at: the newest version's key for
 /// the plan in the export bucket, then `STATE_FILE_PATH`, then `metering_state.json` (each a
 /// local file, an s3:// URL, or a key in the export bucket).
-fn default_places(bucket: Option<&str>, plan: Option<&ServiceKey>) -> Vec<Place> {
+fn default_places(lookup: &PredecessorLookup, plan: Option<&ServiceKey>) -> Vec<Place> {
+    let bucket = lookup.bucket.as_deref();
     let mut places = Vec::new();
     if let (Some(bucket), Some(plan)) = (bucket, plan) {
         places.push(newest_place(bucket, plan));
     }
-    let named = predecessor_state_file()
+    let named = lookup
+        .state_file
+        .clone()
         .into_iter()
         .chain([OLD_STATE_FILE.to_string()]);
     for name in named {
@@ -315,6 +324,21 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
+    fn lookup(bucket: Option<&str>) -> PredecessorLookup {
+        PredecessorLookup {
+            s3: S3Settings {
+                endpoint_url: None,
+                region: None,
+                force_path_style: false,
+                checksums_when_required: false,
+                max_attempts: 1,
+                attempt_timeout: std::time::Duration::from_secs(1),
+            },
+            bucket: bucket.map(str::to_string),
+            state_file: None,
+        }
+    }
+
     #[test]
     fn the_newest_versions_key_is_looked_at_first() {
         let plan = ServiceKey {
@@ -322,7 +346,7 @@ mod tests {
             environment: "PROD".into(),
             plan: "pt-HJSv20iWX0".into(),
         };
-        let places: Vec<String> = default_places(Some("b"), Some(&plan))
+        let places: Vec<String> = default_places(&lookup(Some("b")), Some(&plan))
             .iter()
             .map(Place::to_string)
             .collect();
@@ -332,13 +356,13 @@ mod tests {
         );
         assert_eq!(places.last().unwrap(), "s3://b/metering_state.json");
         assert_eq!(
-            default_places(Some("b"), Some(&plan))[0]
+            default_places(&lookup(Some("b")), Some(&plan))[0]
                 .service_key()
                 .as_deref(),
             Some("Postgres:PROD:pt-HJSv20iWX0")
         );
         // Without a bucket there is nowhere on S3 to look.
-        assert!(default_places(None, Some(&plan))
+        assert!(default_places(&lookup(None), Some(&plan))
             .iter()
             .all(|p| matches!(p, Place::Local(_))));
     }

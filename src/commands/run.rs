@@ -3,17 +3,16 @@
 //! the first request leaves), send, push again, give the lease back. With `--every`,
 //! `PROCESSING_INTERVAL_SECONDS` or `CRON_MODE=true` it keeps doing so, serving the health check.
 
-use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use chrono::Utc;
 
 use crate::clazar::Client;
-use crate::cli::{GlobalArgs, IngestArgs, RunArgs};
-use crate::config::SourceSpec;
-use crate::daemon::{self, Schedule};
+use crate::cli::{GlobalArgs, RunArgs};
+use crate::config::{Environment, RunSettings};
+use crate::daemon;
 use crate::error::{FailureKind, Outcome, Step};
 use crate::failpoint;
 use crate::ledger::Ledger;
@@ -21,35 +20,34 @@ use crate::submit::{plan_submissions, send_outbox};
 use crate::sync::state::{self, Pulled, Pushed};
 use crate::sync::{lease, StateLocation};
 
-pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
-    let schedule = Schedule::choose(
-        args.every.as_deref(),
-        args.processing_interval_seconds,
-        args.cron_mode,
-    )?;
-    let Some(schedule) = schedule else {
-        return cycle(global, args).await;
+pub async fn run(global: &GlobalArgs, args: &RunArgs, env: &Environment) -> Result<Outcome> {
+    let settings = RunSettings::resolve(global, args, env)?;
+    let Some(schedule) = settings.schedule else {
+        return cycle(&settings).await;
     };
-    let health = SocketAddr::new(args.healthcheck_bind, args.healthcheck_port);
     tracing::info!("running on a schedule: {schedule:?}");
-    daemon::run_forever(schedule, Some(health), || cycle(global, args)).await
+    daemon::run_forever(schedule, Some(settings.health), || cycle(&settings)).await
 }
 
 /// One run under the lease. The lease is given back whatever happens in between.
-async fn cycle(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
+async fn cycle(settings: &RunSettings) -> Result<Outcome> {
     let started = Instant::now();
-    let client = crate::s3::client(&global.s3.resolve()).await;
-    let plan = args.submit.scope.resolve()?.service_key();
-    let loc = crate::sync::locate(&client, args.state.state_url.as_deref(), plan.as_ref())
+    let client = crate::s3::client(&settings.s3).await;
+    let loc = crate::sync::locate(&client, &settings.state)
         .await
         .context(Step::new(FailureKind::State, "finding the state on S3"))?;
-    let duration = Duration::from_secs(args.state.lease_seconds);
-    let taken = lease::acquire(&client, &loc, duration, args.wait_for_lease, true)
-        .await
-        .context(Step::new(FailureKind::State, "taking the lease"))?;
+    let taken = lease::acquire(
+        &client,
+        &loc,
+        settings.state.lease,
+        settings.wait_for_lease,
+        true,
+    )
+    .await
+    .context(Step::new(FailureKind::State, "taking the lease"))?;
     tracing::info!("holding the lease as {}", taken.record().holder);
     let held = taken.keep_alive();
-    let result = steps(global, args, &client, &loc).await;
+    let result = steps(settings, &client, &loc).await;
     if let Err(e) = held.release().await {
         tracing::warn!("could not give back the lease (it expires by itself): {e:#}");
     }
@@ -66,14 +64,13 @@ async fn cycle(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
 }
 
 async fn steps(
-    global: &GlobalArgs,
-    args: &RunArgs,
+    settings: &RunSettings,
     client: &aws_sdk_s3::Client,
     loc: &StateLocation,
 ) -> Result<Outcome> {
-    let ledger_file = global.ledger_file();
+    let ledger_file = &settings.ledger;
     let mut pulled = Outcome::Success;
-    match state::pull(client, loc, &ledger_file, false)
+    match state::pull(client, loc, ledger_file, false)
         .await
         .context(Step::new(FailureKind::State, "pulling the ledger from S3"))?
     {
@@ -95,63 +92,39 @@ async fn steps(
         Pulled::NoState => tracing::info!("no state on S3 yet; this run creates it"),
     }
 
-    let ingest_args = IngestArgs {
-        source: args.source.clone(),
-        scope: args.submit.scope.clone(),
-        concurrency: args.concurrency,
-        batch_files: args.batch_files,
-        all_months: args.all_months,
-        start_month: args.submit.start_month,
-        limits: args.limits.clone(),
-    };
     let ingested = pulled.and(
-        super::ingest::run(global, &ingest_args)
+        crate::ingest::run(&settings.ingest)
             .await
-            .context(Step::new(FailureKind::Export, "ingesting the export"))?,
+            .context(Step::new(FailureKind::Export, "ingesting the export"))?
+            .report(),
     );
 
-    let submit = &args.submit;
-    let rules = submit.period_rules()?;
-    let mut ledger = Ledger::open_for_writing(&ledger_file)?;
-    let mut settings = super::submit::settings(
-        &ledger,
-        rules,
-        submit.scope.resolve()?,
-        &submit.quantity,
-        &submit.clazar,
-    )?;
-    // The predecessor's state is in the export bucket (it had no prefix of its own).
-    let bucket = match SourceSpec::resolve(args.source.as_deref())? {
-        SourceSpec::S3 { bucket, .. } => Some(bucket),
-        SourceSpec::Local(_) => crate::config::export_bucket(),
-    };
-    let held = super::submit::hold_back(
-        &ledger,
-        &global.s3.resolve(),
-        bucket.as_deref(),
-        &mut settings,
-    )
-    .await
-    .context(Step::new(
-        FailureKind::Export,
-        "looking for the predecessor's state",
-    ))?;
+    let submit = &settings.submit;
+    let mut ledger = Ledger::open_for_writing(ledger_file)?;
+    let mut planning = super::submit::planning(&ledger, submit)?;
+    let held = super::submit::hold_back(&ledger, submit, &mut planning)
+        .await
+        .context(Step::new(
+            FailureKind::Export,
+            "looking for the predecessor's state",
+        ))?;
     let now = Utc::now();
-    if submit.quantity.dry_run {
-        let plan = crate::submit::compute_plan(&ledger, &settings, now)?;
+    if submit.dry_run {
+        let plan = crate::submit::compute_plan(&ledger, &planning, now)?;
         super::submit::report_waiting(&plan);
         tracing::info!("dry run: the ledger was not pushed to S3");
         let printed = super::submit::dry_run(&ledger, &plan.submissions)?;
-        super::submit::report_left_out(&plan, &settings.rules);
+        super::submit::report_left_out(&plan, &planning.rules);
         return Ok(ingested.and(printed).and(held));
     }
-    let clazar = Client::new(submit.clazar.resolve()?)?;
+    let clazar_settings = submit.clazar()?;
+    let clazar = Client::new(clazar_settings.clone())?;
     let run_id = ledger.begin_submission_run(
         "run",
-        Some(submit.period),
-        &super::submit::run_settings(&settings, &submit.clazar)?,
+        Some(planning.rules.kind),
+        &super::submit::run_settings(&planning, clazar_settings)?,
     )?;
-    let plan = plan_submissions(&mut ledger, &settings, run_id, now)?;
+    let plan = plan_submissions(&mut ledger, &planning, run_id, now)?;
     let no_marker = super::submit::report_waiting(&plan);
     tracing::info!("planned {} submissions", plan.submissions.len());
     drop(ledger);
@@ -159,10 +132,10 @@ async fn steps(
 
     // The outbox must be on S3 before any request leaves: a host that dies after sending is then
     // reconciled by whichever host runs next.
-    push(client, loc, global, args).await?;
+    push(client, loc, settings).await?;
 
-    let ledger = Mutex::new(Ledger::open_for_writing(&ledger_file)?);
-    let sent = send_outbox(&ledger, &clazar, None, submit.clazar.concurrency)
+    let ledger = Mutex::new(Ledger::open_for_writing(ledger_file)?);
+    let sent = send_outbox(&ledger, &clazar, None, clazar_settings.concurrency)
         .await
         .context(Step::new(FailureKind::Clazar, "sending to Clazar"))?;
     let ledger = ledger.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -170,8 +143,8 @@ async fn steps(
     let submitted = super::submit::finish(&ledger, &sent)?;
     drop(ledger);
 
-    push(client, loc, global, args).await?;
-    super::submit::report_left_out(&plan, &settings.rules);
+    push(client, loc, settings).await?;
+    super::submit::report_left_out(&plan, &planning.rules);
     let marker = if no_marker {
         Outcome::NeedsAttention
     } else {
@@ -183,14 +156,13 @@ async fn steps(
 async fn push(
     client: &aws_sdk_s3::Client,
     loc: &StateLocation,
-    global: &GlobalArgs,
-    args: &RunArgs,
+    settings: &RunSettings,
 ) -> Result<()> {
     match state::push(
         client,
         loc,
-        &global.ledger_file(),
-        args.state.keep_generations,
+        &settings.ledger,
+        settings.state.keep_generations,
     )
     .await
     .context(Step::new(FailureKind::State, "pushing the ledger to S3"))?

@@ -8,51 +8,43 @@ use anyhow::Result;
 use chrono::Utc;
 
 use super::import_state::predecessor_guard;
-use crate::clazar::Client;
-use crate::cli::{ClazarArgs, GlobalArgs, QuantityArgs, SubmitArgs};
+use crate::clazar::{ClazarSettings, Client};
+use crate::cli::{GlobalArgs, SubmitCommand};
+use crate::config::{Environment, Selection, SubmitSettings};
 use crate::error::Outcome;
 use crate::ledger::{Ledger, NewSubmission};
 use crate::period::Month;
 use crate::plan::{Completeness, PeriodRules};
-use crate::s3::S3Settings;
 use crate::source::Scope;
-use crate::submit::{
-    compute_plan, plan_submissions, send_outbox, Plan, SendReport, SubmitSettings,
-};
+use crate::submit::{compute_plan, plan_submissions, send_outbox, Plan, Planning, SendReport};
 
-pub async fn run(global: &GlobalArgs, args: &SubmitArgs) -> Result<Outcome> {
-    let rules = args.period_rules()?;
-    let mut ledger = Ledger::open_for_writing(&global.ledger_file())?;
-    let mut settings = settings(
-        &ledger,
-        rules,
-        args.scope.resolve()?,
-        &args.quantity,
-        &args.clazar,
+pub async fn run(global: &GlobalArgs, args: &SubmitCommand, env: &Environment) -> Result<Outcome> {
+    let settings = SubmitSettings::resolve(
+        global,
+        &args.scope,
+        &args.submit,
+        env.export_bucket.clone(),
+        env,
     )?;
-    let bucket = crate::config::export_bucket();
-    let held = hold_back(
-        &ledger,
-        &global.s3.resolve(),
-        bucket.as_deref(),
-        &mut settings,
-    )
-    .await?;
+    let mut ledger = Ledger::open_for_writing(&settings.ledger)?;
+    let mut planning = planning(&ledger, &settings)?;
+    let held = hold_back(&ledger, &settings, &mut planning).await?;
     let now = Utc::now();
-    if args.quantity.dry_run {
-        let plan = compute_plan(&ledger, &settings, now)?;
+    if settings.dry_run {
+        let plan = compute_plan(&ledger, &planning, now)?;
         report_waiting(&plan);
         let outcome = dry_run(&ledger, &plan.submissions)?;
-        report_left_out(&plan, &settings.rules);
+        report_left_out(&plan, &planning.rules);
         return Ok(outcome.and(held));
     }
-    let client = Client::new(args.clazar.resolve()?)?;
+    let clazar = settings.clazar()?;
+    let client = Client::new(clazar.clone())?;
     let run_id = ledger.begin_submission_run(
         "submit",
-        Some(args.period),
-        &run_settings(&settings, &args.clazar)?,
+        Some(planning.rules.kind),
+        &run_settings(&planning, clazar)?,
     )?;
-    let plan = plan_submissions(&mut ledger, &settings, run_id, now)?;
+    let plan = plan_submissions(&mut ledger, &planning, run_id, now)?;
     let no_marker = report_waiting(&plan);
     tracing::info!(
         "planned {} submissions ({} could not be computed)",
@@ -60,11 +52,11 @@ pub async fn run(global: &GlobalArgs, args: &SubmitArgs) -> Result<Outcome> {
         plan.formula_failures()
     );
     let ledger = Mutex::new(ledger);
-    let sent = send_outbox(&ledger, &client, None, args.clazar.concurrency).await?;
+    let sent = send_outbox(&ledger, &client, None, clazar.concurrency).await?;
     let ledger = ledger.into_inner().unwrap_or_else(|p| p.into_inner());
     ledger.finish_submission_run(run_id, plan.submissions.len() as u64, sent.requests)?;
     let outcome = finish(&ledger, &sent)?;
-    report_left_out(&plan, &settings.rules);
+    report_left_out(&plan, &planning.rules);
     let marker = if no_marker {
         Outcome::NeedsAttention
     } else {
@@ -77,16 +69,18 @@ pub async fn run(global: &GlobalArgs, args: &SubmitArgs) -> Result<Outcome> {
 /// imported (see [`predecessor_guard`]), saying what to do; `NeedsAttention` when there is one.
 pub(crate) async fn hold_back(
     ledger: &Ledger,
-    s3: &S3Settings,
-    bucket: Option<&str>,
-    settings: &mut SubmitSettings,
+    settings: &SubmitSettings,
+    planning: &mut Planning,
 ) -> Result<Outcome> {
-    let held = predecessor_guard(ledger, s3, bucket, &settings.scope).await?;
+    let Selection::Due { predecessor, .. } = &settings.selection else {
+        return Ok(Outcome::Success);
+    };
+    let held = predecessor_guard(ledger, predecessor, &planning.scope).await?;
     for why in held.values() {
         tracing::warn!("{why}");
     }
-    settings.held_back = held.into_keys().collect();
-    Ok(if settings.held_back.is_empty() {
+    planning.held_back = held.into_keys().collect();
+    Ok(if planning.held_back.is_empty() {
         Outcome::Success
     } else {
         Outcome::NeedsAttention
@@ -123,28 +117,24 @@ pub(crate) fn report_left_out(plan: &Plan, rules: &PeriodRules) {
     }
 }
 
-/// Resolved settings for planning, with formulas validated before anything else happens.
-pub(crate) fn settings(
-    ledger: &Ledger,
-    rules: PeriodRules,
-    scope: Scope,
-    quantity: &QuantityArgs,
-    clazar: &ClazarArgs,
-) -> Result<SubmitSettings> {
-    let dimensions = quantity.dimensions(&ledger.dimensions_in_usage()?)?;
-    Ok(SubmitSettings {
-        rules,
-        dimensions,
-        cloud: clazar.cloud()?,
-        max_records_per_request: quantity.max_records_per_request,
+/// What planning needs, with formulas validated against the ledger's dimensions.
+pub(crate) fn planning(ledger: &Ledger, s: &SubmitSettings) -> Result<Planning> {
+    let scope = match &s.selection {
+        Selection::Due { scope, .. } => scope.clone(),
+        Selection::Retry(_) => Scope::default(),
+    };
+    Ok(Planning {
+        rules: s.rules(),
+        dimensions: s.quantity.dimensions(&ledger.dimensions_in_usage()?)?,
+        cloud: s.cloud,
+        max_records_per_request: s.quantity.max_records_per_request,
         scope,
         held_back: BTreeSet::new(),
     })
 }
 
 /// The settings a run used, as JSON for `submission_runs` (no secrets).
-pub(crate) fn run_settings(s: &SubmitSettings, clazar: &ClazarArgs) -> Result<String> {
-    let (metering_url, _) = clazar.endpoints()?;
+pub(crate) fn run_settings(s: &Planning, clazar: &ClazarSettings) -> Result<String> {
     let formulas: Vec<_> = s
         .dimensions
         .formulas
@@ -159,9 +149,9 @@ pub(crate) fn run_settings(s: &SubmitSettings, clazar: &ClazarArgs) -> Result<St
         "formulas": formulas,
         "send_base_dimensions": s.dimensions.send_base,
         "rounding": format!("{:?}", s.dimensions.rounding).to_lowercase(),
-        "cloud": s.cloud,
+        "cloud": s.cloud.as_str(),
         "max_records_per_request": s.max_records_per_request,
-        "metering_url": metering_url,
+        "metering_url": clazar.metering_url,
         "max_retries": clazar.max_retries,
     })
     .to_string())

@@ -7,6 +7,8 @@ use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{Message, SmtpTransport, Transport};
 
+use crate::secret::Secret;
+
 /// How the SMTP connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum SmtpSecurity {
@@ -28,7 +30,7 @@ pub struct MailSettings {
     pub from: Mailbox,
     pub to: Vec<Mailbox>,
     /// Username and password, from the environment.
-    pub credentials: Option<(String, String)>,
+    pub credentials: Option<(String, Secret)>,
 }
 
 /// A file sent with the message.
@@ -75,7 +77,10 @@ pub fn send(
         transport = transport.port(port);
     }
     if let Some((user, password)) = &settings.credentials {
-        transport = transport.credentials(Credentials::new(user.clone(), password.clone()));
+        transport = transport.credentials(Credentials::new(
+            user.clone(),
+            password.expose().to_string(),
+        ));
     }
     transport
         .build()

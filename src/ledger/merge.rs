@@ -498,7 +498,7 @@ mod tests {
             service_key: "pg:PROD:pt-1".into(),
             contract_id: contract.into(),
             period: Period::parse(PeriodKind::Month, "2025-06").unwrap(),
-            cloud: "aws".into(),
+            cloud: crate::clazar::Cloud::Aws,
             payload: Some(format!("{{\"{contract}\": {quantity}}}")),
             status: SubmissionStatus::Pending,
             error: None,

@@ -11,6 +11,7 @@ use rusqlite::{params, params_from_iter, ToSql, Transaction};
 
 use super::status::sql_list;
 use super::{Ledger, LineStatus, QueryResult, SubmissionStatus};
+use crate::clazar::Cloud;
 use crate::dimensions::{BaseUsage, DimensionSum};
 use crate::error::Fatal;
 use crate::period::{format_utc, Period, PeriodKind};
@@ -22,7 +23,7 @@ pub struct NewSubmission {
     pub service_key: String,
     pub contract_id: String,
     pub period: Period,
-    pub cloud: String,
+    pub cloud: Cloud,
     /// The exact body to send; `None` when nothing can be sent (then `status` is `failed`).
     pub payload: Option<String>,
     /// `Pending`, or `Failed` when nothing can be sent.
@@ -562,7 +563,7 @@ fn insert_submission(tx: &Transaction<'_>, run_id: i64, s: &NewSubmission) -> Re
             s.period.key(),
             start,
             end,
-            s.cloud,
+            s.cloud.as_str(),
             s.payload,
             s.status,
             s.error,
