@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod costs;
+pub mod cycle;
 pub mod daemon;
 pub mod dimensions;
 pub mod env;

@@ -1,5 +1,4 @@
-//! The Python exporter's state file (the predecessor), so that an operator can switch to meterbook
-//! without re-sending anything. Pure parsing; `commands/import_state.rs` records the result.
+//! The Python exporter's state file (the predecessor): what it records, parsed. Pure.
 //!
 //! Forms accepted: one object per service key (`{"Postgres:PROD:pt-1": {...}}`) or the newest
 //! version's flat inner object (the service key then comes from the file name or the settings);
@@ -10,16 +9,6 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::period::{parse_timestamp, Month};
-use crate::s3::S3Settings;
-
-/// Where to look for the predecessor's state: its export bucket (the newest version kept its
-/// state there, per plan), `STATE_FILE_PATH` (older versions), and how to reach S3.
-#[derive(Debug, Clone)]
-pub struct PredecessorLookup {
-    pub s3: S3Settings,
-    pub bucket: Option<String>,
-    pub state_file: Option<String>,
-}
 
 /// What the predecessor recorded for one service key.
 #[derive(Debug, Clone, PartialEq)]
