@@ -11,6 +11,7 @@ pub mod costs;
 pub mod cycle;
 pub mod daemon;
 pub mod dimensions;
+pub mod doctor;
 pub mod env;
 pub mod error;
 pub mod failpoint;
