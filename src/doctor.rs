@@ -13,6 +13,7 @@ use chrono::Utc;
 
 use crate::config::{DoctorSettings, SourceSpec};
 use crate::ledger::{binary_schema_version, Ledger};
+use crate::s3::{Op, S3Error};
 use crate::source::MARKER_KEY;
 use crate::sync::remote::{self, Condition, Refused};
 use crate::sync::{lease, state, StateLocation};
@@ -32,6 +33,26 @@ fn fail(problem: impl Into<String>, fix: impl Into<String>) -> Verdict {
     Verdict::Fail {
         problem: problem.into(),
         fix: fix.into(),
+    }
+}
+
+/// Where the export bucket's name comes from, for messages.
+const EXPORT_NAMED_BY: &str = "--source (or S3_BUCKET_NAME)";
+
+/// A failed S3 request: what happened, and what to check as its fix (the explanation's own, or
+/// the check's when the answer does not say).
+fn s3_fail(e: S3Error, fix: &str) -> Verdict {
+    fail(
+        format!("{}: {}", e.what, e.problem),
+        e.check.unwrap_or_else(|| fix.to_string()),
+    )
+}
+
+/// A failed step: an S3 request that failed is explained as such, anything else with `fix`.
+fn step_fail(e: anyhow::Error, fix: &str) -> Verdict {
+    match e.downcast::<S3Error>() {
+        Ok(e) => s3_fail(e, fix),
+        Err(e) => fail(format!("{e:#}"), fix),
     }
 }
 
@@ -169,8 +190,8 @@ async fn export_readable(s: &Setup) -> Verdict {
             "s3://{bucket}/{prefix}{} is empty; check the bucket and prefix",
             crate::source::EXPORT_PREFIX
         )),
-        Err(e) => fail(
-            format!("listing s3://{bucket}/{prefix}: {}", remote::describe(&e)),
+        Err(e) => s3_fail(
+            crate::s3::explain(&e, Op::List, &bucket, &prefix, EXPORT_NAMED_BY),
             "check the bucket name, region and that the credentials may s3:ListBucket",
         ),
     }
@@ -189,8 +210,8 @@ async fn completion_marker(s: &Setup) -> Verdict {
             Err(e) => return fail(format!("reading {url}: {e}"), "try again"),
         },
         Err(e) => {
-            return fail(
-                format!("reading {url}: {}", remote::describe(&e)),
+            return s3_fail(
+                crate::s3::explain(&e, Op::Get, &bucket, &key, EXPORT_NAMED_BY),
                 "Omnistrate writes it after each export run: check the bucket, prefix and \
                  s3:GetObject permission",
             )
@@ -250,19 +271,15 @@ async fn state_writable(s: &Setup) -> Verdict {
         .send()
         .await;
     if let Err(e) = written {
-        return fail(
-            format!(
-                "writing s3://{}/{key}: {}",
-                loc.bucket,
-                remote::describe(&e)
-            ),
+        return s3_fail(
+            remote::explain(&e, Op::Put, &loc.bucket, &key),
             "allow s3:PutObject and s3:DeleteObject on the state location",
         );
     }
     match remote::delete(&s.client, &loc.bucket, &key).await {
         Ok(()) => Verdict::Ok(format!("can write and delete beside {loc}")),
-        Err(e) => fail(
-            format!("{e:#}"),
+        Err(e) => step_fail(
+            e,
             "allow s3:DeleteObject on the state location (old generations are deleted)",
         ),
     }
@@ -297,7 +314,7 @@ async fn conditional_writes(s: &Setup) -> Verdict {
             Verdict::Ok("If-None-Match and If-Match are honoured".to_string())
         }
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-            fail(format!("{e:#}"), "allow s3:PutObject on the state location")
+            step_fail(e, "allow s3:PutObject on the state location")
         }
         _ => fail(
             "THE STORE IGNORES CONDITIONAL WRITES (If-None-Match/If-Match): two hosts could \
@@ -336,8 +353,8 @@ async fn state_object(s: &Setup) -> Verdict {
         Ok(None) => Verdict::Ok(format!(
             "no state at {loc} yet; the first `meterbook sync push` creates it"
         )),
-        Err(e) => fail(
-            format!("{e:#}"),
+        Err(e) => step_fail(
+            e,
             "restore a kept generation with `meterbook sync restore --generation N`",
         ),
     }
@@ -387,10 +404,7 @@ async fn lease_state(s: &Setup) -> Verdict {
             "{}; a run is in progress, or a host died and the lease will expire",
             c.record.describe(now)
         )),
-        Err(e) => fail(
-            format!("{e:#}"),
-            "delete the lease object if nothing else uses that key",
-        ),
+        Err(e) => step_fail(e, "delete the lease object if nothing else uses that key"),
     }
 }
 

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::config::IngestSettings;
-use crate::error::{Fatal, Outcome};
+use crate::error::Outcome;
 use crate::ledger::{
     FileVersion, HourTotals, Ledger, LedgerFile, MarkerRead, RunCounts, StoreOutcome,
 };
@@ -472,8 +472,10 @@ async fn read_marker(source: &Source) -> Result<MarkerRead> {
     Ok(read)
 }
 
+/// An error that asks something of the operator stops the ingest; any other leaves that file for
+/// the next run.
 fn is_fatal(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<Fatal>().is_some())
+    crate::error::demand(e).is_some()
 }
 
 /// A body's content fingerprint as the ledger stores it: `blake3:<hex>`.

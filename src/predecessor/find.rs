@@ -9,9 +9,11 @@ use anyhow::{Context, Result};
 
 use super::{service_key_from_file_name, PredecessorLookup};
 use crate::error::Fatal;
-use crate::s3::S3Settings;
+use crate::s3::{Op, S3ErrorKind, S3Settings};
 use crate::source::ServiceKey;
-use crate::sync::remote;
+
+/// Where the bucket of the predecessor's state comes from, for messages.
+const NAMED_BY: &str = "--from (or S3_BUCKET_NAME, AWS_S3_BUCKET_NAME)";
 
 /// The older versions' default state file (a local path, or a key in the export bucket).
 const OLD_STATE_FILE: &str = "metering_state.json";
@@ -151,20 +153,11 @@ impl<'a> Reader<'a> {
         let client = self.client.as_ref().expect("made above");
         let object = match client.get_object().bucket(bucket).key(key).send().await {
             Ok(object) => object,
-            Err(e) if remote::status_of(&e) == Some(404) => return Ok(None),
-            Err(e) if remote::status_of(&e).is_some() => {
-                return Err(Fatal::Config(format!(
-                    "reading the predecessor's state {place}: {}; meterbook needs s3:GetObject \
-                     there (and s3:ListBucket on the bucket)",
-                    remote::describe(&e)
-                ))
-                .into())
-            }
             Err(e) => {
-                return Err(anyhow::anyhow!(
-                    "reading the predecessor's state {place}: {}",
-                    remote::describe(&e)
-                ))
+                return match crate::s3::explain(&e, Op::Get, bucket, key, NAMED_BY) {
+                    e if e.kind == S3ErrorKind::NotFound => Ok(None),
+                    e => Err(e.into()),
+                }
             }
         };
         let body = object

@@ -327,9 +327,10 @@ async fn keep_generation(
         .send()
         .await;
     if let Err(e) = copied {
+        let key = loc.generation_key(generation);
         tracing::warn!(
             "could not keep a copy of generation {generation}: {}",
-            remote::describe(&e)
+            remote::explain(&e, crate::s3::Op::Copy, &loc.bucket, &key)
         );
         return;
     }

@@ -1,6 +1,9 @@
 //! One S3 client for everything meterbook reads and writes on S3 (the export bucket, the state,
 //! billing files): aws-config's default credential chain, region from the usual settings, and
 //! options for S3-compatible stores (endpoint, path-style addressing, checksums only when required).
+//! [`error`] explains every failed request the same way.
+
+pub mod error;
 
 use std::time::Duration;
 
@@ -9,6 +12,8 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+
+pub use error::{explain, Op, S3Error, S3ErrorKind};
 
 /// Resolved S3 settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
