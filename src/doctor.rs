@@ -426,10 +426,10 @@ async fn clazar_authentication(s: &Setup) -> Verdict {
     };
     match client.check_credentials().await {
         Ok(()) => Verdict::Ok(format!("authenticated at {url}")),
-        Err(why) => fail(
-            why,
-            "check CLAZAR_CLIENT_ID and CLAZAR_CLIENT_SECRET, and that CLAZAR_API_URL names Clazar's metering endpoint",
-        ),
+        Err(e) => {
+            let (problem, check) = e.explained();
+            fail(problem, check)
+        }
     }
 }
 

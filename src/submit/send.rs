@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 
 use super::answer::interpret;
-use crate::clazar::{ClazarError, Client};
+use crate::clazar::Client;
 use crate::ledger::{Ledger, LineStatus, OutboxItem, SubmissionStatus, SubmissionUpdate};
 
 /// The failpoint that kills the process right after an answer arrives, before it is recorded
@@ -151,8 +151,9 @@ async fn send_one(
     lock(ledger).mark_sending(item.id)?;
     let delivery = match client.deliver(&item.payload).await {
         Ok(d) => d,
-        Err(e @ (ClazarError::CredentialsRefused { .. } | ClazarError::TokenRefused { .. })) => {
-            // Nothing reached the metering endpoint with a valid token: back to pending.
+        Err(e) => {
+            // Clazar does not let us in (see ClazarError): nothing reached the metering endpoint
+            // with a valid token, so the submission goes back to pending.
             stop.store(true, Ordering::SeqCst);
             lock(ledger).release(item.id)?;
             return Err(crate::error::Fatal::Config(e.to_string()).into());
