@@ -602,3 +602,269 @@ fn insert_submission(tx: &Transaction<'_>, run_id: i64, s: &NewSubmission) -> Re
     }
     Ok(id)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ledger::LedgerFile;
+    use crate::period::Month;
+    use crate::predecessor::PredecessorState;
+
+    const KEY: &str = "pg:PROD:pt-1";
+
+    fn ledger(dir: &tempfile::TempDir) -> Ledger {
+        let file = LedgerFile::new(dir.path().join("l.sqlite"), Duration::from_secs(5));
+        Ledger::open_for_writing(&file).unwrap()
+    }
+
+    fn june() -> Period {
+        Period::parse(PeriodKind::Month, "2025-06").unwrap()
+    }
+
+    /// A submission of `contract` for June with a line per dimension, all in `status`.
+    fn planned(contract: &str, dimensions: &[&str], status: LineStatus) -> NewSubmission {
+        let failed = status == LineStatus::Failed;
+        NewSubmission {
+            service_key: KEY.into(),
+            contract_id: contract.into(),
+            period: june(),
+            cloud: Cloud::Aws,
+            payload: (!failed).then(|| format!("{{\"contract\": \"{contract}\"}}")),
+            status: match failed {
+                true => SubmissionStatus::Failed,
+                false => SubmissionStatus::Pending,
+            },
+            error: None,
+            retry_of: None,
+            inputs: dimensions
+                .iter()
+                .map(|d| {
+                    let sum = DimensionSum {
+                        value: Quantity::Int(7),
+                        amount: None,
+                    };
+                    (d.to_string(), sum)
+                })
+                .collect(),
+            lines: dimensions
+                .iter()
+                .map(|d| NewLine {
+                    dimension: d.to_string(),
+                    exact_quantity: Some(7.0),
+                    quantity: (!failed).then_some(7),
+                    status,
+                    message: None,
+                    retry_of: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn count(ledger: &Ledger, sql: &str) -> i64 {
+        ledger.conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// Answers every line of submission `id` with `status`, as Clazar would.
+    fn answer(ledger: &mut Ledger, id: i64, status: LineStatus) {
+        let lines: Vec<i64> = ledger
+            .conn
+            .prepare("SELECT id FROM submission_lines WHERE submission_id = ?1 ORDER BY id")
+            .unwrap()
+            .query_map([id], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let update = SubmissionUpdate {
+            status: SubmissionStatus::Answered,
+            attempts: 1,
+            http_status: Some(200),
+            response_body: Some("{}".into()),
+            error: None,
+            lines: lines
+                .into_iter()
+                .map(|line_id| LineUpdate {
+                    line_id,
+                    status,
+                    clazar_id: None,
+                    result_status: None,
+                    code: None,
+                    message: Some(format!("{status} by the test")),
+                    errors: None,
+                })
+                .collect(),
+        };
+        ledger.record_answer(id, &update).unwrap();
+    }
+
+    #[test]
+    fn a_plan_is_written_whole_with_its_lines_and_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = ledger(&dir);
+        let run = ledger
+            .begin_submission_run("submit", Some(PeriodKind::Month), "{}")
+            .unwrap();
+        let plan = [
+            planned("c-1", &["cpu", "mem"], LineStatus::Pending),
+            planned("c-2", &["cpu"], LineStatus::Failed),
+        ];
+        let ids = ledger.insert_submissions(run, &plan).unwrap();
+        assert_eq!(ids.len(), 2);
+        assert_eq!(
+            count(
+                &ledger,
+                "SELECT COUNT(*) FROM submission_lines WHERE status = 'pending'"
+            ),
+            2
+        );
+        assert_eq!(count(&ledger, "SELECT COUNT(*) FROM submission_inputs"), 3);
+        // The outbox holds what can be sent: the failed one has no body.
+        let outbox = ledger.outbox(None).unwrap();
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(
+            (outbox[0].id, outbox[0].period_kind),
+            (ids[0], PeriodKind::Month)
+        );
+        let dimensions: Vec<&str> = outbox[0].lines.iter().map(|(_, d)| d.as_str()).collect();
+        assert_eq!(dimensions, ["cpu", "mem"]);
+    }
+
+    #[test]
+    fn a_second_holding_line_is_a_conflict_and_nothing_of_that_plan_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = ledger(&dir);
+        let run = ledger.begin_submission_run("submit", None, "{}").unwrap();
+        ledger
+            .insert_submissions(run, &[planned("c-1", &["cpu"], LineStatus::Pending)])
+            .unwrap();
+        let again = [
+            planned("c-2", &["cpu"], LineStatus::Pending),
+            planned("c-1", &["cpu"], LineStatus::Pending),
+        ];
+        let err = ledger.insert_submissions(run, &again).unwrap_err();
+        assert_eq!(
+            crate::error::exit_code_for(&err),
+            crate::error::exit::CONFLICT
+        );
+        assert!(err.to_string().contains("contract c-1"), "{err}");
+        assert_eq!(count(&ledger, "SELECT COUNT(*) FROM submissions"), 1);
+        assert_eq!(count(&ledger, "SELECT COUNT(*) FROM submission_inputs"), 1);
+    }
+
+    #[test]
+    fn retry_candidates_are_failed_rejected_or_warned_lines_not_retried_nor_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = ledger(&dir);
+        let run = ledger.begin_submission_run("submit", None, "{}").unwrap();
+        let ids = ledger
+            .insert_submissions(
+                run,
+                &[
+                    planned("c-1", &["cpu"], LineStatus::Pending),
+                    planned("c-2", &["cpu"], LineStatus::Pending),
+                    planned("c-3", &["cpu"], LineStatus::Pending),
+                    planned("c-4", &["cpu"], LineStatus::Failed),
+                ],
+            )
+            .unwrap();
+        answer(&mut ledger, ids[0], LineStatus::Accepted);
+        answer(&mut ledger, ids[1], LineStatus::Rejected);
+        answer(&mut ledger, ids[2], LineStatus::Warning);
+        let contracts = |ledger: &Ledger, filter: &SubmissionFilter| -> Vec<String> {
+            ledger
+                .retry_candidates(filter)
+                .unwrap()
+                .into_iter()
+                .map(|c| c.contract_id)
+                .collect()
+        };
+        let all = SubmissionFilter::default();
+        assert_eq!(contracts(&ledger, &all), ["c-2", "c-3", "c-4"]);
+        let one = SubmissionFilter {
+            contract_id: Some("c-3".into()),
+            period: Some("2025-06".into()),
+            ..SubmissionFilter::default()
+        };
+        let found = ledger.retry_candidates(&one).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (
+                found[0].submission_id,
+                found[0].period_kind,
+                found[0].dimension.as_str()
+            ),
+            (ids[2], PeriodKind::Month, "cpu")
+        );
+        let other_month = SubmissionFilter {
+            period: Some("2025-07".into()),
+            ..SubmissionFilter::default()
+        };
+        assert!(contracts(&ledger, &other_month).is_empty());
+
+        // Retried: a new line points at c-2's; it is no longer a candidate.
+        let mut retry = planned("c-2", &["cpu"], LineStatus::Pending);
+        retry.lines[0].retry_of = Some(found_line(&ledger, "c-2"));
+        ledger.insert_submissions(run, &[retry]).unwrap();
+        assert_eq!(contracts(&ledger, &all), ["c-3", "c-4"]);
+    }
+
+    fn found_line(ledger: &Ledger, contract: &str) -> i64 {
+        ledger
+            .conn
+            .query_row(
+                "SELECT id FROM submission_lines WHERE contract_id = ?1",
+                [contract],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn held_dimensions_are_those_accepted_or_in_flight_and_an_import_holds_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = ledger(&dir);
+        let run = ledger.begin_submission_run("submit", None, "{}").unwrap();
+        let ids = ledger
+            .insert_submissions(
+                run,
+                &[
+                    planned("c-1", &["cpu"], LineStatus::Pending),
+                    planned("c-1", &["mem"], LineStatus::Pending),
+                    planned("c-1", &["disk"], LineStatus::Pending),
+                ],
+            )
+            .unwrap();
+        answer(&mut ledger, ids[0], LineStatus::Accepted);
+        answer(&mut ledger, ids[1], LineStatus::Rejected);
+        // disk stays pending: in flight.
+        let held = ledger.held_dimensions(KEY, "c-1", june()).unwrap();
+        assert_eq!(
+            held,
+            BTreeSet::from(["cpu".to_string(), "disk".to_string()])
+        );
+        assert!(ledger
+            .held_dimensions(KEY, "c-2", june())
+            .unwrap()
+            .is_empty());
+        let july = Period::parse(PeriodKind::Month, "2025-07").unwrap();
+        assert!(ledger.held_dimensions(KEY, "c-1", july).unwrap().is_empty());
+
+        // The predecessor's import of a contract-month holds every dimension.
+        let state = PredecessorState {
+            service_key: KEY.into(),
+            last_processed_month: Some(Month::new(2025, 6).unwrap()),
+            last_processed_hour: None,
+            last_updated: None,
+            successes: vec![(Month::new(2025, 6).unwrap(), "c-9".into())],
+            errors: Vec::new(),
+        };
+        ledger
+            .import_predecessor("state.json", &[state], "aws")
+            .unwrap();
+        assert_eq!(
+            ledger.held_dimensions(KEY, "c-9", june()).unwrap(),
+            BTreeSet::from(["*".to_string()])
+        );
+    }
+}
