@@ -5,8 +5,8 @@
 //!
 //! Forms of the state file accepted: see [`state`].
 
-mod find;
-mod state;
+pub mod find;
+pub mod state;
 
 use std::collections::BTreeMap;
 
