@@ -98,17 +98,6 @@ impl LineStatus {
         LineStatus::Failed,
     ];
 
-    /// Statuses that hold a (service key, contract, period, dimension): accepted, or in flight.
-    /// The unique index `submission_lines_once` allows one such line per key.
-    pub const HOLDING: [LineStatus; 6] = [
-        LineStatus::Pending,
-        LineStatus::Sending,
-        LineStatus::Transient,
-        LineStatus::Accepted,
-        LineStatus::Duplicate,
-        LineStatus::Imported,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             LineStatus::Pending => "pending",
@@ -123,16 +112,31 @@ impl LineStatus {
         }
     }
 
+    /// Whether a line in this status holds its (service key, contract, period, dimension):
+    /// accepted, or in flight. The unique index `submission_lines_once` allows one such line.
+    pub fn holds(self) -> bool {
+        match self {
+            LineStatus::Pending
+            | LineStatus::Sending
+            | LineStatus::Transient
+            | LineStatus::Accepted
+            | LineStatus::Duplicate
+            | LineStatus::Imported => true,
+            LineStatus::Warning | LineStatus::Rejected | LineStatus::Failed => false,
+        }
+    }
+
     /// The amount arrived (now or earlier): nothing about this line needs an operator.
     pub fn delivered(self) -> bool {
         matches!(self, LineStatus::Accepted | LineStatus::Duplicate)
     }
 }
 
-/// `'a', 'b', ...`: statuses as a SQL list.
-pub(super) fn sql_list(statuses: &[LineStatus]) -> String {
-    statuses
+/// The holding statuses as a SQL list: `'pending', 'sending', ...`.
+pub(super) fn holding_sql_list() -> String {
+    LineStatus::ALL
         .iter()
+        .filter(|s| s.holds())
         .map(|s| format!("'{}'", s.as_str()))
         .collect::<Vec<_>>()
         .join(", ")
@@ -257,7 +261,7 @@ mod tests {
     }
 
     #[test]
-    fn the_holding_statuses_are_the_unique_index_s() {
+    fn the_holding_statuses_are_those_of_the_unique_index() {
         let dir = tempfile::tempdir().unwrap();
         let file = LedgerFile::new(dir.path().join("l.sqlite"), Duration::from_secs(5));
         let ledger = Ledger::open_for_writing(&file).unwrap();
@@ -270,7 +274,7 @@ mod tests {
             )
             .unwrap();
         assert!(
-            sql.contains(&format!("status IN ({})", sql_list(&LineStatus::HOLDING))),
+            sql.contains(&format!("status IN ({})", holding_sql_list())),
             "{sql}"
         );
     }

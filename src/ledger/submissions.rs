@@ -9,7 +9,7 @@ use chrono::Utc;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::{params, params_from_iter, ToSql, Transaction};
 
-use super::status::sql_list;
+use super::status::holding_sql_list;
 use super::{Ledger, LineStatus, QueryResult, SubmissionStatus};
 use crate::clazar::Cloud;
 use crate::dimensions::{BaseUsage, DimensionSum};
@@ -476,7 +476,7 @@ impl Ledger {
             "SELECT dimension FROM submission_lines
              WHERE service_key = ?1 AND contract_id = ?2 AND period_kind = ?3 AND period = ?4
                AND status IN ({})",
-            sql_list(&LineStatus::HOLDING)
+            holding_sql_list()
         ))?;
         let rows = stmt.query_map(
             params![service_key, contract_id, period.kind, period.key()],
