@@ -698,6 +698,30 @@ mod tests {
         ledger.record_answer(id, &update).unwrap();
     }
 
+    /// One single-line June submission per (contract, dimension), planned in one run and then
+    /// left as it is (`Pending`: in flight; `Failed`: not sendable) or answered with the status
+    /// given. Returns their ids.
+    fn lines_that_are(ledger: &mut Ledger, lines: &[(&str, &str, LineStatus)]) -> Vec<i64> {
+        let run = ledger.begin_submission_run("submit", None, "{}").unwrap();
+        let plan: Vec<NewSubmission> = lines
+            .iter()
+            .map(|&(contract, dimension, status)| {
+                let planned_as = match status {
+                    LineStatus::Failed => LineStatus::Failed,
+                    _ => LineStatus::Pending,
+                };
+                planned(contract, &[dimension], planned_as)
+            })
+            .collect();
+        let ids = ledger.insert_submissions(run, &plan).unwrap();
+        for (&id, &(_, _, status)) in ids.iter().zip(lines) {
+            if !matches!(status, LineStatus::Pending | LineStatus::Failed) {
+                answer(ledger, id, status);
+            }
+        }
+        ids
+    }
+
     #[test]
     fn a_plan_is_written_whole_with_its_lines_and_inputs() {
         let dir = tempfile::tempdir().unwrap();
@@ -756,21 +780,15 @@ mod tests {
     fn retry_candidates_are_failed_rejected_or_warned_lines_not_retried_nor_held() {
         let dir = tempfile::tempdir().unwrap();
         let mut ledger = ledger(&dir);
-        let run = ledger.begin_submission_run("submit", None, "{}").unwrap();
-        let ids = ledger
-            .insert_submissions(
-                run,
-                &[
-                    planned("c-1", &["cpu"], LineStatus::Pending),
-                    planned("c-2", &["cpu"], LineStatus::Pending),
-                    planned("c-3", &["cpu"], LineStatus::Pending),
-                    planned("c-4", &["cpu"], LineStatus::Failed),
-                ],
-            )
-            .unwrap();
-        answer(&mut ledger, ids[0], LineStatus::Accepted);
-        answer(&mut ledger, ids[1], LineStatus::Rejected);
-        answer(&mut ledger, ids[2], LineStatus::Warning);
+        let ids = lines_that_are(
+            &mut ledger,
+            &[
+                ("c-1", "cpu", LineStatus::Accepted),
+                ("c-2", "cpu", LineStatus::Rejected),
+                ("c-3", "cpu", LineStatus::Warning),
+                ("c-4", "cpu", LineStatus::Failed),
+            ],
+        );
         let contracts = |ledger: &Ledger, filter: &SubmissionFilter| -> Vec<String> {
             ledger
                 .retry_candidates(filter)
@@ -805,6 +823,7 @@ mod tests {
         // Retried: a new line points at c-2's; it is no longer a candidate.
         let mut retry = planned("c-2", &["cpu"], LineStatus::Pending);
         retry.lines[0].retry_of = Some(found_line(&ledger, "c-2"));
+        let run = ledger.begin_submission_run("resubmit", None, "{}").unwrap();
         ledger.insert_submissions(run, &[retry]).unwrap();
         assert_eq!(contracts(&ledger, &all), ["c-3", "c-4"]);
     }
@@ -824,20 +843,14 @@ mod tests {
     fn held_dimensions_are_those_accepted_or_in_flight_and_an_import_holds_all() {
         let dir = tempfile::tempdir().unwrap();
         let mut ledger = ledger(&dir);
-        let run = ledger.begin_submission_run("submit", None, "{}").unwrap();
-        let ids = ledger
-            .insert_submissions(
-                run,
-                &[
-                    planned("c-1", &["cpu"], LineStatus::Pending),
-                    planned("c-1", &["mem"], LineStatus::Pending),
-                    planned("c-1", &["disk"], LineStatus::Pending),
-                ],
-            )
-            .unwrap();
-        answer(&mut ledger, ids[0], LineStatus::Accepted);
-        answer(&mut ledger, ids[1], LineStatus::Rejected);
-        // disk stays pending: in flight.
+        lines_that_are(
+            &mut ledger,
+            &[
+                ("c-1", "cpu", LineStatus::Accepted),
+                ("c-1", "mem", LineStatus::Rejected),
+                ("c-1", "disk", LineStatus::Pending),
+            ],
+        );
         let held = ledger.held_dimensions(KEY, "c-1", june()).unwrap();
         assert_eq!(
             held,
