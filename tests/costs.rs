@@ -169,6 +169,26 @@ fn s3_months_are_ingested_and_the_views_match_the_files() {
 }
 
 #[test]
+fn a_missing_billing_bucket_is_a_configuration_error_naming_it() {
+    let env = TestEnv::new();
+    let out = env
+        .meterbook([
+            "costs",
+            "ingest",
+            "--source",
+            "s3://mb-no-such-billing-bucket",
+        ])
+        .s3_endpoint(&crate::s3::endpoint())
+        .expect_code(2);
+    assert!(
+        out.stderr
+            .contains("bucket 'mb-no-such-billing-bucket' does not exist; check --source"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn a_rewritten_month_replaces_its_line_items() {
     let env = TestEnv::new();
     ingested(

@@ -837,3 +837,63 @@ fn history_filters_and_formats() {
     );
     assert_eq!(csv.stdout.lines().count(), 1, "only the header");
 }
+
+#[test]
+fn history_refuses_a_status_that_is_not_one() {
+    let env = with_fast_emulator(&[]);
+    june(&env);
+    run(&env, &["submit"], 0);
+    // A typo used to filter on a status no line can have, and print no rows without a word.
+    let out = run(&env, &["history", "--status", "acepted"], 2);
+    assert!(
+        out.stderr.contains("invalid value 'acepted' for '--status"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn an_unreachable_clazar_is_explained_as_the_url_or_network_not_the_credentials() {
+    let env = TestEnv::new().with_vars([
+        ("CLAZAR_CLIENT_ID", "client-1"),
+        ("CLAZAR_CLIENT_SECRET", "secret-1"),
+    ]);
+    june(&env);
+    // A port nothing listens on: the connection is refused.
+    let nowhere = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let meterbook = |args: &[&str]| {
+        env.meterbook(["--s3-endpoint-url", &nowhere, "--s3-max-attempts", "1"])
+            .args(args)
+            .args(["--clazar-base-url", &nowhere])
+    };
+    let out = meterbook(&["doctor"]).expect_code(2);
+    let clazar = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("clazar authentication"))
+        .unwrap();
+    assert!(
+        clazar.starts_with("FAIL")
+            && clazar.contains("no answer from Clazar's authentication at")
+            && clazar.contains(
+                "fix: check CLAZAR_API_URL (or --clazar-base-url) and that this host can reach it"
+            ),
+        "{clazar}"
+    );
+    assert!(
+        !clazar.contains("CLAZAR_CLIENT_SECRET") && !clazar.contains("Transient"),
+        "{clazar}"
+    );
+
+    // submit records the requests as without an answer, to be re-sent, and says why.
+    let out = meterbook(&["submit", "--max-retries", "0"]).expect_code(3);
+    assert!(out.stderr.contains("could not connect"), "{}", out.stderr);
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM submissions WHERE status = 'transient'"),
+        2
+    );
+}
