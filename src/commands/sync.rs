@@ -7,40 +7,27 @@ use std::time::Duration;
 use anyhow::Result;
 use chrono::Utc;
 
-use crate::cli::{GlobalArgs, LeaseAction, StateArgs, SyncAction, SyncArgs};
+use crate::cli::{GlobalArgs, LeaseAction, SyncAction, SyncArgs};
+use crate::config::{Environment, SyncSettings};
 use crate::error::Outcome;
 use crate::period::format_utc;
 use crate::sync::pull::{pull, Pulled};
 use crate::sync::push::{push, Pushed};
 use crate::sync::restore::{restore, verify};
-use crate::sync::state::{self, SyncSettings};
+use crate::sync::state;
 use crate::sync::{lease, StateLocation};
 
-/// The sync settings of the `sync` and `run` flags.
-pub fn settings(args: &StateArgs) -> SyncSettings {
-    SyncSettings {
-        keep_generations: args.keep_generations,
-        segment_size: args.segment_size,
-        integrity_check_every: args.integrity_check_every,
-        concurrency: args.sync_concurrency as usize,
-        gc_grace: Duration::from_secs(
-            args.gc_grace_seconds
-                .unwrap_or_else(|| (2 * args.lease_seconds).max(3600)),
-        ),
-    }
-}
-
-pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
-    let client = crate::s3::client(&global.s3.resolve()).await;
-    let plan = crate::config::plan_from_env();
-    let loc = crate::sync::locate(&client, args.state.state_url.as_deref(), plan.as_ref()).await?;
-    let ledger_file = global.ledger_file();
+pub async fn run(global: &GlobalArgs, args: &SyncArgs, env: &Environment) -> Result<Outcome> {
+    let settings = SyncSettings::resolve(global, &args.state, env)?;
+    let client = crate::s3::client(&settings.s3).await;
+    let loc = crate::sync::locate(&client, &settings.state).await?;
+    let ledger_file = &settings.ledger;
     let ledger = &ledger_file.path;
-    let settings = settings(&args.state);
+    let state_settings = &settings.state;
     let mut out = std::io::stdout().lock();
     let mut outcome = Outcome::Success;
     match &args.action {
-        SyncAction::Push => match push(&client, &loc, &ledger_file, &settings).await? {
+        SyncAction::Push => match push(&client, &loc, ledger_file, state_settings).await? {
             Pushed::Generation {
                 generation,
                 size,
@@ -62,7 +49,7 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
             )?,
         },
         SyncAction::Pull { discard_local } => {
-            match pull(&client, &loc, &ledger_file, &settings, *discard_local).await? {
+            match pull(&client, &loc, ledger_file, state_settings, *discard_local).await? {
                 Pulled::Generation {
                     generation,
                     size,
@@ -127,8 +114,8 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
             let new = restore(
                 &client,
                 &loc,
-                &ledger_file,
-                &settings,
+                ledger_file,
+                state_settings,
                 *generation,
                 *discard_local,
             )
@@ -140,7 +127,7 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
             )?
         }
         SyncAction::Verify { generation } => {
-            let v = verify(&client, &loc, &ledger_file, &settings, *generation).await?;
+            let v = verify(&client, &loc, ledger_file, state_settings, *generation).await?;
             writeln!(
                 out,
                 "verified generation {} of {loc}: format {}, {} segments ({} stored), {} \
@@ -158,11 +145,10 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
             &mut out,
             &loc,
             ledger,
-            &state::status(&client, &loc, &ledger_file).await?,
+            &state::status(&client, &loc, ledger_file).await?,
         )?,
         SyncAction::Lease(action) => {
-            let duration = Duration::from_secs(args.state.lease_seconds);
-            lease_action(&mut out, &client, &loc, action, duration).await?
+            lease_action(&mut out, &client, &loc, action, settings.state.lease).await?
         }
     }
     Ok(outcome)

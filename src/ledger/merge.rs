@@ -2,8 +2,13 @@
 //! ledger changed after its last sync (a crashed run, a manual command) converges without an
 //! operator. Every table is in one of three classes:
 //!
-//! - **from the export** ([`FROM_THE_EXPORT`]): usage files, records, problems, runs, markers. Any
-//!   ingest rebuilds them from Omnistrate's export, so local changes are dropped (and counted).
+//! - **from the export** ([`FROM_THE_EXPORT`]): usage files, records, problems, runs, markers, and
+//!   the totals of compacted months. Any ingest rebuilds them from Omnistrate's export, so local
+//!   changes are dropped (and counted). Compacted totals are not rebuilt by an ingest, but they
+//!   are the state's own files' records in another form (`compacted_usage` rows point at
+//!   `usage_files` rows), so they must come from the same side as the files: a month compacted
+//!   only here keeps the state's records (the same numbers; `compact` can run again), and a
+//!   month compacted in the state stays compacted.
 //! - **what was sent or imported** ([`SUBMISSION_TABLES`]): submissions, their lines, inputs and
 //!   runs, predecessor imports. A local submission the state does not have (matched by content,
 //!   not by row id: two hosts number their rows independently) is copied in with new ids, its
@@ -25,10 +30,11 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
 use super::open::{inspect, Found};
-use super::{binary_schema_version, embedded};
+use super::{binary_schema_version, embedded, SubmissionStatus};
+use crate::period::PeriodKind;
 
-/// Tables every ingest rebuilds from the export (compacted totals included: a month compacted only
-/// here keeps the state's records, and can be compacted again).
+/// Tables every ingest rebuilds from the export, and the compacted totals of those files (see the
+/// module documentation).
 const FROM_THE_EXPORT: [&str; 11] = [
     "usage_files",
     "usage_records",
@@ -84,10 +90,10 @@ const COST_FINGERPRINT: [(&str, &str); 3] = [
 pub struct LeftOut {
     pub service_key: String,
     pub contract_id: String,
-    pub period_kind: String,
+    pub period_kind: PeriodKind,
     pub period: String,
-    /// Its status here (`pending` was never sent).
-    pub status: String,
+    /// Its status here (`Pending` was never sent).
+    pub status: SubmissionStatus,
 }
 
 /// What carrying local changes over did.
@@ -111,6 +117,8 @@ pub struct Carried {
     pub updates_dropped: u64,
     /// Local usage files (or versions of them) the state does not have.
     pub usage_files_dropped: u64,
+    /// Months compacted here and not in the state: the state keeps their records.
+    pub compactions_dropped: u64,
 }
 
 /// Where the dropped local cost tables came from, to load them again.
@@ -248,13 +256,8 @@ pub fn carry_over(state: &Path, local: &Path, base_cost_tables: &str) -> Result<
         false => None,
     };
     let mut carried = Carried {
-        usage_files_dropped: conn.query_row(
-            "SELECT COUNT(*) FROM local.usage_files l
-             WHERE NOT EXISTS (SELECT 1 FROM main.usage_files m
-                               WHERE m.key = l.key AND m.fingerprint = l.fingerprint)",
-            [],
-            |r| r.get(0),
-        )?,
+        usage_files_dropped: only_here(&conn, "usage_files", &["key", "fingerprint"])?,
+        compactions_dropped: only_here(&conn, "compacted_months", &["service_key", "month"])?,
         cost_tables,
         cost_tables_dropped,
         ..Carried::default()
@@ -298,6 +301,20 @@ pub fn carry_over(state: &Path, local: &Path, base_cost_tables: &str) -> Result<
     tx.commit().context("committing the carried-over changes")?;
     conn.execute("DETACH DATABASE local", [])?;
     Ok(carried)
+}
+
+/// How many rows of the local `table` the state has no row with the same `columns` for.
+fn only_here(conn: &Connection, table: &str, columns: &[&str]) -> Result<u64> {
+    let same: Vec<String> = columns.iter().map(|c| format!("m.{c} = l.{c}")).collect();
+    Ok(conn.query_row(
+        &format!(
+            "SELECT COUNT(*) FROM local.{table} l
+             WHERE NOT EXISTS (SELECT 1 FROM main.{table} m WHERE {})",
+            same.join(" AND ")
+        ),
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 fn distinct(conn: &Connection, sql: &str) -> Result<Vec<String>> {
@@ -483,9 +500,10 @@ mod tests {
     use super::*;
     use crate::costs::grants::Grant;
     use crate::ledger::{
-        Ledger, LedgerFile, LineUpdate, NewLine, NewSubmission, SqlValue, SubmissionUpdate,
+        Ledger, LedgerFile, LineStatus, LineUpdate, NewLine, NewSubmission, SqlValue,
+        SubmissionUpdate,
     };
-    use crate::plan::{Period, PeriodKind};
+    use crate::period::Period;
 
     fn open(path: &Path) -> Ledger {
         Ledger::open_for_writing(&LedgerFile::new(path, Duration::from_secs(5))).unwrap()
@@ -499,9 +517,9 @@ mod tests {
             service_key: "pg:PROD:pt-1".into(),
             contract_id: contract.into(),
             period: Period::parse(PeriodKind::Month, "2025-06").unwrap(),
-            cloud: "aws".into(),
+            cloud: crate::clazar::Cloud::Aws,
             payload: Some(format!("{{\"{contract}\": {quantity}}}")),
-            status: "pending",
+            status: SubmissionStatus::Pending,
             error: None,
             retry_of: None,
             inputs: [(
@@ -516,7 +534,7 @@ mod tests {
                 dimension: "cpu_core_hours".into(),
                 exact_quantity: Some(quantity as f64),
                 quantity: Some(quantity),
-                status: "pending",
+                status: LineStatus::Pending,
                 message: None,
                 retry_of: None,
             }],
@@ -533,7 +551,7 @@ mod tests {
     }
 
     /// Records Clazar's answer: `accepted`, or `rejected` for the whole request.
-    fn answer(ledger: &mut Ledger, id: i64, line_status: &'static str) {
+    fn answer(ledger: &mut Ledger, id: i64, line_status: LineStatus) {
         let line_id: i64 = ledger
             .conn
             .query_row(
@@ -542,9 +560,13 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        let accepted = line_status == "accepted";
+        let accepted = line_status == LineStatus::Accepted;
         let update = SubmissionUpdate {
-            status: if accepted { "answered" } else { "rejected" },
+            status: if accepted {
+                SubmissionStatus::Answered
+            } else {
+                SubmissionStatus::Rejected
+            },
             attempts: 1,
             http_status: Some(if accepted { 200 } else { 400 }),
             response_body: Some("{}".into()),
@@ -552,8 +574,12 @@ mod tests {
             lines: match accepted {
                 true => vec![LineUpdate {
                     line_id,
-                    status: "accepted",
-                    ..LineUpdate::default()
+                    status: LineStatus::Accepted,
+                    clazar_id: None,
+                    result_status: None,
+                    code: None,
+                    message: None,
+                    errors: None,
                 }],
                 false => Vec::new(),
             },
@@ -593,6 +619,35 @@ mod tests {
     }
 
     #[test]
+    fn a_month_compacted_only_here_gives_way_to_the_states_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, local) = (
+            dir.path().join("state.sqlite"),
+            dir.path().join("local.sqlite"),
+        );
+        let compacted = |path: &Path, month: &str| {
+            open(path)
+                .conn
+                .execute(
+                    "INSERT INTO compacted_months (service_key, month, files, records, compacted_at)
+                     VALUES ('pg:PROD:pt-1', ?1, 1, 1, '2025-09-01T00:00:00Z')",
+                    [month],
+                )
+                .unwrap();
+        };
+        compacted(&state, "2025-05");
+        compacted(&local, "2025-05");
+        compacted(&local, "2025-06");
+        let carried = carry_over(&state, &local, &empty_cost_tables()).unwrap();
+        assert_eq!(carried.compactions_dropped, 1);
+        assert!(!carried.kept_anything());
+        assert_eq!(
+            rows(&open(&state), "SELECT month FROM compacted_months"),
+            ["Text(\"2025-05\")"]
+        );
+    }
+
+    #[test]
     fn local_submissions_the_state_lacks_are_carried_over_under_new_ids() {
         let dir = tempfile::tempdir().unwrap();
         let (base, state, local) = (
@@ -603,7 +658,7 @@ mod tests {
         {
             let mut l = open(&base);
             let first = planned(&mut l, "c-1", 1, "2025-07-01T00:00:00Z");
-            answer(&mut l, first, "accepted");
+            answer(&mut l, first, LineStatus::Accepted);
         }
         copy(&base, &state);
         copy(&base, &local);
@@ -612,15 +667,15 @@ mod tests {
             // Another host sent c-2 and pushed: its rows take ids 2 on the state.
             let mut s = open(&state);
             let theirs = planned(&mut s, "c-2", 2, "2025-07-02T00:00:00Z");
-            answer(&mut s, theirs, "accepted");
+            answer(&mut s, theirs, LineStatus::Accepted);
         }
         {
             let mut l = open(&local);
             // This host: an answer to the pushed c-1 recorded after the push (covered) ...
-            answer(&mut l, 1, "rejected");
+            answer(&mut l, 1, LineStatus::Rejected);
             // ... c-3 sent by a manual submit never pushed (also id 2 here), then re-sent ...
             let mine = planned(&mut l, "c-3", 3, "2025-07-03T00:00:00Z");
-            answer(&mut l, mine, "rejected");
+            answer(&mut l, mine, LineStatus::Rejected);
             let retry = planned(&mut l, "c-3", 3, "2025-07-04T00:00:00Z");
             l.conn
                 .execute_batch(&format!(
@@ -628,7 +683,7 @@ mod tests {
                      UPDATE submission_lines SET retry_of = {mine} WHERE submission_id = {retry};"
                 ))
                 .unwrap();
-            answer(&mut l, retry, "accepted");
+            answer(&mut l, retry, LineStatus::Accepted);
             // ... c-2 planned here too but never sent (the state holds it) ...
             planned(&mut l, "c-2", 2, "2025-07-05T00:00:00Z");
             // ... and grants loaded here.

@@ -5,7 +5,7 @@
 //! segments and its manifest, by one that lost the race for the state, or by a clean-up that
 //! stopped half-way), reading every kept manifest first.
 //!
-//! A segment is deleted only when it is older than the grace period (`SyncSettings::gc_grace`), as
+//! A segment is deleted only when it is older than the grace period (`StateSettings::gc_grace`), as
 //! S3 last saw it written, looked at again just before it is deleted: a push under way on another
 //! host may have just uploaded it, or uploaded it again, before its manifest names it. Failures
 //! only warn: the generation itself is written, and what was not deleted now is later.
@@ -19,8 +19,8 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::manifest::{Manifest, Retained, Segment};
 use super::remote;
-use super::state::SyncSettings;
 use super::StateLocation;
+use crate::config::StateSettings;
 
 /// Keeps generation `m` (written with ETag `etag`), drops what is no longer kept: the copies of
 /// old generations and the segments `dropped` (only they named); with `sweep`, also every segment
@@ -31,7 +31,7 @@ pub async fn after_write(
     m: &Manifest,
     etag: &str,
     dropped: Vec<String>,
-    settings: &SyncSettings,
+    settings: &StateSettings,
     sweep: bool,
 ) {
     let keep = settings.keep_generations;
@@ -76,15 +76,16 @@ async fn keep_generation(
     etag: &str,
     keep: u64,
 ) -> Result<()> {
+    let key = loc.generation_key(generation);
     client
         .copy_object()
         .bucket(&loc.bucket)
-        .key(loc.generation_key(generation))
+        .key(&key)
         .copy_source(format!("{}/{}", loc.bucket, loc.key))
         .copy_source_if_match(etag)
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("copying {loc}: {}", remote::describe(&e)))?;
+        .map_err(|e| remote::explain(&e, crate::s3::Op::Copy, &loc.bucket, &key))?;
     for old in remote::list_generations(client, loc).await? {
         if old + keep <= generation {
             remote::delete(client, &loc.bucket, &loc.generation_key(old)).await?;
@@ -99,7 +100,7 @@ async fn delete_old(
     client: &Client,
     loc: &StateLocation,
     hashes: Vec<String>,
-    settings: &SyncSettings,
+    settings: &StateSettings,
 ) -> Result<(usize, u64)> {
     let grace = chrono::Duration::from_std(settings.gc_grace)?;
     let deleted: Vec<Option<u64>> = futures::stream::iter(hashes)
@@ -127,7 +128,7 @@ async fn sweep_unnamed(
     client: &Client,
     loc: &StateLocation,
     m: &Manifest,
-    settings: &SyncSettings,
+    settings: &StateSettings,
 ) -> Result<(usize, u64)> {
     let mut named: HashSet<String> = m.live().keys().map(|h| h.to_string()).collect();
     for generation in remote::list_generations(client, loc).await? {

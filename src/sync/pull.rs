@@ -20,11 +20,12 @@ use super::remote::{ObjectInfo, StateMeta};
 use super::segments::{self, Scanner};
 use super::snapshot::{self, Snapshot};
 use super::state::{
-    blocking, check_replaceable, copy_ledger, fetch, gone, has_local_changes, head, record_for,
-    record_of, refused, refused_snapshot, unchanged_since, Fetched, SyncSettings,
+    blocking, check_ledger, copy_ledger, fetch, gone, has_local_changes, head, record_for,
+    record_of, refused, refused_snapshot, unchanged_since, Fetched,
 };
 use super::transfer::{assemble, check_assembled, fetch_segment};
 use super::StateLocation;
+use crate::config::StateSettings;
 use crate::ledger::{
     binary_schema_version, carry_over, empty_cost_tables, Carried, LedgerFile, PageWrite,
     SnapshotProblem,
@@ -63,7 +64,7 @@ pub async fn pull(
     client: &Client,
     loc: &StateLocation,
     ledger_file: &LedgerFile,
-    settings: &SyncSettings,
+    settings: &StateSettings,
     discard_local: bool,
 ) -> Result<Pulled> {
     let ledger = ledger_file.path.as_path();
@@ -76,7 +77,7 @@ pub async fn pull(
     };
     if let Some(r) = record.as_ref().filter(|r| r.etag == current.info.etag) {
         if ledger.exists() {
-            check_replaceable(ledger_file).await?;
+            check_ledger(ledger_file).await?;
             if unchanged_since(ledger_file, r, None).await? {
                 return Ok(Pulled::UpToDate {
                     generation: r.generation,
@@ -90,7 +91,7 @@ pub async fn pull(
         }
     }
     // The state has moved on, this ledger was never synced with it, or its changes are dropped.
-    check_replaceable(ledger_file).await?;
+    check_ledger(ledger_file).await?;
     let started = std::time::Instant::now();
     let (info, meta, fetched) = fetch(client, loc, &loc.key, ledger).await?;
     match fetched {
@@ -135,7 +136,7 @@ async fn pull_manifest(
     client: &Client,
     loc: &StateLocation,
     ledger_file: &LedgerFile,
-    settings: &SyncSettings,
+    settings: &StateSettings,
     record: Option<&SyncRecord>,
     (etag, meta): (&str, &StateMeta),
     m: Arc<Manifest>,
@@ -254,7 +255,7 @@ pub(super) async fn install(file: snapshot::TempDb, ledger: &Path) -> Result<()>
 async fn pull_snapshot(
     loc: &StateLocation,
     ledger_file: &LedgerFile,
-    settings: &SyncSettings,
+    settings: &StateSettings,
     record: Option<SyncRecord>,
     (info, meta): (ObjectInfo, StateMeta),
     snapshot: Snapshot,
@@ -329,7 +330,7 @@ async fn in_place(
     record: Option<&SyncRecord>,
     m: &Arc<Manifest>,
     discard_local: bool,
-    settings: &SyncSettings,
+    settings: &StateSettings,
 ) -> Result<InPlace> {
     let (file, segment_size) = (ledger_file.clone(), m.segment_size);
     let (mut write, local) = blocking(move || {
@@ -435,6 +436,14 @@ fn report_carried(c: &Carried) {
             c.usage_files_dropped
         );
     }
+    if c.compactions_dropped > 0 {
+        tracing::info!(
+            "dropped the compaction of {} months done here that the state has not compacted: \
+             the state's records of those months are kept (`meterbook compact` compacts them \
+             again)",
+            c.compactions_dropped
+        );
+    }
     if c.updates_dropped > 0 {
         tracing::info!(
             "dropped what was recorded here about {} submissions after the state was pushed \
@@ -449,7 +458,7 @@ fn report_carried(c: &Carried) {
             "{} contract {} {} {}",
             l.service_key, l.contract_id, l.period_kind, l.period
         );
-        if l.status == "pending" {
+        if l.status == crate::ledger::SubmissionStatus::Pending {
             tracing::info!(
                 "dropped the submission of {what} planned here and never sent: the state already \
                  holds that period"

@@ -15,10 +15,11 @@ use super::manifest::{self, Manifest};
 use super::remote::{Condition, Refused, StateMeta};
 use super::segments::{Hash, Scanner, Spool};
 use super::state::{
-    blocking, current, gone, head, moved_on, record_for, record_of, unchanged_since, SyncSettings,
+    blocking, check_ledger, current, gone, head, moved_on, record_for, record_of, unchanged_since,
 };
 use super::transfer::{live_segments, named, upload_segments, write_manifest};
 use super::{gc, StateLocation};
+use crate::config::StateSettings;
 use crate::error::Fatal;
 use crate::ledger::{Ledger, LedgerFile};
 
@@ -49,7 +50,7 @@ pub async fn push(
     client: &Client,
     loc: &StateLocation,
     ledger_file: &LedgerFile,
-    settings: &SyncSettings,
+    settings: &StateSettings,
 ) -> Result<Pushed> {
     let ledger = ledger_file.path.as_path();
     let started = std::time::Instant::now();
@@ -60,6 +61,7 @@ pub async fn push(
         ))
         .into());
     }
+    check_ledger(ledger_file).await?;
     let record = local::read(ledger, &loc.to_string())?;
     let current = current(client, loc).await?;
     let previous = current.as_ref().and_then(|c| c.manifest.as_ref());

@@ -15,13 +15,14 @@ use super::pull::install;
 use super::remote::{self, Condition, StateMeta};
 use super::segments::{self, Spool};
 use super::state::{
-    blocking, check_replaceable, current, fetch, has_local_changes, head, list, record_of,
-    scan_ledger, Fetched, SyncSettings,
+    blocking, check_ledger, current, fetch, has_local_changes, head, list, record_of, scan_ledger,
+    Fetched,
 };
 use super::transfer::{
     assemble, check_assembled, live_segments, named, upload_segments, write_manifest,
 };
 use super::{gc, StateLocation};
+use crate::config::StateSettings;
 use crate::error::Fatal;
 use crate::ledger::{LedgerFile, SnapshotFacts};
 
@@ -33,7 +34,7 @@ async fn guard_local(
     (incoming, segment_size): (&str, u64),
     discard_local: bool,
 ) -> Result<()> {
-    check_replaceable(ledger).await?;
+    check_ledger(ledger).await?;
     if discard_local {
         return Ok(());
     }
@@ -62,7 +63,7 @@ pub async fn restore(
     client: &Client,
     loc: &StateLocation,
     ledger_file: &LedgerFile,
-    settings: &SyncSettings,
+    settings: &StateSettings,
     wanted: u64,
     discard_local: bool,
 ) -> Result<u64> {
@@ -154,7 +155,7 @@ async fn converted(
     snapshot: (std::path::PathBuf, SnapshotFacts),
     ledger: &Path,
     meta: &StateMeta,
-    settings: &SyncSettings,
+    settings: &StateSettings,
     live: HashMap<String, u64>,
 ) -> Result<(Manifest, Spool)> {
     let (path, facts) = snapshot;
@@ -228,7 +229,7 @@ pub async fn verify(
     client: &Client,
     loc: &StateLocation,
     ledger_file: &LedgerFile,
-    settings: &SyncSettings,
+    settings: &StateSettings,
     generation: Option<u64>,
 ) -> Result<Verified> {
     let key = match generation {

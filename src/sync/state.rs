@@ -1,12 +1,10 @@
 //! The state's history as a chain of generations, each written only if the state is still the
-//! one the ledger was synced with: the sync settings, reading the state object (its description,
-//! and its manifest or format-1 snapshot), how the local ledger compares with the generation its
-//! sync record names, the errors every step shares, and `status`. The steps themselves are in
+//! one the ledger was synced with: reading the state object (its description, and its manifest or
+//! format-1 snapshot), how the local ledger compares with the generation its sync record names, the errors every step shares, and `status`. The steps themselves are in
 //! [`super::push`], [`super::pull`] and [`super::restore`]; nothing installs a state that failed
 //! a check, or replaces a file that is not a meterbook ledger.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aws_sdk_s3::Client;
@@ -22,22 +20,6 @@ use super::StateLocation;
 use crate::error::Fatal;
 use crate::ledger::{Ledger, LedgerFile, SnapshotProblem};
 use crate::period::format_utc;
-
-/// How sync moves the state (resolved from the `sync` and `run` flags).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyncSettings {
-    /// How many generations stay restorable.
-    pub keep_generations: u64,
-    /// The segment size of the states this meterbook writes.
-    pub segment_size: u64,
-    /// Every how many generations a push runs `PRAGMA integrity_check` (and looks for segments
-    /// no kept generation names).
-    pub integrity_check_every: u64,
-    /// Segment uploads or downloads at once.
-    pub concurrency: usize,
-    /// Segments younger than this are never deleted: a push under way may have just uploaded them.
-    pub gc_grace: Duration,
-}
 
 /// The state object with its parsed metadata.
 #[derive(Debug, Clone)]
@@ -161,9 +143,9 @@ pub(super) async fn unchanged_since(
     Ok(scan.content == record.content)
 }
 
-/// Refuses, before anything replaces it, a file at the ledger's path that is not a meterbook
-/// ledger this meterbook can use (see [`Ledger::open_for_reading`]): it is left as it is.
-pub(super) async fn check_replaceable(ledger: &LedgerFile) -> Result<()> {
+/// Refuses, before S3 is asked or anything replaces it, a file at the ledger's path that is not a
+/// meterbook ledger this meterbook can use (see [`Ledger::open_for_reading`]): it is left as it is.
+pub(super) async fn check_ledger(ledger: &LedgerFile) -> Result<()> {
     if ledger.path.exists() {
         let file = ledger.clone();
         blocking(move || Ledger::open_for_reading(&file).map(drop)).await?;
