@@ -165,6 +165,25 @@ pub enum Command {
     History(HistoryArgs),
     /// Re-send failed, rejected or warned submissions, recomputed with the current formulas.
     Resubmit(ResubmitArgs),
+    /// Serve a read-only web console over the ledger, and Prometheus metrics at /metrics.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address to listen on; other than a loopback address, set a token.
+    #[arg(
+        long,
+        env = "METERBOOK_LISTEN",
+        default_value = "127.0.0.1:8787",
+        value_name = "ADDR"
+    )]
+    pub listen: std::net::SocketAddr,
+
+    /// Require this token on every request (Authorization: Bearer, or the sign-in form). Prefer
+    /// the environment variable: a flag shows in the process list.
+    #[arg(long, env = "METERBOOK_SERVE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -275,17 +275,7 @@ fn plot(global: &GlobalArgs, args: &CostsPlotArgs) -> Result<Outcome> {
 }
 
 fn build_report(global: &GlobalArgs, window: &Window) -> Result<CostReport> {
-    let ledger = Ledger::open_for_reading(&global.ledger_file())?;
-    let (from, to) = window.utc_range();
-    let hours = ledger.hourly_costs(from, to)?;
-    let month = window.yesterday().format("%Y-%m").to_string();
-    let checks = ledger.cost_month_checks(&month)?;
-    let mut report = CostReport::build(window, &hours, checks);
-    for grant in ledger.cost_grants()? {
-        let (from, to) = CostReport::grant_range(window, &grant);
-        report.add_grant(&grant, ledger.user_spend(&grant.user, from, to)?);
-    }
-    Ok(report)
+    CostReport::from_ledger(&Ledger::open_for_reading(&global.ledger_file())?, window)
 }
 
 fn resolve_window(args: &CostsWindowArgs) -> Result<Window> {

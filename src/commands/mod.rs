@@ -7,6 +7,7 @@ pub mod import_state;
 pub mod ingest;
 pub mod resubmit;
 pub mod run;
+pub mod serve;
 pub mod sql;
 pub mod submit;
 pub mod sync;
@@ -30,5 +31,6 @@ pub async fn dispatch(cli: Cli) -> Result<Outcome> {
         Command::History(args) => history::run(global, args),
         Command::Resubmit(args) => resubmit::run(global, args).await,
         Command::Costs(args) => costs::run(global, args).await,
+        Command::Serve(args) => serve::run(global, args).await,
     }
 }

@@ -1,10 +1,11 @@
 //! `meterbook run`: the whole job, safely, from any host: take the lease, pull the ledger from S3,
 //! ingest what is new, plan what is due, push (so the planned submissions are durable on S3 before
 //! the first request leaves), send, push again, give the lease back. With `--every`,
-//! `PROCESSING_INTERVAL_SECONDS` or `CRON_MODE=true` it keeps doing so, serving the health check.
+//! `PROCESSING_INTERVAL_SECONDS` or `CRON_MODE=true` it keeps doing so, serving the health check
+//! and `/metrics` (each sync's duration and size is recorded for it).
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -13,6 +14,7 @@ use chrono::Utc;
 use crate::clazar::Client;
 use crate::cli::{GlobalArgs, IngestArgs, RunArgs};
 use crate::config::SourceSpec;
+use crate::console::metrics::{Direction, RunMetrics, RunTelemetry};
 use crate::daemon::{self, Schedule};
 use crate::error::{FailureKind, Outcome, Step};
 use crate::failpoint;
@@ -28,15 +30,20 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
         args.cron_mode,
     )?;
     let Some(schedule) = schedule else {
-        return cycle(global, args).await;
+        return cycle(global, args, &RunMetrics::default()).await;
     };
     let health = SocketAddr::new(args.healthcheck_bind, args.healthcheck_port);
     tracing::info!("running on a schedule: {schedule:?}");
-    daemon::run_forever(schedule, Some(health), || cycle(global, args)).await
+    let telemetry = Arc::new(RunTelemetry::new(global.ledger_file()));
+    let metrics = telemetry.clone();
+    daemon::run_forever(schedule, Some(health), telemetry, || {
+        cycle(global, args, &metrics.run)
+    })
+    .await
 }
 
 /// One run under the lease. The lease is given back whatever happens in between.
-async fn cycle(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
+async fn cycle(global: &GlobalArgs, args: &RunArgs, metrics: &RunMetrics) -> Result<Outcome> {
     let started = Instant::now();
     let client = crate::s3::client(&global.s3.resolve()).await;
     let plan = args.submit.scope.resolve()?.service_key();
@@ -49,7 +56,7 @@ async fn cycle(global: &GlobalArgs, args: &RunArgs) -> Result<Outcome> {
         .context(Step::new(FailureKind::State, "taking the lease"))?;
     tracing::info!("holding the lease as {}", taken.record().holder);
     let held = taken.keep_alive();
-    let result = steps(global, args, &client, &loc).await;
+    let result = steps(global, args, &client, &loc, metrics).await;
     if let Err(e) = held.release().await {
         tracing::warn!("could not give back the lease (it expires by itself): {e:#}");
     }
@@ -70,13 +77,20 @@ async fn steps(
     args: &RunArgs,
     client: &aws_sdk_s3::Client,
     loc: &StateLocation,
+    metrics: &RunMetrics,
 ) -> Result<Outcome> {
     let ledger_file = global.ledger_file();
     let mut pulled = Outcome::Success;
-    match state::pull(client, loc, &ledger_file, false)
+    let started = Instant::now();
+    let result = state::pull(client, loc, &ledger_file, false)
         .await
-        .context(Step::new(FailureKind::State, "pulling the ledger from S3"))?
-    {
+        .context(Step::new(FailureKind::State, "pulling the ledger from S3"))?;
+    let bytes = match &result {
+        Pulled::Generation { size, .. } | Pulled::Merged { size, .. } => *size,
+        _ => 0,
+    };
+    metrics.sync(Direction::Pull, started.elapsed(), bytes);
+    match result {
         Pulled::Generation { generation, .. } => tracing::info!("pulled generation {generation}"),
         Pulled::Merged {
             generation,
@@ -159,7 +173,7 @@ async fn steps(
 
     // The outbox must be on S3 before any request leaves: a host that dies after sending is then
     // reconciled by whichever host runs next.
-    push(client, loc, global, args).await?;
+    push(client, loc, global, args, metrics).await?;
 
     let ledger = Mutex::new(Ledger::open_for_writing(&ledger_file)?);
     let sent = send_outbox(&ledger, &clazar, None, submit.clazar.concurrency)
@@ -170,7 +184,7 @@ async fn steps(
     let submitted = super::submit::finish(&ledger, &sent)?;
     drop(ledger);
 
-    push(client, loc, global, args).await?;
+    push(client, loc, global, args, metrics).await?;
     super::submit::report_left_out(&plan, &settings.rules);
     let marker = if no_marker {
         Outcome::NeedsAttention
@@ -185,16 +199,23 @@ async fn push(
     loc: &StateLocation,
     global: &GlobalArgs,
     args: &RunArgs,
+    metrics: &RunMetrics,
 ) -> Result<()> {
-    match state::push(
+    let started = Instant::now();
+    let pushed = state::push(
         client,
         loc,
         &global.ledger_file(),
         args.state.keep_generations,
     )
     .await
-    .context(Step::new(FailureKind::State, "pushing the ledger to S3"))?
-    {
+    .context(Step::new(FailureKind::State, "pushing the ledger to S3"))?;
+    let bytes = match &pushed {
+        Pushed::Generation { size, .. } => *size,
+        Pushed::UpToDate { .. } => 0,
+    };
+    metrics.sync(Direction::Push, started.elapsed(), bytes);
+    match pushed {
         Pushed::Generation { generation, .. } => tracing::info!("pushed generation {generation}"),
         Pushed::UpToDate { generation } => {
             tracing::info!("S3 already holds this ledger as generation {generation}")

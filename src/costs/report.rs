@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::grants::Grant;
 use super::money::{format_dollars, to_dollars};
-use crate::ledger::{HourlyCost, MonthCheck};
+use crate::ledger::{HourlyCost, Ledger, MonthCheck};
 
 /// The name used for spend without a user tag.
 pub const UNTAGGED: &str = "(untagged)";
@@ -126,6 +126,21 @@ impl GrantSpend {
 }
 
 impl CostReport {
+    /// The report of `window` from the ledger: hourly spend, the invoice check of yesterday's
+    /// month, and every grant against its user's spend.
+    pub fn from_ledger(ledger: &Ledger, window: &Window) -> Result<CostReport> {
+        let (from, to) = window.utc_range();
+        let hours = ledger.hourly_costs(from, to)?;
+        let month = window.yesterday().format("%Y-%m").to_string();
+        let checks = ledger.cost_month_checks(&month)?;
+        let mut report = CostReport::build(window, &hours, checks);
+        for grant in ledger.cost_grants()? {
+            let (from, to) = CostReport::grant_range(window, &grant);
+            report.add_grant(&grant, ledger.user_spend(&grant.user, from, to)?);
+        }
+        Ok(report)
+    }
+
     /// Buckets hourly spend into the window's local days.
     pub fn build(
         window: &Window,

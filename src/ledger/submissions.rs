@@ -130,7 +130,7 @@ pub struct SubmissionFilter {
 
 impl SubmissionFilter {
     /// `WHERE` terms over a view with `contract_id`, `period` and `status` columns.
-    fn sql(&self) -> (String, Vec<String>) {
+    pub(super) fn sql(&self) -> (String, Vec<String>) {
         let mut terms = vec!["1 = 1".to_string()];
         let mut values = Vec::new();
         let mut add = |term: &str, v: &Option<String>| {
