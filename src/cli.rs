@@ -661,6 +661,12 @@ pub struct HistoryArgs {
     #[arg(long)]
     pub failures: bool,
 
+    /// Every column (ids, exact amounts, HTTP status, times) in full; by default a table shows
+    /// contract, period, dimension, quantity, status, attempts and a short detail within 120
+    /// columns. CSV and JSON always carry every column.
+    #[arg(long)]
+    pub wide: bool,
+
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,

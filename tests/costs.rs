@@ -20,7 +20,7 @@ fn billing_name(month: &str) -> String {
 }
 
 /// Runs `scripts/gen-billing.py` into `out` and returns its expected sums, one object per month.
-fn generate(out: &Path, args: &[&str]) -> Vec<Value> {
+pub(crate) fn generate(out: &Path, args: &[&str]) -> Vec<Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gen-billing.py");
     let expect = out.with_extension("expect.json");
     let status = StdCommand::new("python3")
@@ -112,7 +112,7 @@ fn s3_args(env: &TestEnv) -> assert_cmd::Command {
     cmd
 }
 
-fn billing_dir(env: &TestEnv) -> PathBuf {
+pub(crate) fn billing_dir(env: &TestEnv) -> PathBuf {
     env.dir.path().join("billing")
 }
 
@@ -661,7 +661,7 @@ fn the_report_is_not_sent_in_the_clear_when_the_server_offers_no_starttls() {
 }
 
 /// Writes a grants CSV into the test folder.
-fn grants_file(env: &TestEnv, name: &str, body: &str) -> PathBuf {
+pub(crate) fn grants_file(env: &TestEnv, name: &str, body: &str) -> PathBuf {
     let path = env.dir.path().join(name);
     std::fs::write(&path, body).unwrap();
     path

@@ -13,7 +13,7 @@ use crate::emulator::{Emulator, CLIENT_ID, SECRET};
 use crate::s3::{endpoint, Bucket};
 use crate::util::{compose_env, files_under, TestEnv};
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -22,7 +22,7 @@ fn free_port() -> u16 {
 }
 
 /// One HTTP/1.1 exchange: (status code, body), or None while nothing listens.
-fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
+pub(crate) fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     write!(
         s,
@@ -37,7 +37,7 @@ fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
 }
 
 /// Polls GET /health until `want` holds, up to a deadline.
-fn wait_for(port: u16, what: &str, want: impl Fn(u16, &str) -> bool) -> (u16, String) {
+pub(crate) fn wait_for(port: u16, what: &str, want: impl Fn(u16, &str) -> bool) -> (u16, String) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some((code, body)) = http(port, "GET", "/health") {
@@ -51,7 +51,7 @@ fn wait_for(port: u16, what: &str, want: impl Fn(u16, &str) -> bool) -> (u16, St
 }
 
 /// The number of cycles a healthy answer reports ("ok: N cycles run, ...").
-fn cycles(body: &str) -> u64 {
+pub(crate) fn cycles(body: &str) -> u64 {
     body.strip_prefix("ok: ")
         .and_then(|b| b.split_whitespace().next())
         .and_then(|n| n.parse().ok())
@@ -60,7 +60,7 @@ fn cycles(body: &str) -> u64 {
 
 /// `meterbook run --every 1s` against `source_bucket` on the S3 server at `s3`, its health check
 /// on 127.0.0.1:`port`.
-fn start(
+pub(crate) fn start(
     env: &TestEnv,
     s3: &str,
     source_bucket: &str,
@@ -86,7 +86,7 @@ fn start(
     cmd.spawn().unwrap()
 }
 
-fn sigterm(child: &mut Child) -> std::process::ExitStatus {
+pub(crate) fn sigterm(child: &mut Child) -> std::process::ExitStatus {
     // SAFETY: kill(2) on a child's pid.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
@@ -102,7 +102,7 @@ fn sigterm(child: &mut Child) -> std::process::ExitStatus {
 }
 
 /// One month of usage (1 subscription, 2 hours of June 2025, marked complete) in a fresh bucket.
-fn june_bucket(env: &TestEnv, plan: &str) -> Bucket {
+pub(crate) fn june_bucket(env: &TestEnv, plan: &str) -> Bucket {
     env.generate(&[
         "--subscriptions",
         "1",

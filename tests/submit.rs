@@ -13,7 +13,7 @@ use crate::util::{record, stderr_of, usage_key, TestEnv};
 
 const SERVICE_KEY: &str = "pg:PROD:pt-1";
 
-fn marker(env: &TestEnv, to: &str) {
+pub(crate) fn marker(env: &TestEnv, to: &str) {
     let body = json!({ SERVICE_KEY: {"last_processed_to": to, "last_updated_at": to} });
     env.write_usage(
         "omnistrate-metering/last_success_export.json",
@@ -22,7 +22,13 @@ fn marker(env: &TestEnv, to: &str) {
 }
 
 /// Writes one usage file for `contract` in `hour` (YYYY/MM/DD/HH) with (dimension, value) records.
-fn usage(env: &TestEnv, hour: &str, sub: &str, contract: &str, values: &[(&str, Value)]) {
+pub(crate) fn usage(
+    env: &TestEnv,
+    hour: &str,
+    sub: &str,
+    contract: &str,
+    values: &[(&str, Value)],
+) {
     let records: Vec<Value> = values
         .iter()
         .map(|(d, v)| record(Some(contract), d, v.clone()))
@@ -33,7 +39,7 @@ fn usage(env: &TestEnv, hour: &str, sub: &str, contract: &str, values: &[(&str, 
     );
 }
 
-fn ingest(env: &TestEnv) {
+pub(crate) fn ingest(env: &TestEnv) {
     let out = env
         .cmd()
         .args(["ingest", "--source"])
@@ -84,7 +90,7 @@ fn one_contract(env: &TestEnv) {
 }
 
 /// `meterbook <args>` pointed at the emulator, with credentials and fast retries.
-fn meterbook(env: &TestEnv, emu: &Emulator, args: &[&str]) -> assert_cmd::Command {
+pub(crate) fn meterbook(env: &TestEnv, emu: &Emulator, args: &[&str]) -> assert_cmd::Command {
     let mut cmd = env.cmd();
     cmd.env("CLAZAR_CLIENT_ID", CLIENT_ID)
         .env("CLAZAR_CLIENT_SECRET", SECRET)

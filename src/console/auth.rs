@@ -74,9 +74,9 @@ impl Auth {
 
     /// The `Set-Cookie` value that signs a browser in.
     pub fn sign_in_cookie(&self) -> Option<String> {
-        self.session.as_ref().map(|s| {
-            format!("{COOKIE_NAME}={s}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200")
-        })
+        self.session
+            .as_ref()
+            .map(|s| format!("{COOKIE_NAME}={s}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200"))
     }
 }
 
@@ -93,9 +93,7 @@ fn equal(a: &[u8], b: &[u8]) -> bool {
 /// Where to go after signing in: a path on this server only (never another site).
 pub fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => {
-            n.to_string()
-        }
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
         _ => "/".to_string(),
     }
 }
@@ -126,7 +124,10 @@ mod tests {
         assert!(!auth.allows(&headers(&[(AUTHORIZATION, "Bearer s3cr3")])));
         assert!(!auth.allows(&headers(&[(AUTHORIZATION, "Basic s3cr3t")])));
         let cookie = auth.sign_in_cookie().unwrap();
-        assert!(!cookie.contains("s3cr3t"), "the cookie holds a derived value");
+        assert!(
+            !cookie.contains("s3cr3t"),
+            "the cookie holds a derived value"
+        );
         let value = cookie.split(';').next().unwrap();
         assert!(auth.allows(&headers(&[(COOKIE, &format!("other=1; {value}"))])));
         assert!(!auth.allows(&headers(&[(COOKIE, "meterbook_session=s3cr3t")])));
@@ -134,7 +135,10 @@ mod tests {
 
     #[test]
     fn after_signing_in_only_local_paths_are_followed() {
-        assert_eq!(safe_next(Some("/usage?month=2025-06")), "/usage?month=2025-06");
+        assert_eq!(
+            safe_next(Some("/usage?month=2025-06")),
+            "/usage?month=2025-06"
+        );
         assert_eq!(safe_next(Some("//evil.example/")), "/");
         assert_eq!(safe_next(Some("https://evil.example/")), "/");
         assert_eq!(safe_next(Some("/\\evil.example")), "/");

@@ -215,7 +215,9 @@ pub fn number(v: &SqlValue) -> String {
 
 fn group_thousands(raw: &str) -> String {
     let (sign, rest) = raw.strip_prefix('-').map_or(("", raw), |r| ("-", r));
-    let (whole, fraction) = rest.split_once('.').map_or((rest, None), |(w, f)| (w, Some(f)));
+    let (whole, fraction) = rest
+        .split_once('.')
+        .map_or((rest, None), |(w, f)| (w, Some(f)));
     if !whole.bytes().all(|b| b.is_ascii_digit()) {
         return raw.to_string();
     }
@@ -361,7 +363,10 @@ mod tests {
         assert_eq!(number(&SqlValue::Real(12345.125)), "12,345.125");
         assert_eq!(number(&SqlValue::Real(0.1)), "0.1");
         assert_eq!(number(&SqlValue::Integer(999)), "999");
-        assert_eq!(number(&SqlValue::Real(1e21)), "1,000,000,000,000,000,000,000");
+        assert_eq!(
+            number(&SqlValue::Real(1e21)),
+            "1,000,000,000,000,000,000,000"
+        );
     }
 
     #[test]
@@ -371,7 +376,10 @@ mod tests {
             rows: vec![vec![SqlValue::Text("<script>alert(1)</script>".into())]],
         };
         let html = table(&rows, &[Col::new("C", "c", Kind::Id)], &|_, _| None).into_string();
-        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{html}");
+        assert!(
+            html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{html}"
+        );
         assert!(!html.contains("<script>"), "{html}");
     }
 

@@ -76,7 +76,8 @@ impl RunMetrics {
         };
         self.cycles.get_or_create(&label("outcome", &outcome)).inc();
         if result.is_ok() {
-            self.last_finished.set(at.timestamp_millis() as f64 / 1000.0);
+            self.last_finished
+                .set(at.timestamp_millis() as f64 / 1000.0);
         }
     }
 
@@ -310,7 +311,11 @@ fn int(v: &SqlValue) -> i64 {
 }
 
 /// The text of `/metrics`.
-pub fn render(run: Option<&RunMetrics>, ledger: Option<&LedgerGauges>, now: DateTime<Utc>) -> String {
+pub fn render(
+    run: Option<&RunMetrics>,
+    ledger: Option<&LedgerGauges>,
+    now: DateTime<Utc>,
+) -> String {
     let mut registry = Registry::default();
     if let Some(run) = run {
         run.register(&mut registry);
@@ -382,10 +387,8 @@ mod tests {
         m.cycle(&Ok(Outcome::Success), at);
         m.cycle(&Ok(Outcome::NeedsAttention), at);
         m.cycle(
-            &Err(anyhow::anyhow!("x").context(crate::error::Step::new(
-                FailureKind::State,
-                "pulling",
-            ))),
+            &Err(anyhow::anyhow!("x")
+                .context(crate::error::Step::new(FailureKind::State, "pulling"))),
             at,
         );
         m.sync(Direction::Push, Duration::from_millis(300), 2048);

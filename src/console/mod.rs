@@ -64,7 +64,12 @@ pub async fn serve(settings: Settings) -> Result<()> {
     tokio::task::spawn_blocking(move || check.reader.read(|_| Ok(()))).await??;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
-        .map_err(|e| Fatal::Config(format!("cannot listen on {} (--listen): {e}", settings.listen)))?;
+        .map_err(|e| {
+            Fatal::Config(format!(
+                "cannot listen on {} (--listen): {e}",
+                settings.listen
+            ))
+        })?;
     let addr = listener.local_addr()?;
     if !addr.ip().is_loopback() && !console.auth.required() {
         tracing::warn!(
@@ -75,7 +80,11 @@ pub async fn serve(settings: Settings) -> Result<()> {
     tracing::info!(
         "console of {} on http://{addr}/ (read-only{})",
         console.reader.file().path.display(),
-        if console.auth.required() { ", token required" } else { "" }
+        if console.auth.required() {
+            ", token required"
+        } else {
+            ""
+        }
     );
     println!("http://{addr}/");
     axum::serve(listener, router(console))
@@ -87,9 +96,8 @@ pub async fn serve(settings: Settings) -> Result<()> {
 type PageFn = fn(&mut Snapshot<'_>, &Params) -> Result<View>;
 
 fn router(console: Shared) -> Router {
-    let page = |f: PageFn| {
-        get(move |State(c): State<Shared>, Query(p): Query<Params>| show(c, p, f))
-    };
+    let page =
+        |f: PageFn| get(move |State(c): State<Shared>, Query(p): Query<Params>| show(c, p, f));
     let protected = Router::new()
         .route("/", page(pages::overview))
         .route("/usage", page(pages::usage))
@@ -106,14 +114,19 @@ fn router(console: Shared) -> Router {
         .route("/costs/plot.svg", get(costs_plot))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .route_layer(middleware::from_fn_with_state(console.clone(), require_auth));
+        .layer(middleware::from_fn_with_state(
+            console.clone(),
+            require_auth,
+        ));
     Router::new()
         .route("/login", get(login_form).post(login))
         .route("/logout", axum::routing::post(logout))
         .route("/static/console.css", get(|| asset("text/css", html::CSS)))
-        .route("/static/console.js", get(|| asset("text/javascript", html::JS)))
+        .route(
+            "/static/console.js",
+            get(|| asset("text/javascript", html::JS)),
+        )
         .merge(protected)
-        .fallback(not_found)
         .layer(middleware::from_fn(security_headers))
         .with_state(console)
 }
@@ -178,7 +191,9 @@ async fn costs_plot(State(c): State<Shared>, Query(p): Query<Params>) -> Respons
         tokio::task::spawn_blocking(move || c.reader.read(|s| pages::costs_plot(s, &p))).await;
     match result {
         Ok(Ok(Some(svg))) => ([(CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
-        Ok(Ok(None)) => error_response(&NotFound("no costs in the ledger".into()).into(), signed_in),
+        Ok(Ok(None)) => {
+            error_response(&NotFound("no costs in the ledger".into()).into(), signed_in)
+        }
         Ok(Err(e)) => error_response(&e, signed_in),
         Err(e) => error_response(&anyhow::anyhow!("the plot stopped: {e}"), signed_in),
     }
@@ -220,10 +235,7 @@ async fn require_auth(State(c): State<Shared>, request: Request, next: Next) -> 
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/html"));
     if wants_html {
-        let here = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str());
+        let here = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         return redirect(&format!("/login?next={}", html::encode(here)), None);
     }
     (

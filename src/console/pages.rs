@@ -9,14 +9,16 @@ use chrono_tz::Tz;
 use maud::{html, Markup};
 
 use super::html::{
-    badge, count, duration, number, pager, plain, pretty_json, query_string, table, Col,
-    Kind, Section,
+    badge, count, duration, number, pager, plain, pretty_json, query_string, table, Col, Kind,
+    Section,
 };
 use super::reader::Snapshot;
 use crate::costs::money::format_dollars;
 use crate::costs::report::{CostReport, Window};
 use crate::ledger::console::{self as q, text, Param, Query, Rows};
-use crate::ledger::{SqlValue, SubmissionFilter, COST_GRANTS_SQL, HOURLY_COSTS_SQL, USER_SPEND_SQL};
+use crate::ledger::{
+    SqlValue, SubmissionFilter, COST_GRANTS_SQL, HOURLY_COSTS_SQL, USER_SPEND_SQL,
+};
 use crate::period::{format_utc, Month};
 
 /// Rows per page of a long table.
@@ -535,7 +537,10 @@ pub fn submissions(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
         )
     };
     let to_line = |rows: &Rows, i: usize| {
-        Some(format!("/submissions/line?id={}", plain(rows.get(i, "line_id"))))
+        Some(format!(
+            "/submissions/line?id={}",
+            plain(rows.get(i, "line_id"))
+        ))
     };
     let to_contract = |rows: &Rows, i: usize| {
         let period = plain(rows.get(i, "period"));
@@ -600,10 +605,16 @@ pub fn line(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
         return Err(NotFound(format!("there is no submission line {id}")).into());
     };
     let v = |c: &str| rows.get(i, c);
-    let siblings_q = Query::cheap(q::SUBMISSION_LINES, vec![Param::Int(int(v("submission_id")))]);
+    let siblings_q = Query::cheap(
+        q::SUBMISSION_LINES,
+        vec![Param::Int(int(v("submission_id")))],
+    );
     let siblings = s.rows(&siblings_q)?;
     let to_line = |rows: &Rows, i: usize| {
-        Some(format!("/submissions/line?id={}", plain(rows.get(i, "line_id"))))
+        Some(format!(
+            "/submissions/line?id={}",
+            plain(rows.get(i, "line_id"))
+        ))
     };
     let link_line = |v: &SqlValue| match v {
         SqlValue::Null => html! { "—" },
@@ -643,16 +654,16 @@ pub fn line(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
         }
         @if let SqlValue::Text(errors) = v("errors") {
             h2 { "Errors in Clazar's result" }
-            pre.json { (pretty_json(errors)) }
+            pre.json #errors { (pretty_json(errors)) }
         }
         h2 { "Request (the exact body sent)" }
         @match v("payload") {
-            SqlValue::Text(body) => pre.json { (pretty_json(body)) },
+            SqlValue::Text(body) => pre.json #request { (pretty_json(body)) },
             _ => div.panel { p.empty { "Nothing was sent (imported from the predecessor, or not sendable)." } },
         }
         h2 { "Clazar's answer (the last response body)" }
         @match v("response_body") {
-            SqlValue::Text(body) => pre.json { (pretty_json(body)) },
+            SqlValue::Text(body) => pre.json #answer { (pretty_json(body)) },
             _ => div.panel { p.empty { "No answer recorded." } },
         }
         h2 { "Lines of this submission" }
@@ -857,9 +868,9 @@ impl CostWindow {
     }
 }
 
-fn money_table(title: &str, rows: &[(String, i64)]) -> Markup {
+fn money_table(id: &str, title: &str, rows: &[(String, i64)]) -> Markup {
     html! {
-        div.panel { table {
+        div.panel id=(id) { table {
             thead { tr { th { (title) } th.num { "Spend" } } }
             tbody {
                 @for (name, nanos) in rows {
@@ -881,7 +892,10 @@ pub fn costs(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
                 h1 { "Costs" }
                 div.panel { p.empty { "No AWS billing files in the ledger: load them with " code { "meterbook costs ingest --source ..." } "." } }
             },
-            queries: vec![("The newest day with line items", Query::cheap(q::LAST_COST_DAY, vec![]))],
+            queries: vec![(
+                "The newest day with line items",
+                Query::cheap(q::LAST_COST_DAY, vec![]),
+            )],
         });
     };
     let w = &cw.window;
@@ -895,7 +909,10 @@ pub fn costs(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
     );
     let checks = s.rows(&checks_q)?;
     let (from, to) = w.utc_range();
-    let hourly_q = Query::cheap(HOURLY_COSTS_SQL, vec![text(format_utc(from)), text(format_utc(to))]);
+    let hourly_q = Query::cheap(
+        HOURLY_COSTS_SQL,
+        vec![text(format_utc(from)), text(format_utc(to))],
+    );
     let named = |v: &[crate::costs::report::NamedCost]| -> Vec<(String, i64)> {
         v.iter().map(|c| (c.name.clone(), c.nanos)).collect()
     };
@@ -925,11 +942,11 @@ pub fn costs(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
         h2 { "Daily spend per user" }
         div.plot { img src=(format!("/costs/plot.svg{}", cw.query_string())) alt="Daily spend per user over the window"; }
         div.grid2 {
-            div { h2 { "Spend per user" } (money_table("User", &named(&report.users))) }
-            div { h2 { "Spend per product" } (money_table("Product", &named(&report.products))) }
+            div { h2 { "Spend per user" } (money_table("users", "User", &named(&report.users))) }
+            div { h2 { "Spend per product" } (money_table("products", "Product", &named(&report.products))) }
         }
         h2 { "Grants" }
-        div.panel { table {
+        div.panel #grants { table {
             thead { tr { th { "User" } th { "Grant period" } th.num { "Grant" } th.num { "Spent" } th.num { "Remaining" } th { "Outlook at the window's daily rate" } } }
             tbody {
                 @for g in &report.grants {
@@ -950,7 +967,7 @@ pub fn costs(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
             }
         } }
         h2 { "Months against their invoices" }
-        (table(&checks, &[
+        div #checks { (table(&checks, &[
             Col::new("Account", "account_id", Kind::Id),
             Col::new("Month", "month", Kind::Text),
             Col::new("Line items", "line_items", Kind::Num),
@@ -958,18 +975,24 @@ pub fn costs(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
             Col::new("Invoice total", "invoice_total", Kind::Num),
             Col::new("Difference", "difference", Kind::Num),
             Col::new("File", "status", Kind::Status),
-        ], &flag_check))
+        ], &flag_check)) }
         h2 { "Spend per day" }
-        (money_table("Day", &report.days.iter().map(|d| (d.day.to_string(), d.nanos)).collect::<Vec<_>>()))
+        (money_table("days", "Day", &report.days.iter().map(|d| (d.day.to_string(), d.nanos)).collect::<Vec<_>>()))
     };
     Ok(View {
         title: "Costs".into(),
         section: Section::Costs,
         content,
         queries: vec![
-            ("Spend per hour, user and product (summed into local days by meterbook)", hourly_q),
+            (
+                "Spend per hour, user and product (summed into local days by meterbook)",
+                hourly_q,
+            ),
             ("Grants", Query::cheap(COST_GRANTS_SQL, vec![])),
-            ("A grant's spend (per grant: user, first instant, end)", Query::cheap(USER_SPEND_SQL, vec![])),
+            (
+                "A grant's spend (per grant: user, first instant, end)",
+                Query::cheap(USER_SPEND_SQL, vec![]),
+            ),
             ("Months against their invoices", checks_q),
         ],
     })

@@ -171,7 +171,9 @@ impl Snapshot<'_> {
         let query = q.page(offset, limit);
         if q.expensive {
             let all = self.rows(q)?;
-            let from = usize::try_from(offset).unwrap_or(usize::MAX).min(all.rows.len());
+            let from = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(all.rows.len());
             let to = from
                 .saturating_add(usize::try_from(limit).unwrap_or(usize::MAX))
                 .min(all.rows.len());
@@ -192,7 +194,8 @@ impl Snapshot<'_> {
             .console_rows(&q.page(offset, limit.saturating_add(1)))
             .context("reading a page")?;
         let more = rows.rows.len() as u64 > limit;
-        rows.rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        rows.rows
+            .truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         Ok(Page {
             rows,
             offset,

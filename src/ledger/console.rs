@@ -363,7 +363,8 @@ ORDER BY month DESC, service_key, records DESC";
 // Costs
 
 /// The newest day with cost line items (UTC), for the default window.
-pub const LAST_COST_DAY: &str = "SELECT substr(MAX(usage_start), 1, 10) AS day FROM cost_line_items";
+pub const LAST_COST_DAY: &str =
+    "SELECT substr(MAX(usage_start), 1, 10) AS day FROM cost_line_items";
 
 /// Months' line items against their invoice totals (`cost_month_check`).
 pub const MONTH_CHECKS: &str = "

@@ -520,11 +520,13 @@ impl Ledger {
             .query_row("SELECT COUNT(*) FROM submission_failures", [], |r| r.get(0))?)
     }
 
-    /// Streams `submission_history` (or `submission_failures` when `failures_only`) to `sink`.
+    /// Streams `submission_history` (or `submission_failures` when `failures_only`) to `sink`:
+    /// every column when `wide`, else the ones a terminal has room for.
     pub fn history(
         &self,
         filter: &SubmissionFilter,
         failures_only: bool,
+        wide: bool,
         sink: &mut dyn QueryResult,
     ) -> Result<()> {
         let (terms, values) = filter.sql();
@@ -533,10 +535,15 @@ impl Ledger {
         } else {
             "submission_history"
         };
+        let columns = if wide {
+            "submission_id, line_id, service_key, contract_id, period_kind, period, dimension,
+             exact_quantity, quantity, status, attempts, http_status, code, detail, retry_of,
+             sent_at, answered_at"
+        } else {
+            "contract_id AS contract, period, dimension, quantity, status, attempts, detail"
+        };
         let sql = format!(
-            "SELECT submission_id, line_id, service_key, contract_id, period_kind, period, dimension,
-                    exact_quantity, quantity, status, attempts, http_status, code, detail, retry_of,
-                    sent_at, answered_at
+            "SELECT {columns}
              FROM {view} WHERE {terms}
              ORDER BY period, service_key, contract_id, dimension, line_id"
         );
