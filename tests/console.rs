@@ -21,7 +21,7 @@ use crate::daemon::{cycles, free_port, http, june_bucket, sigterm, start, wait_f
 use crate::emulator::{Emulator, SECRET};
 use crate::s3::endpoint;
 use crate::submit::{marker, meterbook, usage};
-use crate::util::{record, stderr_of, usage_key, TestEnv};
+use crate::util::{file_digests, record, stderr_of, usage_key, TestEnv};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -404,10 +404,10 @@ impl Browser {
     /// Writes a screenshot of the whole page to `<target>/screenshots/<name>.png`.
     fn screenshot(&self, name: &str) {
         let height = self
-            .js("return document.documentElement.scrollHeight;")
-            .as_u64()
-            .unwrap_or(900)
-            .clamp(600, 2400);
+            .js("return document.documentElement.scrollHeight + window.outerHeight - window.innerHeight;")
+            .as_f64()
+            .unwrap_or(900.0)
+            .clamp(600.0, 3000.0);
         self.runtime.block_on(async {
             self.c().set_window_size(1360, height as u32).await.unwrap();
             let png = self.c().screenshot().await.unwrap();
@@ -972,4 +972,40 @@ fn history_fits_a_terminal_and_wide_shows_everything() {
         wide.contains(long) && wide.contains("submission_id"),
         "{wide}"
     );
+}
+
+#[test]
+fn serving_every_page_changes_nothing_and_leaves_no_file() {
+    let env = TestEnv::new();
+    let _emu = full_ledger(&env);
+    let before = file_digests(env.dir.path());
+    let mut server = Server::start(&env, None);
+    for path in [
+        "/",
+        "/usage",
+        "/usage/pending",
+        "/usage/contract?service_key=pg%3APROD%3Apt-1&contract=contract-a&month=2025-06",
+        "/usage/files?service_key=pg%3APROD%3Apt-1&contract=contract-a&month=2025-06",
+        "/submissions",
+        "/submissions/line?id=1",
+        "/submissions/drift",
+        "/problems",
+        "/problems/paths",
+        "/problems/unattributed",
+        "/costs",
+        "/costs/plot.svg",
+        "/metrics",
+    ] {
+        let (status, _, body) = get(&format!("{}{path}", server.url), &[]).unwrap();
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    assert_eq!(
+        sigterm(&mut server.child).code(),
+        Some(0),
+        "{}",
+        server.log()
+    );
+    let mut after = file_digests(env.dir.path());
+    after.remove("serve.log");
+    assert_eq!(after, before);
 }

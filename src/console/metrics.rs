@@ -21,6 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use super::pages::Attention;
 use super::reader::{Reader, Snapshot};
 use crate::error::{FailureKind, Outcome};
 use crate::ledger::console::{self as q, Query};
@@ -162,21 +163,18 @@ impl LedgerGauges {
                 )
             })
             .collect();
-        let a = snapshot.rows(&Query::expensive(q::ATTENTION, vec![]))?;
-        let attention = [
-            "failed_lines",
-            "warning_lines",
-            "unanswered_lines",
-            "drift_lines",
-            "record_problems",
-            "path_problems",
-            "unattributed_records",
-            "pending_complete",
-            "pending_periods",
-        ]
-        .into_iter()
-        .map(|c| (c, a.rows.first().map_or(0, |_| int(a.get(0, c)))))
-        .collect();
+        let a = Attention::read(snapshot)?;
+        let attention = vec![
+            ("failed_lines", a.failed_lines),
+            ("warning_lines", a.warning_lines),
+            ("unanswered_lines", a.unanswered_lines),
+            ("drift_lines", a.drift_lines),
+            ("record_problems", a.record_problems),
+            ("path_problems", a.path_problems),
+            ("unattributed_records", a.unattributed_records),
+            ("pending_complete", a.pending_complete),
+            ("pending_periods", a.pending_periods),
+        ];
         Ok(LedgerGauges {
             markers,
             files,

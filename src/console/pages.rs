@@ -111,6 +111,61 @@ fn contract_link(rows: &Rows, i: usize, month: &str) -> Option<String> {
 
 // ---------------------------------------------------------------------------------------------
 
+/// What needs an operator, counted with the queries the detail pages show (so an unchanged
+/// ledger computes each aggregate once for both).
+pub struct Attention {
+    pub failed_lines: i64,
+    pub warning_lines: i64,
+    pub unanswered_lines: i64,
+    pub record_problems: i64,
+    pub path_problems: i64,
+    pub drift_lines: i64,
+    pub unattributed_records: i64,
+    pub pending_periods: i64,
+    pub pending_complete: i64,
+    pub queries: Vec<(&'static str, Query)>,
+}
+
+impl Attention {
+    pub fn read(s: &mut Snapshot<'_>) -> Result<Attention> {
+        let counts_q = Query::cheap(q::ATTENTION, vec![]);
+        let drift_q = Query::expensive(q::DRIFT, vec![]);
+        let pending_q = Query::expensive(q::PENDING, vec![]);
+        let unattributed_q = Query::expensive(q::UNATTRIBUTED, vec![]);
+        let counts = s.rows(&counts_q)?;
+        let c = |name: &str| first_row(&counts).map_or(0, |i| int(counts.get(i, name)));
+        let drift = s.rows(&drift_q)?;
+        let pending = s.rows(&pending_q)?;
+        let unattributed = s.rows(&unattributed_q)?;
+        let complete = pending.col("complete");
+        let records = unattributed.col("records");
+        Ok(Attention {
+            failed_lines: c("failed_lines"),
+            warning_lines: c("warning_lines"),
+            unanswered_lines: c("unanswered_lines"),
+            record_problems: c("record_problems"),
+            path_problems: c("path_problems"),
+            drift_lines: drift.rows.len() as i64,
+            unattributed_records: unattributed.rows.iter().map(|r| int(&r[records])).sum(),
+            pending_periods: pending.rows.len() as i64,
+            pending_complete: pending
+                .rows
+                .iter()
+                .filter(|r| int(&r[complete]) == 1)
+                .count() as i64,
+            queries: vec![
+                ("Lines and problems needing attention", counts_q),
+                ("Drift (counted: its rows)", drift_q),
+                (
+                    "Pending periods (counted: its rows, and those complete)",
+                    pending_q,
+                ),
+                ("Unattributed usage (counted: its records)", unattributed_q),
+            ],
+        })
+    }
+}
+
 /// What needs attention, per service key how far the export is and when it was last read, and
 /// the last submission run.
 pub fn overview(s: &mut Snapshot<'_>, _p: &Params) -> Result<View> {
@@ -118,13 +173,11 @@ pub fn overview(s: &mut Snapshot<'_>, _p: &Params) -> Result<View> {
     let ingest_q = Query::cheap(q::LAST_INGEST, vec![]);
     let marker_q = Query::cheap(q::LAST_MARKER_READ, vec![]);
     let run_q = Query::cheap(q::LAST_SUBMISSION_RUN, vec![]);
-    let attention_q = Query::expensive(q::ATTENTION, vec![]);
     let keys = s.rows(&keys_q)?;
     let ingest = s.rows(&ingest_q)?;
     let marker = s.rows(&marker_q)?;
     let run = s.rows(&run_q)?;
-    let attention = s.rows(&attention_q)?;
-    let a = |c: &str| first_row(&attention).map_or(0, |i| int(attention.get(i, c)));
+    let a = Attention::read(s)?;
     let now = Utc::now();
     let lag = |rows: &Rows, i: usize| -> Markup {
         match crate::period::parse_timestamp(&plain(rows.get(i, "last_processed_to"))) {
@@ -145,14 +198,14 @@ pub fn overview(s: &mut Snapshot<'_>, _p: &Params) -> Result<View> {
         p.subtitle { "What needs attention, how far each export is, and what the last runs did." }
         h2 { "Needs attention" }
         div.cards {
-            (card(a("failed_lines"), "lines failed or rejected by Clazar", "/submissions?attention=1&status=rejected", "bad"))
-            (card(a("warning_lines"), "lines with a warning", "/submissions?attention=1&status=warning", "warn"))
-            (card(a("unanswered_lines"), "lines without an answer after every retry", "/submissions?attention=1&status=transient", "warn"))
-            (card(a("drift_lines"), "drift: sent, then the usage changed", "/submissions/drift", "drift"))
-            (card(a("record_problems") + a("path_problems"), "ingest problems", "/problems", "bad"))
-            (card(a("unattributed_records"), "usage records without a contract", "/problems/unattributed", "warn"))
-            (card(a("pending_complete"), "contract-months due to be sent", "/usage/pending", "info"))
-            (card(a("pending_periods") - a("pending_complete"), "contract-months waiting for the export", "/usage/pending", "info"))
+            (card(a.failed_lines, "lines failed or rejected by Clazar", "/submissions?attention=1&status=rejected", "bad"))
+            (card(a.warning_lines, "lines with a warning", "/submissions?attention=1&status=warning", "warn"))
+            (card(a.unanswered_lines, "lines without an answer after every retry", "/submissions?attention=1&status=transient", "warn"))
+            (card(a.drift_lines, "drift: sent, then the usage changed", "/submissions/drift", "drift"))
+            (card(a.record_problems + a.path_problems, "ingest problems", "/problems", "bad"))
+            (card(a.unattributed_records, "usage records without a contract", "/problems/unattributed", "warn"))
+            (card(a.pending_complete, "contract-months due to be sent", "/usage/pending", "info"))
+            (card(a.pending_periods - a.pending_complete, "contract-months waiting for the export", "/usage/pending", "info"))
         }
         h2 { "Exports" }
         @if keys.rows.is_empty() {
@@ -228,6 +281,7 @@ pub fn overview(s: &mut Snapshot<'_>, _p: &Params) -> Result<View> {
                             }),
                             ("Submissions", html! { (number(run.get(i, "planned"))) " planned, " (number(run.get(i, "sent"))) " requests answered" }),
                             ("Lines", html! {
+                                @if int(run.get(i, "lines")) == 0 { "none (nothing was due)" } @else {
                                 (number(run.get(i, "lines"))) ": "
                                 span.badge.ok { (number(run.get(i, "accepted"))) " accepted" } " "
                                 @if int(run.get(i, "failed")) > 0 {
@@ -239,6 +293,7 @@ pub fn overview(s: &mut Snapshot<'_>, _p: &Params) -> Result<View> {
                                 @if int(run.get(i, "in_flight")) > 0 {
                                     span.badge.info { (number(run.get(i, "in_flight"))) " in flight" }
                                 }
+                                }
                             }),
                         ]))
                     } @else {
@@ -248,17 +303,18 @@ pub fn overview(s: &mut Snapshot<'_>, _p: &Params) -> Result<View> {
             }
         }
     };
+    let mut queries = a.queries;
+    queries.extend([
+        ("Exports per service key", keys_q),
+        ("The last ingest", ingest_q),
+        ("The last read of the completion marker", marker_q),
+        ("The last submission run", run_q),
+    ]);
     Ok(View {
         title: "Overview".into(),
         section: Section::Overview,
         content,
-        queries: vec![
-            ("What needs attention", attention_q),
-            ("Exports per service key", keys_q),
-            ("The last ingest", ingest_q),
-            ("The last read of the completion marker", marker_q),
-            ("The last submission run", run_q),
-        ],
+        queries,
     })
 }
 
@@ -656,15 +712,21 @@ pub fn line(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
             h2 { "Errors in Clazar's result" }
             pre.json #errors { (pretty_json(errors)) }
         }
-        h2 { "Request (the exact body sent)" }
-        @match v("payload") {
-            SqlValue::Text(body) => pre.json #request { (pretty_json(body)) },
-            _ => div.panel { p.empty { "Nothing was sent (imported from the predecessor, or not sendable)." } },
-        }
-        h2 { "Clazar's answer (the last response body)" }
-        @match v("response_body") {
-            SqlValue::Text(body) => pre.json #answer { (pretty_json(body)) },
-            _ => div.panel { p.empty { "No answer recorded." } },
+        div.grid2 {
+            div {
+                h2 { "Request (the exact body sent)" }
+                @match v("payload") {
+                    SqlValue::Text(body) => pre.json #request { (pretty_json(body)) },
+                    _ => div.panel { p.empty { "Nothing was sent (imported from the predecessor, or not sendable)." } },
+                }
+            }
+            div {
+                h2 { "Clazar's answer (the last response body)" }
+                @match v("response_body") {
+                    SqlValue::Text(body) => pre.json #answer { (pretty_json(body)) },
+                    _ => div.panel { p.empty { "No answer recorded." } },
+                }
+            }
         }
         h2 { "Lines of this submission" }
         (table(&siblings, &[
@@ -941,9 +1003,10 @@ pub fn costs(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
         }
         h2 { "Daily spend per user" }
         div.plot { img src=(format!("/costs/plot.svg{}", cw.query_string())) alt="Daily spend per user over the window"; }
-        div.grid2 {
+        div.grid3 {
             div { h2 { "Spend per user" } (money_table("users", "User", &named(&report.users))) }
             div { h2 { "Spend per product" } (money_table("products", "Product", &named(&report.products))) }
+            div { h2 { "Spend per day" } (money_table("days", "Day", &report.days.iter().map(|d| (d.day.to_string(), d.nanos)).collect::<Vec<_>>())) }
         }
         h2 { "Grants" }
         div.panel #grants { table {
@@ -976,8 +1039,6 @@ pub fn costs(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
             Col::new("Difference", "difference", Kind::Num),
             Col::new("File", "status", Kind::Status),
         ], &flag_check)) }
-        h2 { "Spend per day" }
-        (money_table("days", "Day", &report.days.iter().map(|d| (d.day.to_string(), d.nanos)).collect::<Vec<_>>()))
     };
     Ok(View {
         title: "Costs".into(),

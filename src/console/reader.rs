@@ -21,6 +21,10 @@ use crate::ledger::{binary_schema_version, Ledger, LedgerFile};
 /// Rows of expensive results kept at most (all entries together); a larger result is not kept.
 const MAX_CACHED_ROWS: usize = 200_000;
 
+/// Expensive queries remembered across a change of the ledger, to compute again ahead of the
+/// next request ([`Reader::rewarm`]).
+const MAX_WANTED: usize = 32;
+
 pub struct Reader {
     file: LedgerFile,
     state: Mutex<State>,
@@ -47,12 +51,19 @@ struct Cache {
     version: Option<(u64, i64)>,
     entries: HashMap<Query, Arc<Rows>>,
     rows: usize,
+    /// The expensive queries used lately (the least recently used first), remembered across
+    /// changes of the ledger.
+    wanted: Vec<Query>,
+    /// The version the last [`Reader::rewarm`] saw.
+    rewarm_saw: Option<(u64, i64)>,
 }
 
 /// One request's consistent view of the ledger.
 pub struct Snapshot<'a> {
     ledger: &'a Ledger,
     cache: &'a mut Cache,
+    /// (opening, data_version) of this snapshot.
+    version: (u64, i64),
     /// The ledger's file, for pages that say what they read.
     pub path: String,
 }
@@ -80,6 +91,14 @@ impl Reader {
 
     pub fn file(&self) -> &LedgerFile {
         &self.file
+    }
+
+    /// After the ledger changed and then stayed unchanged since the last call (a run still
+    /// ingesting or submitting changes it all the time: computing then would only compete with
+    /// it), computes again the expensive results that requests asked for lately, ahead of the
+    /// next request. Returns how many it computed.
+    pub fn rewarm(&self) -> Result<usize> {
+        self.read(|s| s.rewarm())
     }
 
     /// Runs `f` over one read transaction of the ledger. Requests take turns on the one
@@ -125,6 +144,7 @@ impl Reader {
             let mut snapshot = Snapshot {
                 ledger,
                 cache,
+                version: now,
                 path: self.file.path.display().to_string(),
             };
             f(&mut snapshot)
@@ -155,14 +175,50 @@ impl Snapshot<'_> {
     /// is unchanged.
     pub fn rows(&mut self, q: &Query) -> Result<Arc<Rows>> {
         if let Some(rows) = self.cache.entries.get(q) {
-            return Ok(rows.clone());
+            let rows = rows.clone();
+            let wanted = &mut self.cache.wanted;
+            if let Some(at) = wanted.iter().position(|w| w == q) {
+                let used = wanted.remove(at);
+                wanted.push(used);
+            }
+            return Ok(rows);
         }
         let rows = Arc::new(self.ledger.console_rows(q)?);
-        if q.expensive && self.cache.rows + rows.rows.len() <= MAX_CACHED_ROWS {
-            self.cache.rows += rows.rows.len();
-            self.cache.entries.insert(q.clone(), rows.clone());
+        let cache = &mut *self.cache;
+        if q.expensive && cache.rows + rows.rows.len() <= MAX_CACHED_ROWS {
+            cache.rows += rows.rows.len();
+            cache.entries.insert(q.clone(), rows.clone());
+            if !cache.wanted.contains(q) {
+                if cache.wanted.len() == MAX_WANTED {
+                    cache.wanted.remove(0);
+                }
+                cache.wanted.push(q.clone());
+            }
         }
         Ok(rows)
+    }
+
+    /// Computes the expensive queries asked for lately that are not kept for this state of the
+    /// ledger (it changed since), so that the next request finds them.
+    fn rewarm(&mut self) -> Result<usize> {
+        let settled = self.cache.rewarm_saw == Some(self.version);
+        self.cache.rewarm_saw = Some(self.version);
+        if !settled {
+            return Ok(0);
+        }
+        // The most recently used first: the page someone is looking at.
+        let missing: Vec<Query> = self
+            .cache
+            .wanted
+            .iter()
+            .rev()
+            .filter(|q| !self.cache.entries.contains_key(*q))
+            .cloned()
+            .collect();
+        for q in &missing {
+            self.rows(q)?;
+        }
+        Ok(missing.len())
     }
 
     /// Rows `offset..offset + limit` of `q`: sliced from the kept result of an expensive query,
@@ -209,5 +265,112 @@ impl Snapshot<'_> {
     /// The ledger itself, for reports built by the library (costs).
     pub fn ledger(&self) -> &Ledger {
         self.ledger
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ledger::console::Query;
+    use crate::ledger::SqlValue;
+
+    fn ledger_file(dir: &tempfile::TempDir, name: &str) -> LedgerFile {
+        let file = LedgerFile::new(dir.path().join(name), Duration::from_secs(5));
+        Ledger::open_for_writing(&file).unwrap();
+        file
+    }
+
+    fn add_run(path: &std::path::Path, source: &str) {
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .execute(
+                "INSERT INTO ingest_runs (source, scope, started_at) VALUES (?1, '*', 'now')",
+                [source],
+            )
+            .unwrap();
+    }
+
+    fn sources(reader: &Reader) -> Vec<SqlValue> {
+        let q = Query::expensive("SELECT source FROM ingest_runs ORDER BY id", vec![]);
+        reader
+            .read(|s| Ok(s.rows(&q)?.rows.iter().map(|r| r[0].clone()).collect()))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_kept_result_is_never_shown_after_another_process_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = ledger_file(&dir, "ledger.sqlite");
+        let reader = Reader::new(file.clone());
+        add_run(&file.path, "a");
+        assert_eq!(sources(&reader), [SqlValue::Text("a".into())]);
+        add_run(&file.path, "b");
+        assert_eq!(
+            sources(&reader),
+            [SqlValue::Text("a".into()), SqlValue::Text("b".into())]
+        );
+    }
+
+    #[test]
+    fn after_a_change_the_results_asked_for_lately_are_computed_again_ahead_of_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = ledger_file(&dir, "ledger.sqlite");
+        let reader = Reader::new(file.clone());
+        assert_eq!(reader.rewarm().unwrap(), 0, "nothing asked for yet");
+        sources(&reader);
+        assert_eq!(reader.rewarm().unwrap(), 0, "unchanged: still kept");
+        add_run(&file.path, "a");
+        assert_eq!(
+            reader.rewarm().unwrap(),
+            0,
+            "changed: waits until it settles"
+        );
+        add_run(&file.path, "b");
+        assert_eq!(reader.rewarm().unwrap(), 0, "still changing");
+        assert_eq!(reader.rewarm().unwrap(), 1, "settled");
+        assert_eq!(reader.rewarm().unwrap(), 0);
+        assert_eq!(
+            sources(&reader),
+            [SqlValue::Text("a".into()), SqlValue::Text("b".into())]
+        );
+    }
+
+    #[test]
+    fn a_ledger_replaced_on_disk_is_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = ledger_file(&dir, "ledger.sqlite");
+        let other = ledger_file(&dir, "other.sqlite");
+        add_run(&file.path, "old");
+        add_run(&other.path, "new");
+        let reader = Reader::new(file.clone());
+        assert_eq!(sources(&reader), [SqlValue::Text("old".into())]);
+        std::fs::rename(&other.path, &file.path).unwrap();
+        assert_eq!(sources(&reader), [SqlValue::Text("new".into())]);
+    }
+
+    #[test]
+    fn a_page_of_a_kept_result_is_sliced_and_says_whether_more_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = ledger_file(&dir, "ledger.sqlite");
+        for s in ["a", "b", "c"] {
+            add_run(&file.path, s);
+        }
+        let reader = Reader::new(file);
+        for expensive in [true, false] {
+            let sql = "SELECT source FROM ingest_runs ORDER BY id";
+            let q = match expensive {
+                true => Query::expensive(sql, vec![]),
+                false => Query::cheap(sql, vec![]),
+            };
+            let page = reader.read(|s| s.page(&q, 1, 1)).unwrap();
+            assert_eq!(page.rows.rows, [[SqlValue::Text("b".into())]]);
+            assert!(page.more);
+            let last = reader.read(|s| s.page(&q, 2, 5)).unwrap();
+            assert_eq!(last.rows.rows, [[SqlValue::Text("c".into())]]);
+            assert!(!last.more);
+            assert_eq!(last.query.display(), format!("{sql}\nLIMIT 5 OFFSET 2"));
+        }
     }
 }

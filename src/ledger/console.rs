@@ -208,17 +208,14 @@ GROUP BY r.id
 ORDER BY r.id DESC
 LIMIT 1";
 
-/// What needs an operator, counted.
+/// Lines and problems that need an operator, counted (drift, pending periods and unattributed
+/// usage are counted from [`DRIFT`], [`PENDING`] and [`UNATTRIBUTED`], which their pages show).
 pub const ATTENTION: &str = "
 SELECT (SELECT COUNT(*) FROM submission_failures WHERE status IN ('failed', 'rejected')) AS failed_lines,
        (SELECT COUNT(*) FROM submission_failures WHERE status = 'warning') AS warning_lines,
        (SELECT COUNT(*) FROM submission_failures WHERE status = 'transient') AS unanswered_lines,
-       (SELECT COUNT(*) FROM submission_drift) AS drift_lines,
        (SELECT COUNT(*) FROM ingest_problems) AS record_problems,
-       (SELECT COUNT(*) FROM source_problems) AS path_problems,
-       (SELECT COALESCE(SUM(records), 0) FROM unattributed_usage) AS unattributed_records,
-       (SELECT COUNT(*) FROM pending_periods WHERE complete = 1) AS pending_complete,
-       (SELECT COUNT(*) FROM pending_periods) AS pending_periods";
+       (SELECT COUNT(*) FROM source_problems) AS path_problems";
 
 // ---------------------------------------------------------------------------------------------
 // Usage
