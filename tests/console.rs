@@ -504,6 +504,7 @@ fn every_page_shows_the_ledgers_numbers_in_a_real_browser() {
     assert!(out.status.success(), "{}", stderr_of(&out));
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows.len(), usage.len());
+    b.js("document.querySelector('#sql details').open = true;");
     b.screenshot("usage");
 
     // A contract's hours sum to its month; its files are the ledger's.

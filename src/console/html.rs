@@ -112,7 +112,12 @@ pub enum Kind {
     Status,
     /// A long text, wrapped.
     Wrap,
+    /// A time, kept on one line.
+    Time,
 }
+
+/// Builds a cell's link from its row (`None`: no link).
+pub type LinkFn<'a> = &'a dyn Fn(&Rows, usize) -> Option<String>;
 
 /// One column of a table: its header, the query's column it shows, and how.
 pub struct Col<'a> {
@@ -120,7 +125,7 @@ pub struct Col<'a> {
     pub column: &'a str,
     pub kind: Kind,
     /// Makes the cell a link to this URL (given the row).
-    pub link: Option<&'a dyn Fn(&Rows, usize) -> Option<String>>,
+    pub link: Option<LinkFn<'a>>,
 }
 
 impl<'a> Col<'a> {
@@ -133,7 +138,7 @@ impl<'a> Col<'a> {
         }
     }
 
-    pub fn link(mut self, to: &'a dyn Fn(&Rows, usize) -> Option<String>) -> Col<'a> {
+    pub fn link(mut self, to: LinkFn<'a>) -> Col<'a> {
         self.link = Some(to);
         self
     }
@@ -176,6 +181,7 @@ fn cell(c: &Col<'_>, rows: &Rows, i: usize, v: &SqlValue) -> Markup {
         Kind::Num => Some("num"),
         Kind::Id => Some("id"),
         Kind::Wrap => Some("wrap"),
+        Kind::Time => Some("time"),
         Kind::Text | Kind::Status => None,
     };
     let content = match c.kind {

@@ -406,7 +406,7 @@ pub fn pending(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
             Col::new("Contract", "contract_id", Kind::Id).link(&to_contract),
             Col::new("Dimensions", "dimensions", Kind::Num),
             Col::new("Usage", "value", Kind::Num),
-            Col::new("Export complete to", "last_processed_to", Kind::Text),
+            Col::new("Export complete to", "last_processed_to", Kind::Time),
             Col::new("Complete", "complete", Kind::Num),
         ], &|_, _| None))
         (pager(&page, &|o| format!("/usage/pending?offset={o}")))
@@ -488,7 +488,7 @@ pub fn contract_hours(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
     let content = html! {
         (scope.header("hours"))
         (table(&page.rows, &[
-            Col::new("Hour", "hour", Kind::Text),
+            Col::new("Hour", "hour", Kind::Time),
             Col::new("Dimension", "dimension", Kind::Text),
             Col::new("Usage", "value", Kind::Num),
             Col::new("Amount", "amount", Kind::Num),
@@ -515,12 +515,12 @@ pub fn contract_files(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
         (scope.header("files"))
         (table(&page.rows, &[
             Col::new("File", "key", Kind::Id),
-            Col::new("Hour", "hour", Kind::Text),
+            Col::new("Hour", "hour", Kind::Time),
             Col::new("Status", "status", Kind::Status),
             Col::new("Records", "record_count", Kind::Num),
             Col::new("Problems", "problem_count", Kind::Num),
             Col::new("Version", "version", Kind::Num),
-            Col::new("Ingested", "ingested_at", Kind::Text),
+            Col::new("Ingested", "ingested_at", Kind::Time),
         ], &flag))
         (pager(&page, &|o| scope.href("/usage/files", o)))
     };
@@ -638,7 +638,7 @@ pub fn submissions(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
             Col::new("HTTP", "http_status", Kind::Num),
             Col::new("Code", "code", Kind::Text),
             Col::new("Detail", "detail", Kind::Wrap),
-            Col::new("Answered", "answered_at", Kind::Text),
+            Col::new("Answered", "answered_at", Kind::Time),
         ], &flag))
         (pager(&page, &href))
     };
@@ -799,12 +799,12 @@ pub fn problems(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
         (problem_tabs("files"))
         (table(&page.rows, &[
             Col::new("File", "key", Kind::Id),
-            Col::new("Hour", "hour", Kind::Text),
+            Col::new("Hour", "hour", Kind::Time),
             Col::new("Record", "record_index", Kind::Num),
             Col::new("Problem", "reason", Kind::Wrap),
             Col::new("Record kept", "record_kept", Kind::Num),
             Col::new("File status", "file_status", Kind::Status),
-            Col::new("Found", "detected_at", Kind::Text),
+            Col::new("Found", "detected_at", Kind::Time),
         ], &|_, _| None))
         (pager(&page, &|o| format!("/problems?offset={o}")))
     };
@@ -828,8 +828,8 @@ pub fn path_problems(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
             Col::new("Source", "source", Kind::Id),
             Col::new("Path", "path", Kind::Id),
             Col::new("Problem", "reason", Kind::Wrap),
-            Col::new("First seen", "first_seen_at", Kind::Text),
-            Col::new("Last seen", "last_seen_at", Kind::Text),
+            Col::new("First seen", "first_seen_at", Kind::Time),
+            Col::new("Last seen", "last_seen_at", Kind::Time),
         ], &|_, _| None))
         (pager(&page, &|o| format!("/problems/paths?offset={o}")))
     };
