@@ -1,14 +1,18 @@
-//! Command-line definitions (clap derive). Flags override environment variables, which override
-//! defaults; `config.rs` turns these raw values into validated settings.
+//! Command-line definitions (clap derive): the raw flags, each with its environment variable and
+//! default (flags override environment variables, which override defaults), and the parsers that
+//! give values their types (sizes, durations, seconds, months, enums). `config.rs` turns these
+//! into the validated settings the commands hand to the library.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::clazar::Cloud;
 use crate::dimensions::Rounding;
+use crate::ledger::LineStatus;
 use crate::output::Format;
-use crate::period::Month;
-use crate::plan::PeriodKind;
+use crate::period::{Month, PeriodKind};
 
 /// meterbook: a usage ledger for Omnistrate exports, reported to Clazar exactly once.
 #[derive(Debug, Parser)]
@@ -38,11 +42,11 @@ pub struct GlobalArgs {
         long = "busy-timeout",
         global = true,
         env = "METERBOOK_BUSY_TIMEOUT",
-        default_value_t = 60.0,
+        default_value = "60",
         value_name = "SECONDS",
         value_parser = parse_seconds
     )]
-    pub busy_timeout: f64,
+    pub busy_timeout: Duration,
 
     /// More log output (-v debug, -vv trace). METERBOOK_LOG=<filter> overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -85,7 +89,7 @@ impl LogLevel {
 
 /// How to reach S3 or an S3-compatible store. Credentials come from aws-config's default chain
 /// (environment, profile, SSO, instance and container roles), never from flags.
-#[derive(Debug, Args, Clone, Default)]
+#[derive(Debug, Args, Clone)]
 pub struct S3Args {
     /// S3 endpoint for S3-compatible stores, e.g. http://127.0.0.1:9000 (AWS_ENDPOINT_URL is also read).
     #[arg(
@@ -127,26 +131,48 @@ pub struct S3Args {
         long = "s3-attempt-timeout",
         global = true,
         env = "METERBOOK_S3_ATTEMPT_TIMEOUT",
-        default_value_t = 30.0,
+        default_value = "30",
         value_name = "SECONDS",
         value_parser = parse_seconds
     )]
-    pub attempt_timeout: f64,
+    pub attempt_timeout: Duration,
 }
 
-fn parse_seconds(s: &str) -> Result<f64, String> {
+/// A number of seconds (fractions allowed) above zero and below a day.
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
     match s.trim().parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs > 0.0 && secs < 86_400.0 => Ok(secs),
+        Ok(secs) if secs.is_finite() && secs > 0.0 && secs < 86_400.0 => {
+            Ok(Duration::from_secs_f64(secs))
+        }
         _ => Err(format!(
             "'{s}' is not a number of seconds between 0 and 86400"
         )),
     }
 }
 
+/// A duration like `90s`, `30m`, `6h`, `2d` (a bare number is seconds), at most 100 years.
+pub fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
+    let t = s.trim();
+    let bad = || format!("'{s}' is not a duration; use e.g. 90s, 30m, 6h or 2d");
+    let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: i64 = number.parse().map_err(|_| bad())?;
+    let unit_secs = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(unit_secs)
+        .filter(|secs| *secs <= 100 * 366 * 86400)
+        .and_then(chrono::Duration::try_seconds)
+        .ok_or_else(bad)
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Read usage files from a folder or S3 into the ledger.
-    Ingest(IngestArgs),
+    Ingest(IngestCommand),
     /// Run one read-only SQL statement against the ledger.
     Sql(SqlArgs),
     /// AWS detailed billing files: ingest them, report and plot spend, email the report.
@@ -160,13 +186,27 @@ pub enum Command {
     /// Take over the Python exporter's state file so that nothing it sent is sent again.
     ImportState(ImportStateArgs),
     /// Send complete periods' usage to Clazar, each amount exactly once.
-    Submit(SubmitArgs),
+    Submit(SubmitCommand),
     /// List submissions and their answers.
     History(HistoryArgs),
     /// Re-send failed, rejected or warned submissions, recomputed with the current formulas.
     Resubmit(ResubmitArgs),
+    /// Ask a running `meterbook run`'s health check whether it is healthy (exit 0) or not (exit 1):
+    /// the container image's HEALTHCHECK.
+    Health(HealthArgs),
     /// Serve a read-only web console over the ledger, and Prometheus metrics at /metrics.
     Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The health check's port, as `run` serves it.
+    #[arg(long, env = "HEALTHCHECK_PORT", default_value_t = 8080)]
+    pub healthcheck_port: u16,
+
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 5)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -201,36 +241,18 @@ pub struct ImportStateArgs {
     pub service_key: Option<String>,
 
     /// The marketplace recorded on the imported rows.
-    #[arg(long, env = "CLAZAR_CLOUD", default_value = "aws")]
-    pub cloud: String,
+    #[arg(long, env = "CLAZAR_CLOUD", value_enum, ignore_case = true, default_value_t = Cloud::Aws)]
+    pub cloud: Cloud,
 }
 
+/// `meterbook run`: everything of `ingest` and `submit` over one scope, the state, and the schedule.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Where the export is: s3://BUCKET[/PREFIX] or a folder. Defaults to s3://$S3_BUCKET_NAME
-    /// (or $AWS_S3_BUCKET_NAME).
-    #[arg(long, env = "METERBOOK_SOURCE")]
-    pub source: Option<String>,
-
-    /// How many objects to read at once from S3 (from a folder: at most twice the CPUs).
-    #[arg(
-        id = "ingest_concurrency",
-        long = "concurrency",
-        env = "METERBOOK_CONCURRENCY",
-        default_value_t = 64
-    )]
-    pub concurrency: usize,
-
-    /// Files per ledger transaction.
-    #[arg(long, default_value_t = 1000)]
-    pub batch_files: usize,
-
-    /// On S3 without --from-month/--to-month, list every month (see `ingest --all-months`).
-    #[arg(long, env = "METERBOOK_ALL_MONTHS")]
-    pub all_months: bool,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
 
     #[command(flatten)]
-    pub limits: IngestLimitArgs,
+    pub ingest: IngestArgs,
 
     #[command(flatten)]
     pub submit: SubmitArgs,
@@ -243,8 +265,8 @@ pub struct RunArgs {
     pub wait_for_lease: bool,
 
     /// Keep running: a cycle every DURATION (e.g. 1h, 15m), until SIGTERM or SIGINT.
-    #[arg(long, env = "METERBOOK_EVERY", value_name = "DURATION")]
-    pub every: Option<String>,
+    #[arg(long, env = "METERBOOK_EVERY", value_name = "DURATION", value_parser = parse_duration)]
+    pub every: Option<chrono::Duration>,
 
     /// Keep running: a cycle every SECONDS (the predecessor's PROCESSING_INTERVAL_SECONDS);
     /// --every wins when both are set.
@@ -278,7 +300,7 @@ pub struct RunArgs {
 }
 
 /// Which service key and months a command covers.
-#[derive(Debug, Args, Clone, Default)]
+#[derive(Debug, Args, Clone)]
 pub struct ScopeArgs {
     /// Only this service (path segment SERVICE_NAME).
     #[arg(long, env = "SERVICE_NAME")]
@@ -299,17 +321,30 @@ pub struct ScopeArgs {
     /// Last month to include, YYYY-MM.
     #[arg(long, value_name = "YYYY-MM")]
     pub to_month: Option<Month>,
+
+    /// Nothing before this month is submitted, YYYY-MM (default 2025-01, the predecessor's newest
+    /// default); an S3 ingest does not re-list earlier months as waiting to be submitted.
+    #[arg(long, env = "START_MONTH", value_name = "YYYY-MM")]
+    pub start_month: Option<Month>,
 }
 
+/// `meterbook ingest`.
+#[derive(Debug, Args)]
+pub struct IngestCommand {
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+
+    #[command(flatten)]
+    pub ingest: IngestArgs,
+}
+
+/// How usage files are read into the ledger (`ingest`, and the ingest step of `run`).
 #[derive(Debug, Args)]
 pub struct IngestArgs {
     /// Where the export is: a folder laid out like the bucket, or s3://BUCKET[/PREFIX].
     /// Defaults to s3://$S3_BUCKET_NAME (or $AWS_S3_BUCKET_NAME).
     #[arg(long, env = "METERBOOK_SOURCE")]
     pub source: Option<String>,
-
-    #[command(flatten)]
-    pub scope: ScopeArgs,
 
     /// How many objects to read at once from S3 (from a folder: at most twice the CPUs).
     #[arg(long, env = "METERBOOK_CONCURRENCY", default_value_t = 64)]
@@ -323,11 +358,6 @@ pub struct IngestArgs {
     /// submitted and the recent ones.
     #[arg(long, env = "METERBOOK_ALL_MONTHS")]
     pub all_months: bool,
-
-    /// As for `submit` (default 2025-01): months before it are never submitted, so S3
-    /// re-listing does not wait for them to be.
-    #[arg(long, env = "START_MONTH", value_name = "YYYY-MM")]
-    pub start_month: Option<Month>,
 
     #[command(flatten)]
     pub limits: IngestLimitArgs,
@@ -364,9 +394,10 @@ pub struct IngestLimitArgs {
         long,
         env = "METERBOOK_FULL_LISTING_EVERY",
         default_value = "1d",
-        value_name = "DURATION"
+        value_name = "DURATION",
+        value_parser = parse_duration
     )]
-    pub full_listing_every: String,
+    pub full_listing_every: chrono::Duration,
 }
 
 /// A size in bytes: a number, optionally followed by KiB, MiB, GiB or TiB.
@@ -524,9 +555,15 @@ pub struct ClazarArgs {
     #[arg(long = "clazar-base-url", env = "METERBOOK_CLAZAR_BASE_URL")]
     pub base_url: Option<String>,
 
-    /// The marketplace: aws, azure or gcp.
-    #[arg(long = "cloud", env = "CLAZAR_CLOUD", default_value = "aws")]
-    pub cloud: String,
+    /// The marketplace of every record.
+    #[arg(
+        long = "cloud",
+        env = "CLAZAR_CLOUD",
+        value_enum,
+        ignore_case = true,
+        default_value_t = Cloud::Aws
+    )]
+    pub cloud: Cloud,
 
     /// Retries of a request after transient failures (HTTP 5xx, 429, network).
     #[arg(long, env = "MAX_RETRIES", default_value_t = 5)]
@@ -536,9 +573,11 @@ pub struct ClazarArgs {
     #[arg(
         long = "clazar-timeout",
         env = "METERBOOK_CLAZAR_TIMEOUT",
-        default_value_t = 30.0
+        default_value = "30",
+        value_name = "SECONDS",
+        value_parser = parse_seconds
     )]
-    pub timeout_secs: f64,
+    pub timeout: Duration,
 
     /// The first retry delay in milliseconds; it doubles per retry, with jitter.
     #[arg(
@@ -550,6 +589,7 @@ pub struct ClazarArgs {
 
     /// Requests in flight at once.
     #[arg(
+        id = "clazar_concurrency",
         long = "clazar-concurrency",
         env = "METERBOOK_CLAZAR_CONCURRENCY",
         default_value_t = 8
@@ -592,15 +632,22 @@ pub struct QuantityArgs {
     pub dry_run: bool,
 }
 
+/// `meterbook submit`.
+#[derive(Debug, Args)]
+pub struct SubmitCommand {
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+
+    #[command(flatten)]
+    pub submit: SubmitArgs,
+}
+
+/// How complete periods become Clazar requests (`submit`, and the submit steps of `run`).
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
     /// Submit per month or per hour.
     #[arg(long, env = "METERBOOK_PERIOD", value_enum, default_value_t = PeriodKind::Month)]
     pub period: PeriodKind,
-
-    /// Nothing before this month, YYYY-MM (default 2025-01, the predecessor's newest default).
-    #[arg(long, env = "START_MONTH", value_name = "YYYY-MM")]
-    pub start_month: Option<Month>,
 
     /// Months per run at most (per service key).
     #[arg(long, env = "MAX_MONTHS_PER_RUN", default_value_t = 12)]
@@ -612,11 +659,13 @@ pub struct SubmitArgs {
 
     /// Opt-in for service keys whose completion marker was never seen: a period counts as complete
     /// this long after its end (e.g. 6h, 90m, 2d). Without it such periods wait.
-    #[arg(long, env = "METERBOOK_GRACE_WITHOUT_MARKER", value_name = "DURATION")]
-    pub grace_without_marker: Option<String>,
-
-    #[command(flatten)]
-    pub scope: ScopeArgs,
+    #[arg(
+        long,
+        env = "METERBOOK_GRACE_WITHOUT_MARKER",
+        value_name = "DURATION",
+        value_parser = parse_duration
+    )]
+    pub grace_without_marker: Option<chrono::Duration>,
 
     #[command(flatten)]
     pub quantity: QuantityArgs,
@@ -652,10 +701,9 @@ pub struct HistoryArgs {
     #[arg(long)]
     pub period: Option<String>,
 
-    /// Only lines with this status: pending, sending, transient, accepted, duplicate, imported,
-    /// warning, rejected, failed.
-    #[arg(long)]
-    pub status: Option<String>,
+    /// Only lines with this status.
+    #[arg(long, value_enum)]
+    pub status: Option<LineStatus>,
 
     /// Only what needs attention (the submission_failures view).
     #[arg(long)]
@@ -821,4 +869,27 @@ pub struct CostsPlotArgs {
     /// The PNG to write; the SVG is written beside it with the same name.
     #[arg(long, default_value = "costs.png")]
     pub out: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("90"), Ok(chrono::Duration::seconds(90)));
+        assert_eq!(parse_duration("6h"), Ok(chrono::Duration::hours(6)));
+        assert_eq!(parse_duration("2d"), Ok(chrono::Duration::days(2)));
+        assert_eq!(parse_duration("0"), Ok(chrono::Duration::zero()));
+        for bad in ["6 hours", "h", "soon", "-1h", "99999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        // Duplicate ids or names (e.g. two flattened argument groups) fail here, not at run time.
+        Cli::command().debug_assert();
+    }
 }

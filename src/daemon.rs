@@ -35,17 +35,16 @@ impl Schedule {
     /// a warning): the monthly cron runs too early in the month for Omnistrate's marker to cover
     /// the month before, so an interval is what both settings together can sensibly mean.
     pub fn choose(
-        every: Option<&str>,
+        every: Option<chrono::Duration>,
         interval_seconds: Option<u64>,
         cron_mode: bool,
     ) -> Result<Option<Schedule>> {
         let interval = match (every, interval_seconds) {
             (Some(every), _) => {
-                let d = crate::config::parse_duration(every)?;
-                if d <= chrono::Duration::zero() {
+                if every <= chrono::Duration::zero() {
                     return Err(Fatal::Config("--every must be longer than zero".into()).into());
                 }
-                Some(d.to_std().context("--every")?)
+                Some(every.to_std().context("--every")?)
             }
             (None, Some(secs)) => Some(Duration::from_secs(secs)),
             (None, None) => None,
@@ -413,10 +412,9 @@ mod tests {
             Some(Schedule::Every(Duration::from_secs(300)))
         );
         assert_eq!(
-            choose(Some("1h"), Some(300), false),
+            choose(Some(chrono::Duration::hours(1)), Some(300), false),
             Some(Schedule::Every(Duration::from_secs(3600)))
         );
-        assert!(Schedule::choose(Some("0s"), None, false).is_err());
-        assert!(Schedule::choose(Some("soon"), None, false).is_err());
+        assert!(Schedule::choose(Some(chrono::Duration::zero()), None, false).is_err());
     }
 }

@@ -50,17 +50,38 @@ pub enum Fatal {
     Conflict(String),
 }
 
+/// What an error asks of the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Demand {
+    /// Fix the configuration, credentials or permissions.
+    Config,
+    /// Resolve a conflict with another run or host.
+    Conflict,
+}
+
+/// What an error asks of the operator, if anything: the first [`Fatal`] in its context chain, or
+/// an S3 error that asks for something (see [`crate::s3::S3Error::demand`]).
+pub fn demand(err: &anyhow::Error) -> Option<Demand> {
+    err.chain().find_map(|cause| {
+        if let Some(f) = cause.downcast_ref::<Fatal>() {
+            return Some(match f {
+                Fatal::Config(_) => Demand::Config,
+                Fatal::Conflict(_) => Demand::Conflict,
+            });
+        }
+        cause
+            .downcast_ref::<crate::s3::S3Error>()
+            .and_then(|e| e.demand())
+    })
+}
+
 /// The exit code for an error, looking through its context chain.
 pub fn exit_code_for(err: &anyhow::Error) -> u8 {
-    for cause in err.chain() {
-        if let Some(f) = cause.downcast_ref::<Fatal>() {
-            return match f {
-                Fatal::Config(_) => exit::CONFIG,
-                Fatal::Conflict(_) => exit::CONFLICT,
-            };
-        }
+    match demand(err) {
+        Some(Demand::Config) => exit::CONFIG,
+        Some(Demand::Conflict) => exit::CONFLICT,
+        None => exit::FAILURE,
     }
-    exit::FAILURE
 }
 
 /// What kind of thing a failed cycle ran into, for the health check: one word, never the error's
@@ -96,18 +117,19 @@ impl FailureKind {
         }
     }
 
-    /// The kind of an error: what it asks of the operator ([`Fatal`]) first, then a SQLite error
+    /// The kind of an error: what it asks of the operator ([`demand`]) first, then a SQLite error
     /// (the ledger), then the (outermost) [`Step`] it happened in.
     pub fn of(err: &anyhow::Error) -> FailureKind {
-        for cause in err.chain() {
-            match cause.downcast_ref::<Fatal>() {
-                Some(Fatal::Config(_)) => return FailureKind::Config,
-                Some(Fatal::Conflict(_)) => return FailureKind::Conflict,
-                None => {}
-            }
-            if cause.downcast_ref::<rusqlite::Error>().is_some() {
-                return FailureKind::Ledger;
-            }
+        match demand(err) {
+            Some(Demand::Config) => return FailureKind::Config,
+            Some(Demand::Conflict) => return FailureKind::Conflict,
+            None => {}
+        }
+        if err
+            .chain()
+            .any(|cause| cause.downcast_ref::<rusqlite::Error>().is_some())
+        {
+            return FailureKind::Ledger;
         }
         err.downcast_ref::<Step>()
             .map_or(FailureKind::Other, |s| s.kind)

@@ -10,7 +10,8 @@ use chrono::Utc;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::error::Fatal;
+use crate::config::IngestSettings;
+use crate::error::Outcome;
 use crate::ledger::{
     FileVersion, HourTotals, Ledger, LedgerFile, MarkerRead, RunCounts, StoreOutcome,
 };
@@ -80,6 +81,25 @@ impl IngestSummary {
             || self.path_problems > 0
     }
 
+    /// Logs the summary line (a warning when something needs attention, with where to look) and
+    /// says how the ingest went.
+    pub fn report(&self) -> Outcome {
+        if !self.needs_attention() {
+            tracing::info!("{}", self.line());
+            return Outcome::Success;
+        }
+        tracing::warn!("{}", self.line());
+        if self.problems > 0 || self.path_problems > 0 {
+            tracing::warn!("see: meterbook sql \"SELECT * FROM usage_problems\"");
+        }
+        if self.unattributed_records > 0 {
+            tracing::warn!(
+                "records without externalPayerId are not billed; see: meterbook sql \"SELECT * FROM unattributed_usage\""
+            );
+        }
+        Outcome::NeedsAttention
+    }
+
     /// The one summary line.
     pub fn line(&self) -> String {
         if self.files_new + self.files_replaced == 0 && self.path_problems == 0 {
@@ -108,6 +128,25 @@ impl IngestSummary {
             secs
         )
     }
+}
+
+/// The whole ingest of `meterbook ingest` (and of `run`'s ingest step): opens the settings'
+/// source and reads every usage file in scope into their ledger.
+pub async fn run(settings: &IngestSettings) -> Result<IngestSummary> {
+    let source = Source::open(&settings.source, &settings.s3).await?;
+    tracing::info!(
+        "ingesting {} ({}) into {}",
+        source.describe(),
+        settings.scope,
+        settings.ledger.path.display()
+    );
+    ingest(
+        &settings.ledger,
+        &source,
+        &settings.scope,
+        &settings.options,
+    )
+    .await
 }
 
 /// Ingests every usage file of `source` in `scope` into the ledger.
@@ -433,8 +472,10 @@ async fn read_marker(source: &Source) -> Result<MarkerRead> {
     Ok(read)
 }
 
+/// An error that asks something of the operator stops the ingest; any other leaves that file for
+/// the next run.
 fn is_fatal(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<Fatal>().is_some())
+    crate::error::demand(e).is_some()
 }
 
 /// A body's content fingerprint as the ledger stores it: `blake3:<hex>`.

@@ -1,9 +1,10 @@
-//! Calendar periods in UTC: a month (`YYYY-MM`) and an hour, the units usage is counted in.
+//! Calendar periods in UTC: a month (`YYYY-MM`), and the period usage is submitted for (a month or
+//! an hour), with the keys the ledger stores them by and the windows Clazar is sent.
 
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc};
 
 /// A calendar month in UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -98,11 +99,109 @@ impl FromStr for Month {
     }
 }
 
+/// The unit usage is submitted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum PeriodKind {
+    Month,
+    Hour,
+}
+
+impl PeriodKind {
+    pub const ALL: [PeriodKind; 2] = [PeriodKind::Month, PeriodKind::Hour];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeriodKind::Month => "month",
+            PeriodKind::Hour => "hour",
+        }
+    }
+}
+
+impl fmt::Display for PeriodKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One month or one hour, in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Period {
+    pub kind: PeriodKind,
+    /// The first instant of the period.
+    pub start: DateTime<Utc>,
+}
+
+impl Period {
+    pub fn month(m: Month) -> Period {
+        Period {
+            kind: PeriodKind::Month,
+            start: m.start(),
+        }
+    }
+
+    /// The hour containing `t`.
+    pub fn hour(t: DateTime<Utc>) -> Period {
+        let start = Utc
+            .with_ymd_and_hms(t.year(), t.month(), t.day(), t.hour(), 0, 0)
+            .single()
+            .expect("an hour of a valid instant");
+        Period {
+            kind: PeriodKind::Hour,
+            start,
+        }
+    }
+
+    /// Parses the ledger's key for a period: `YYYY-MM` for a month, an RFC 3339 hour for an hour.
+    pub fn parse(kind: PeriodKind, key: &str) -> Option<Period> {
+        match kind {
+            PeriodKind::Month => key.parse::<Month>().ok().map(Period::month),
+            PeriodKind::Hour => parse_timestamp(key)
+                .filter(|t| t.minute() == 0 && t.second() == 0 && t.nanosecond() == 0)
+                .map(Period::hour),
+        }
+    }
+
+    pub fn month_of(self) -> Month {
+        Month::of(self.start)
+    }
+
+    /// The first instant after the period.
+    pub fn end(self) -> DateTime<Utc> {
+        match self.kind {
+            PeriodKind::Month => self.month_of().end(),
+            PeriodKind::Hour => self.start + Duration::hours(1),
+        }
+    }
+
+    /// The key the ledger stores: `2025-06` or `2025-06-01T13:00:00Z`.
+    pub fn key(self) -> String {
+        match self.kind {
+            PeriodKind::Month => self.month_of().to_string(),
+            PeriodKind::Hour => format_utc(self.start),
+        }
+    }
+
+    /// The window as Clazar is sent it (the predecessor's form): a month ends at its last second,
+    /// an hour at the next hour's start.
+    pub fn window(self) -> (String, String) {
+        let end = match self.kind {
+            PeriodKind::Month => self.end() - Duration::seconds(1),
+            PeriodKind::Hour => self.end(),
+        };
+        (format_utc(self.start), format_utc(end))
+    }
+}
+
+impl fmt::Display for Period {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.key())
+    }
+}
+
 /// Formats an instant as the ledger stores it: RFC 3339, UTC, whole seconds, `Z`. Written out
 /// field by field: `costs ingest` formats two per line item, and chrono's `format` re-reads its
 /// pattern every time.
 pub fn format_utc(t: DateTime<Utc>) -> String {
-    use chrono::Timelike;
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
         t.year(),
@@ -114,8 +213,33 @@ pub fn format_utc(t: DateTime<Utc>) -> String {
     )
 }
 
+/// Parses a timestamp leniently: RFC 3339, a naive date-time taken as UTC, and the predecessor's
+/// quirk of an offset followed by `Z` (`2025-07-25T20:15:37.123456+00:00Z`).
+pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    if let Some(stripped) = s.strip_suffix('Z').or_else(|| s.strip_suffix('z')) {
+        if let Ok(t) = DateTime::parse_from_rfc3339(stripped) {
+            return Some(t.with_timezone(&Utc));
+        }
+    }
+    let naive = s.trim_end_matches(['Z', 'z']);
+    [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+    ]
+    .iter()
+    .find_map(|f| chrono::NaiveDateTime::parse_from_str(naive, f).ok())
+    .map(|t| t.and_utc())
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn instants_are_formatted_like_chrono_rfc3339_in_whole_seconds() {
         for text in [
@@ -124,15 +248,10 @@ mod tests {
             "0999-01-02T03:04:05Z",
         ] {
             let t = chrono::DateTime::parse_from_rfc3339(text).unwrap().to_utc();
-            assert_eq!(super::format_utc(t), text);
-            assert_eq!(
-                super::format_utc(t),
-                t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
-            );
+            assert_eq!(format_utc(t), text);
+            assert_eq!(format_utc(t), t.format("%Y-%m-%dT%H:%M:%SZ").to_string());
         }
     }
-
-    use super::*;
 
     #[test]
     fn parses_and_prints_months() {
@@ -162,34 +281,6 @@ mod tests {
         assert_eq!(all, ["2024-11", "2024-12", "2025-01", "2025-02"]);
         assert_eq!(b.through(a).count(), 0);
     }
-}
-
-/// Parses a timestamp leniently: RFC 3339, a naive date-time taken as UTC, and the predecessor's
-/// quirk of an offset followed by `Z` (`2025-07-25T20:15:37.123456+00:00Z`).
-pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
-    let s = s.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t.with_timezone(&Utc));
-    }
-    if let Some(stripped) = s.strip_suffix('Z').or_else(|| s.strip_suffix('z')) {
-        if let Ok(t) = DateTime::parse_from_rfc3339(stripped) {
-            return Some(t.with_timezone(&Utc));
-        }
-    }
-    let naive = s.trim_end_matches(['Z', 'z']);
-    [
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M",
-    ]
-    .iter()
-    .find_map(|f| chrono::NaiveDateTime::parse_from_str(naive, f).ok())
-    .map(|t| t.and_utc())
-}
-
-#[cfg(test)]
-mod timestamp_tests {
-    use super::*;
 
     #[test]
     fn parses_timestamps_leniently() {
@@ -207,5 +298,28 @@ mod timestamp_tests {
         }
         assert_eq!(parse_timestamp("yesterday"), None);
         assert_eq!(parse_timestamp(""), None);
+    }
+
+    #[test]
+    fn windows_are_the_predecessors() {
+        assert_eq!(
+            Period::month("2025-06".parse().unwrap()).window(),
+            ("2025-06-01T00:00:00Z".into(), "2025-06-30T23:59:59Z".into())
+        );
+        let h = Period::hour(parse_timestamp("2025-06-30T23:17:05Z").unwrap());
+        assert_eq!(h.key(), "2025-06-30T23:00:00Z");
+        assert_eq!(
+            h.window(),
+            ("2025-06-30T23:00:00Z".into(), "2025-07-01T00:00:00Z".into())
+        );
+        assert_eq!(Period::parse(PeriodKind::Hour, &h.key()), Some(h));
+        assert_eq!(
+            Period::parse(PeriodKind::Hour, "2025-06-30T23:30:00Z"),
+            None
+        );
+        assert_eq!(
+            Period::parse(PeriodKind::Month, "2025-06"),
+            Some(Period::month("2025-06".parse().unwrap()))
+        );
     }
 }

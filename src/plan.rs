@@ -2,108 +2,9 @@
 //! when the operator opts in, by a grace delay where no marker was ever seen), never the current
 //! period, from `START_MONTH` on, oldest first, at most so many per run. Pure functions.
 
-use std::fmt;
+use chrono::{DateTime, Duration, Utc};
 
-use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
-
-use crate::period::{format_utc, parse_timestamp, Month};
-
-/// The unit usage is submitted in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
-pub enum PeriodKind {
-    Month,
-    Hour,
-}
-
-impl PeriodKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PeriodKind::Month => "month",
-            PeriodKind::Hour => "hour",
-        }
-    }
-}
-
-impl fmt::Display for PeriodKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One month or one hour, in UTC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Period {
-    pub kind: PeriodKind,
-    /// The first instant of the period.
-    pub start: DateTime<Utc>,
-}
-
-impl Period {
-    pub fn month(m: Month) -> Period {
-        Period {
-            kind: PeriodKind::Month,
-            start: m.start(),
-        }
-    }
-
-    /// The hour containing `t`.
-    pub fn hour(t: DateTime<Utc>) -> Period {
-        let start = Utc
-            .with_ymd_and_hms(t.year(), t.month(), t.day(), t.hour(), 0, 0)
-            .single()
-            .expect("an hour of a valid instant");
-        Period {
-            kind: PeriodKind::Hour,
-            start,
-        }
-    }
-
-    /// Parses the ledger's key for a period: `YYYY-MM` for a month, an RFC 3339 hour for an hour.
-    pub fn parse(kind: PeriodKind, key: &str) -> Option<Period> {
-        match kind {
-            PeriodKind::Month => key.parse::<Month>().ok().map(Period::month),
-            PeriodKind::Hour => parse_timestamp(key)
-                .filter(|t| t.minute() == 0 && t.second() == 0 && t.nanosecond() == 0)
-                .map(Period::hour),
-        }
-    }
-
-    pub fn month_of(self) -> Month {
-        Month::of(self.start)
-    }
-
-    /// The first instant after the period.
-    pub fn end(self) -> DateTime<Utc> {
-        match self.kind {
-            PeriodKind::Month => self.month_of().end(),
-            PeriodKind::Hour => self.start + Duration::hours(1),
-        }
-    }
-
-    /// The key the ledger stores: `2025-06` or `2025-06-01T13:00:00Z`.
-    pub fn key(self) -> String {
-        match self.kind {
-            PeriodKind::Month => self.month_of().to_string(),
-            PeriodKind::Hour => format_utc(self.start),
-        }
-    }
-
-    /// The window as Clazar is sent it (the predecessor's form): a month ends at its last second,
-    /// an hour at the next hour's start.
-    pub fn window(self) -> (String, String) {
-        let end = match self.kind {
-            PeriodKind::Month => self.end() - Duration::seconds(1),
-            PeriodKind::Hour => self.end(),
-        };
-        (format_utc(self.start), format_utc(end))
-    }
-}
-
-impl fmt::Display for Period {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.key())
-    }
-}
+use crate::period::{Month, Period, PeriodKind};
 
 /// Whether a period may be submitted, and if not, why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,6 +101,7 @@ pub fn due_periods(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::period::parse_timestamp;
 
     fn t(s: &str) -> DateTime<Utc> {
         parse_timestamp(s).unwrap()
@@ -207,26 +109,6 @@ mod tests {
 
     fn june() -> Period {
         Period::month("2025-06".parse().unwrap())
-    }
-
-    #[test]
-    fn windows_are_the_predecessors() {
-        assert_eq!(
-            june().window(),
-            ("2025-06-01T00:00:00Z".into(), "2025-06-30T23:59:59Z".into())
-        );
-        let h = Period::hour(t("2025-06-30T23:17:05Z"));
-        assert_eq!(h.key(), "2025-06-30T23:00:00Z");
-        assert_eq!(
-            h.window(),
-            ("2025-06-30T23:00:00Z".into(), "2025-07-01T00:00:00Z".into())
-        );
-        assert_eq!(Period::parse(PeriodKind::Hour, &h.key()), Some(h));
-        assert_eq!(
-            Period::parse(PeriodKind::Hour, "2025-06-30T23:30:00Z"),
-            None
-        );
-        assert_eq!(Period::parse(PeriodKind::Month, "2025-06"), Some(june()));
     }
 
     #[test]

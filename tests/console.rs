@@ -7,7 +7,6 @@
 //! `<target>/screenshots/`.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command as StdCommand, Stdio};
 use std::time::{Duration, Instant};
@@ -17,109 +16,78 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
 
 use crate::costs::{billing_dir, generate, grants_file};
-use crate::daemon::{cycles, free_port, http, june_bucket, sigterm, start, wait_for};
-use crate::emulator::{Emulator, SECRET};
-use crate::s3::endpoint;
-use crate::submit::{marker, meterbook, usage};
-use crate::util::{file_digests, record, stderr_of, usage_key, TestEnv};
+use crate::daemon::{cycles, free_port, june_in_bucket, run_every_second, sigterm, wait_for};
+use crate::submit::june;
+use crate::util::{file_digests, http, record, usage_key, Output, Running, TestEnv};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const TOKEN: &str = "console-token-7f3a9c1e5b";
 
+/// Every page of the console on [`full_ledger`] (and the plot and the metrics).
+const PAGES: &[&str] = &[
+    "/",
+    "/usage",
+    "/usage/pending",
+    "/usage/contract?service_key=pg%3APROD%3Apt-1&contract=contract-a&month=2025-06",
+    "/usage/files?service_key=pg%3APROD%3Apt-1&contract=contract-a&month=2025-06",
+    "/submissions",
+    "/submissions/line?id=1",
+    "/submissions/drift",
+    "/problems",
+    "/problems/paths",
+    "/problems/unattributed",
+    "/costs",
+    "/costs/plot.svg",
+    "/metrics",
+];
+
 // ---------------------------------------------------------------------------------------------
 // The ledger
-
-/// Ingests the export tree; problems and unattributed records make exit code 3.
-fn ingest(env: &TestEnv) {
-    let out = env.ingest();
-    assert!(
-        matches!(out.status.code(), Some(0 | 3)),
-        "{}",
-        stderr_of(&out)
-    );
-}
-
-fn submit(env: &TestEnv, emu: &Emulator) {
-    let out = meterbook(env, emu, &["submit"]).output().unwrap();
-    assert!(
-        matches!(out.status.code(), Some(0 | 3)),
-        "{}",
-        stderr_of(&out)
-    );
-}
 
 /// June 2025 for three contracts: `contract-a` is rejected by Clazar, `contract-b` is accepted and
 /// then its usage rewritten (drift), `contract-c` is accepted; one file has an unattributed
 /// record and a bad one. Then a month of AWS billing files and two grants.
-fn full_ledger(env: &TestEnv) -> Emulator {
-    usage(
-        env,
-        "2025/06/01/00",
-        "sub-a",
-        "contract-a",
-        &[("cpu_core_hours", json!(2)), ("replica_hours", json!(1))],
-    );
-    usage(
-        env,
-        "2025/06/02/05",
-        "sub-a",
-        "contract-a",
-        &[("cpu_core_hours", json!(3))],
-    );
-    usage(
-        env,
-        "2025/06/01/00",
-        "sub-b",
-        "contract-b",
-        &[("cpu_core_hours", json!(4))],
-    );
-    usage(
-        env,
+fn full_ledger() -> TestEnv {
+    let env = TestEnv::new().with_emulator(&["--unknown-contract", "contract-a"]);
+    june(&env);
+    env.write_hour(
         "2025/06/03/07",
         "sub-c",
         "contract-c",
         &[("cpu_core_hours", json!(1.5)), ("replica_hours", json!(24))],
     );
-    let odd = json!([
-        record(None, "cpu_core_hours", json!(7)),
-        record(Some("contract-c"), "cpu_core_hours", json!("lots")),
-    ]);
-    env.write_usage(
+    env.write_records(
         &usage_key("pt-1", "2025/06/04/00", "sub-d"),
-        odd.to_string().as_bytes(),
+        &[
+            record(None, "cpu_core_hours", json!(7)),
+            record(Some("contract-c"), "cpu_core_hours", json!("lots")),
+        ],
     );
-    marker(env, "2025-06-30T23:59:59Z");
-    ingest(env);
-    let emu = Emulator::start(env, &["--unknown-contract", "contract-a"]);
-    submit(env, &emu);
+    env.ingest().expect_code(3);
+    env.meterbook(["submit"]).expect_code(3);
     // contract-b's hour is rewritten after Clazar accepted it: 10 instead of 4.
-    usage(
-        env,
+    env.write_hour(
         "2025/06/01/00",
         "sub-b",
         "contract-b",
         &[("cpu_core_hours", json!(10))],
     );
-    ingest(env);
-    submit(env, &emu);
-    generate(&billing_dir(env), &["--month", "2025-06"]);
-    env.cmd()
-        .args(["costs", "ingest", "--source"])
-        .arg(billing_dir(env))
-        .assert()
-        .success();
+    env.ingest().expect_one_of(&[0, 3]);
+    env.meterbook(["submit"]).expect_code(3);
+    generate(&billing_dir(&env), &["--month", "2025-06"]);
+    env.meterbook(["costs", "ingest", "--source"])
+        .arg(billing_dir(&env))
+        .expect_code(0);
     let grants = grants_file(
-        env,
+        &env,
         "grants.csv",
         "user,amount,start,end\nalice,100,2025-06-01,2025-06-30\nbob,50,2025-06-01,\n",
     );
-    env.cmd()
-        .args(["costs", "grants", "load"])
+    env.meterbook(["costs", "grants", "load"])
         .arg(grants)
-        .assert()
-        .success();
-    emu
+        .expect_code(0);
+    env
 }
 
 /// Rows of a query on the ledger, every value as text (NULL as "").
@@ -176,57 +144,44 @@ fn nanos_to_cents(nanos: i64) -> i64 {
 // ---------------------------------------------------------------------------------------------
 // The server and the browser
 
-/// `meterbook serve` on a free port, stopped when dropped.
+/// `meterbook serve` on a free port (killed when dropped, unless stopped).
 struct Server {
-    child: Child,
+    running: Running,
     url: String,
-    log: PathBuf,
 }
 
 impl Server {
     fn start(env: &TestEnv, token: Option<&str>) -> Server {
-        let log = env.dir.path().join("serve.log");
-        let mut cmd = env.std_cmd();
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap());
+        Server::listening(env, "127.0.0.1:0", token)
+    }
+
+    /// Started on `listen`, once it has printed the address it serves.
+    fn listening(env: &TestEnv, listen: &str, token: Option<&str>) -> Server {
+        let mut cmd = env.meterbook(["serve", "--listen", listen]);
         if let Some(t) = token {
-            cmd.env("METERBOOK_SERVE_TOKEN", t);
+            cmd = cmd.env("METERBOOK_SERVE_TOKEN", t);
         }
-        let mut child = cmd.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("serve did not start: {}", read(&log)));
-        let url = line.trim().trim_end_matches('/').to_string();
-        assert!(
-            url.starts_with("http://127.0.0.1:"),
-            "{line:?}: {}",
-            read(&log)
-        );
-        Server { child, url, log }
+        let mut running = cmd.spawn();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = loop {
+            if let Some(line) = running.stdout_so_far().lines().next() {
+                break line.trim().trim_end_matches('/').to_string();
+            }
+            if !running.is_running() {
+                let out = running.expect_one_of(&[0, 1, 2, 3, 4]);
+                panic!("serve ended before serving: {out:?}");
+            }
+            assert!(Instant::now() < deadline, "serve did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(url.starts_with("http://"), "{url}");
+        Server { running, url }
     }
 
-    fn log(&self) -> String {
-        read(&self.log)
+    /// Stops it with SIGTERM; it ends with exit code 0.
+    fn stop(self) -> Output {
+        self.running.sigterm(Duration::from_secs(30)).expect_code(0)
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn read(path: &std::path::Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 /// Where screenshots go: `<target>/screenshots/` (the test binary is in `<target>/debug/deps`).
@@ -432,8 +387,7 @@ impl Drop for Browser {
 
 #[test]
 fn every_page_shows_the_ledgers_numbers_in_a_real_browser() {
-    let env = TestEnv::new();
-    let _emu = full_ledger(&env);
+    let env = full_ledger();
     let server = Server::start(&env, None);
     let b = Browser::start(&server.url);
 
@@ -497,13 +451,9 @@ fn every_page_shows_the_ledgers_numbers_in_a_real_browser() {
     // The SQL behind the page gives the same rows through `meterbook sql`.
     let sql = b.js("return document.getElementById('sql-1').textContent;");
     let out = env
-        .cmd()
-        .args(["sql", "--format", "json", sql.as_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(rows.len(), usage.len());
+        .meterbook(["sql", "--format", "json", sql.as_str().unwrap()])
+        .expect_code(0);
+    assert_eq!(out.json().as_array().unwrap().len(), usage.len());
     b.js("document.querySelector('#sql details').open = true;");
     b.screenshot("usage");
 
@@ -655,29 +605,25 @@ fn every_page_shows_the_ledgers_numbers_in_a_real_browser() {
     assert_eq!(grants[1].0, "flag", "bob spent more than his $50");
     b.screenshot("costs");
     assert!(b.alert().is_none());
-    assert!(
-        !server.log().contains("ERROR"),
-        "the server logged an error: {}",
-        server.log()
-    );
+    drop(b);
+    let out = server.stop();
+    assert!(!out.stderr.contains("ERROR"), "{}", out.stderr);
 }
 
 #[test]
 fn usage_data_is_shown_as_text_and_never_runs_as_script() {
-    let env = TestEnv::new();
     let hostile = "<script>alert(1)</script>";
     let file = "<img src=x onerror=alert(2)>";
-    usage(
-        &env,
+    let env = TestEnv::new().with_emulator(&["--unknown-contract", hostile]);
+    env.write_hour(
         "2025/06/01/00",
         file,
         hostile,
         &[("cpu_core_hours", json!(2))],
     );
-    marker(&env, "2025-06-30T23:59:59Z");
-    ingest(&env);
-    let emu = Emulator::start(&env, &["--unknown-contract", hostile]);
-    submit(&env, &emu);
+    env.write_marker("2025-06-30T23:59:59Z");
+    env.ingest().expect_code(0);
+    env.meterbook(["submit"]).expect_code(3);
     let server = Server::start(&env, None);
     let b = Browser::start(&server.url);
     let month = "2025-06";
@@ -754,16 +700,9 @@ fn get(url: &str, headers: &[(&str, &str)]) -> Option<(u16, reqwest::header::Hea
 
 #[test]
 fn with_a_token_every_request_needs_it_and_the_token_is_never_shown() {
-    let env = TestEnv::new();
-    let _emu = full_ledger(&env);
+    let env = full_ledger();
     let server = Server::start(&env, Some(TOKEN));
-    for path in [
-        "/",
-        "/usage",
-        "/metrics",
-        "/submissions/line?id=1",
-        "/nothing",
-    ] {
+    for path in PAGES.iter().chain(&["/nothing"]) {
         let (status, _, body) = get(&format!("{}{path}", server.url), &[]).unwrap();
         assert_eq!(status, 401, "{path}: {body}");
         let wrong = [("authorization", "Bearer wrong-token-0000000")];
@@ -811,29 +750,19 @@ fn with_a_token_every_request_needs_it_and_the_token_is_never_shown() {
     b.goto("/");
     assert!(b.path().starts_with("/login"));
     drop(b);
-    assert!(!server.log().contains(TOKEN), "the token is never logged");
+    let out = server.stop();
+    assert!(!out.stderr.contains(TOKEN) && !out.stdout.contains(TOKEN));
 }
 
 #[test]
 fn a_non_loopback_address_without_a_token_is_warned_about() {
-    let env = TestEnv::new();
-    let _emu = full_ledger(&env);
-    let mut cmd = env.std_cmd();
+    let env = full_ledger();
     let port = free_port();
-    let mut child = cmd
-        .args(["serve", "--listen", &format!("0.0.0.0:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let warning = lines.next().expect("a line").unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    let out = Server::listening(&env, &format!("0.0.0.0:{port}"), None).stop();
     assert!(
-        warning.contains("WARN") && warning.contains("without a token"),
-        "{warning}"
+        out.stderr.contains("WARN") && out.stderr.contains("without a token"),
+        "{}",
+        out.stderr
     );
 }
 
@@ -841,12 +770,9 @@ fn a_non_loopback_address_without_a_token_is_warned_about() {
 fn serve_refuses_a_missing_ledger_and_creates_nothing() {
     let env = TestEnv::new();
     let out = env
-        .cmd()
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
-    assert!(stderr_of(&out).contains("no ledger at"));
+        .meterbook(["serve", "--listen", "127.0.0.1:0"])
+        .expect_code(2);
+    assert!(out.stderr.contains("no ledger at"), "{}", out.stderr);
     assert!(!env.ledger.exists());
 }
 
@@ -861,8 +787,7 @@ fn metrics(text: &str) -> BTreeMap<String, f64> {
 
 #[test]
 fn metrics_are_the_ledgers_numbers() {
-    let env = TestEnv::new();
-    let _emu = full_ledger(&env);
+    let env = full_ledger();
     let server = Server::start(&env, None);
     let (status, headers, body) = get(&format!("{}/metrics", server.url), &[]).unwrap();
     assert_eq!(status, 200);
@@ -911,17 +836,16 @@ fn metrics_are_the_ledgers_numbers() {
 
 #[test]
 fn a_scheduled_run_serves_its_cycles_syncs_and_the_ledger_as_metrics() {
-    let env = TestEnv::new();
-    let emu = Emulator::start(&env, &[]);
-    let bucket = june_bucket(&env, "pt-HJSv20iWX0");
+    let env = TestEnv::new().with_bucket("console").with_emulator(&[]);
+    june_in_bucket(&env, "pt-HJSv20iWX0");
     let port = free_port();
-    let mut child = start(&env, &endpoint(), &bucket.name, &emu, port, SECRET);
+    let run = run_every_second(&env, &env.bucket().name, port).spawn();
     wait_for(port, "two good cycles", |code, body| {
         code == 200 && cycles(body) >= 2
     });
     let deadline = Instant::now() + Duration::from_secs(60);
     let m = loop {
-        let (code, body) = http(port, "GET", "/metrics").expect("metrics answer");
+        let (code, body) = http(port, "GET", "/metrics", None).expect("metrics answer");
         assert_eq!(code, 200, "{body}");
         let m = metrics(&body);
         if m.contains_key("meterbook_submission_lines{status=\"accepted\"}") {
@@ -936,28 +860,25 @@ fn a_scheduled_run_serves_its_cycles_syncs_and_the_ledger_as_metrics() {
     assert!(m["meterbook_last_finished_cycle_timestamp_seconds"] > 1.7e9);
     assert_eq!(
         m["meterbook_submission_lines{status=\"accepted\"}"],
-        emu.accepted().len() as f64
+        env.emulator().accepted().len() as f64
     );
-    assert_eq!(sigterm(&mut child).code(), Some(0));
+    sigterm(run, 0);
 }
 
 #[test]
 fn history_fits_a_terminal_and_wide_shows_everything() {
-    let env = TestEnv::new();
     let long = "contract-0675295f-8812-2e14-0fc0-55310b43b6dd";
-    usage(
-        &env,
+    let env = TestEnv::new().with_emulator(&["--unknown-contract", long]);
+    env.write_hour(
         "2025/06/01/00",
         "sub-a",
         long,
         &[("cpu_core_hours", json!(2)), ("replica_hours", json!(1))],
     );
-    marker(&env, "2025-06-30T23:59:59Z");
-    ingest(&env);
-    let emu = Emulator::start(&env, &["--unknown-contract", long]);
-    submit(&env, &emu);
-    let out = env.cmd().arg("history").output().unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
+    env.write_marker("2025-06-30T23:59:59Z");
+    env.ingest().expect_code(0);
+    env.meterbook(["submit"]).expect_code(3);
+    let text = env.meterbook(["history"]).expect_code(0).stdout;
     assert!(text.lines().count() > 3, "{text}");
     for line in text.lines() {
         assert!(
@@ -967,8 +888,7 @@ fn history_fits_a_terminal_and_wide_shows_everything() {
         );
     }
     assert!(text.contains("rejected"), "{text}");
-    let wide = env.cmd().args(["history", "--wide"]).output().unwrap();
-    let wide = String::from_utf8(wide.stdout).unwrap();
+    let wide = env.meterbook(["history", "--wide"]).expect_code(0).stdout;
     assert!(
         wide.contains(long) && wide.contains("submission_id"),
         "{wide}"
@@ -977,36 +897,13 @@ fn history_fits_a_terminal_and_wide_shows_everything() {
 
 #[test]
 fn serving_every_page_changes_nothing_and_leaves_no_file() {
-    let env = TestEnv::new();
-    let _emu = full_ledger(&env);
+    let env = full_ledger();
     let before = file_digests(env.dir.path());
-    let mut server = Server::start(&env, None);
-    for path in [
-        "/",
-        "/usage",
-        "/usage/pending",
-        "/usage/contract?service_key=pg%3APROD%3Apt-1&contract=contract-a&month=2025-06",
-        "/usage/files?service_key=pg%3APROD%3Apt-1&contract=contract-a&month=2025-06",
-        "/submissions",
-        "/submissions/line?id=1",
-        "/submissions/drift",
-        "/problems",
-        "/problems/paths",
-        "/problems/unattributed",
-        "/costs",
-        "/costs/plot.svg",
-        "/metrics",
-    ] {
+    let server = Server::start(&env, None);
+    for path in PAGES {
         let (status, _, body) = get(&format!("{}{path}", server.url), &[]).unwrap();
         assert_eq!(status, 200, "{path}: {body}");
     }
-    assert_eq!(
-        sigterm(&mut server.child).code(),
-        Some(0),
-        "{}",
-        server.log()
-    );
-    let mut after = file_digests(env.dir.path());
-    after.remove("serve.log");
-    assert_eq!(after, before);
+    server.stop();
+    assert_eq!(file_digests(env.dir.path()), before);
 }

@@ -6,12 +6,11 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command as StdCommand;
 
 use chrono::{NaiveDate, NaiveDateTime, TimeZone};
 use serde_json::Value;
 
-use crate::util::{stderr_of, zip_of, TestEnv};
+use crate::util::{python_script, zip_of, TestEnv};
 
 const ACCOUNT: &str = "123456789012";
 
@@ -21,30 +20,23 @@ fn billing_name(month: &str) -> String {
 
 /// Runs `scripts/gen-billing.py` into `out` and returns its expected sums, one object per month.
 pub(crate) fn generate(out: &Path, args: &[&str]) -> Vec<Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gen-billing.py");
     let expect = out.with_extension("expect.json");
-    let status = StdCommand::new("python3")
-        .arg(script)
+    python_script("scripts/gen-billing.py")
         .arg("--out")
         .arg(out)
         .arg("--expect")
         .arg(&expect)
         .args(args)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("python3 runs");
-    assert!(status.success(), "gen-billing.py failed");
+        .expect_code(0);
     serde_json::from_slice(&std::fs::read(expect).unwrap()).unwrap()
 }
 
 /// Generates billing files into the test's billing folder and ingests them successfully.
 fn ingested(env: &TestEnv, args: &[&str]) -> Vec<Value> {
     let expected = generate(&billing_dir(env), args);
-    env.cmd()
-        .args(["costs", "ingest", "--source"])
+    env.meterbook(["costs", "ingest", "--source"])
         .arg(billing_dir(env))
-        .assert()
-        .success();
+        .expect_code(0);
     expected
 }
 
@@ -58,79 +50,32 @@ fn nanos_map(v: &Value) -> BTreeMap<String, i64> {
 
 /// `SELECT name, ROUND(cost * 1e9)` rows as a map of nano-dollars.
 fn query_nanos(env: &TestEnv, sql: &str) -> BTreeMap<String, i64> {
-    let db = env.db();
-    let mut stmt = db.prepare(sql).unwrap();
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?)))
-        .unwrap();
-    rows.map(|r| {
-        let (k, v) = r.unwrap();
-        (k, (v * 1e9).round() as i64)
-    })
-    .collect()
-}
-
-fn s3_endpoint() -> String {
-    std::env::var("METERBOOK_TEST_S3_ENDPOINT")
-        .expect("METERBOOK_TEST_S3_ENDPOINT: run the tests with scripts/test")
-}
-
-/// Creates `bucket` and uploads every file of `dir` under `prefix`.
-fn upload(bucket: &str, prefix: &str, dir: &Path) {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let config = aws_sdk_s3::Config::builder()
-            .behavior_version_latest()
-            .endpoint_url(s3_endpoint())
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                "testing", "testing", None, None, "tests",
-            ))
-            .force_path_style(true)
-            .build();
-        let client = aws_sdk_s3::Client::from_conf(config);
-        // The bucket may exist from an earlier upload of the same test.
-        let _ = client.create_bucket().bucket(bucket).send().await;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            let key = format!("{prefix}{}", path.file_name().unwrap().to_string_lossy());
-            client
-                .put_object()
-                .bucket(bucket)
-                .key(key)
-                .body(std::fs::read(&path).unwrap().into())
-                .send()
-                .await
-                .unwrap();
-        }
-    });
-}
-
-fn s3_args(env: &TestEnv) -> assert_cmd::Command {
-    let mut cmd = env.cmd();
-    cmd.args(["--s3-endpoint-url", &s3_endpoint(), "--s3-path-style"]);
-    cmd
+    env.rows(sql, |r| Ok((r.get(0)?, r.get::<_, f64>(1)?)))
+        .into_iter()
+        .map(|(k, v): (String, f64)| (k, (v * 1e9).round() as i64))
+        .collect()
 }
 
 pub(crate) fn billing_dir(env: &TestEnv) -> PathBuf {
-    env.dir.path().join("billing")
+    env.path("billing")
 }
 
 #[test]
 fn s3_months_are_ingested_and_the_views_match_the_files() {
-    let env = TestEnv::new();
+    let env = TestEnv::new().with_bucket("costs");
     let expected = generate(
         &billing_dir(&env),
         &[
             "--month", "2025-05", "--month", "2025-06", "--lines", "1500",
         ],
     );
-    upload("costs-views", "copydbr/", &billing_dir(&env));
-    let out = s3_args(&env)
-        .args(["costs", "ingest", "--source", "s3://costs-views/copydbr"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    env.bucket().upload(&billing_dir(&env), "copydbr/");
+    let source = format!("{}/copydbr", env.bucket().url());
+    let ingest = || {
+        env.meterbook(["costs", "ingest", "--source", &source])
+            .expect_code(0)
+    };
+    ingest();
 
     assert_eq!(
         env.count("SELECT COUNT(*) FROM cost_files WHERE status = 'ok'"),
@@ -160,17 +105,13 @@ fn s3_months_are_ingested_and_the_views_match_the_files() {
             nanos_map(&month["by_product"]),
             "spend per product in {m}"
         );
-        let check: (i64, i64) = env
-            .db()
-            .query_row(
-                &format!("SELECT invoice_total_nanos, ROUND(difference * 1e9) FROM cost_month_check WHERE month = '{m}'"),
-                [],
-                |r| Ok((r.get(0)?, r.get::<_, f64>(1)? as i64)),
-            )
-            .unwrap();
+        let check: Vec<(i64, i64)> = env.rows(
+            &format!("SELECT invoice_total_nanos, ROUND(difference * 1e9) FROM cost_month_check WHERE month = '{m}'"),
+            |r| Ok((r.get(0)?, r.get::<_, f64>(1)? as i64)),
+        );
         assert_eq!(
             check,
-            (month["invoice_nanos"].as_i64().unwrap(), 0),
+            [(month["invoice_nanos"].as_i64().unwrap(), 0)],
             "invoice check of {m}"
         );
     }
@@ -194,34 +135,22 @@ fn s3_months_are_ingested_and_the_views_match_the_files() {
     );
 
     // A second run finds both unchanged and reads nothing.
-    let again = s3_args(&env)
-        .args(["costs", "ingest", "--source", "s3://costs-views/copydbr"])
-        .output()
-        .unwrap();
-    assert!(again.status.success());
-    assert!(
-        stderr_of(&again).contains("2 unchanged"),
-        "{}",
-        stderr_of(&again)
-    );
+    let again = ingest();
+    assert!(again.stderr.contains("2 unchanged"), "{}", again.stderr);
     assert_eq!(env.count("SELECT MAX(version) FROM cost_files"), 1);
 
     // June is rewritten on S3: its line items are replaced, May is left alone.
-    let rewritten = env.dir.path().join("rewritten");
+    let rewritten = env.path("rewritten");
     let june = generate(
         &rewritten,
         &["--month", "2025-06", "--lines", "900", "--seed", "7"],
     );
-    upload("costs-views", "copydbr/", &rewritten);
-    let third = s3_args(&env)
-        .args(["costs", "ingest", "--source", "s3://costs-views/copydbr"])
-        .output()
-        .unwrap();
-    assert!(third.status.success(), "{}", stderr_of(&third));
+    env.bucket().upload(&rewritten, "copydbr/");
+    let third = ingest();
     assert!(
-        stderr_of(&third).contains("1 replaced, 1 unchanged"),
+        third.stderr.contains("1 replaced, 1 unchanged"),
         "{}",
-        stderr_of(&third)
+        third.stderr
     );
     assert_eq!(
         query_nanos(
@@ -236,6 +165,26 @@ fn s3_months_are_ingested_and_the_views_match_the_files() {
             "SELECT user, cost FROM user_costs WHERE month = '2025-05'"
         ),
         nanos_map(&expected[0]["by_user"])
+    );
+}
+
+#[test]
+fn a_missing_billing_bucket_is_a_configuration_error_naming_it() {
+    let env = TestEnv::new();
+    let out = env
+        .meterbook([
+            "costs",
+            "ingest",
+            "--source",
+            "s3://mb-no-such-billing-bucket",
+        ])
+        .s3_endpoint(&crate::s3::endpoint())
+        .expect_code(2);
+    assert!(
+        out.stderr
+            .contains("bucket 'mb-no-such-billing-bucket' does not exist; check --source"),
+        "{}",
+        out.stderr
     );
 }
 
@@ -286,27 +235,18 @@ fn bad_rows_and_unreadable_archives_become_problems_and_lose_nothing_else() {
     )
     .unwrap();
 
-    let out = env
-        .cmd()
-        .args(["costs", "ingest", "--source"])
+    env.meterbook(["costs", "ingest", "--source"])
         .arg(&dir)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+        .expect_code(3);
 
     assert_eq!(
         env.count("SELECT COUNT(*) FROM cost_line_items"),
         expected[0]["line_items"].as_i64().unwrap()
     );
-    let db = env.db();
-    let mut stmt = db
-        .prepare("SELECT month, line, reason FROM cost_problems ORDER BY month, line")
-        .unwrap();
-    let problems: Vec<(String, Option<i64>, String)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let problems: Vec<(String, Option<i64>, String)> = env.rows(
+        "SELECT month, line, reason FROM cost_problems ORDER BY month, line",
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    );
     assert_eq!(problems.len(), 5, "{problems:?}");
     assert_eq!(problems[0].0, "2025-03");
     assert!(problems[0].2.contains("zip"), "{problems:?}");
@@ -381,14 +321,11 @@ fn the_report_counts_days_in_the_managers_time_zone() {
     let env = TestEnv::new();
     let expected = ingested(&env, &["--month", "2025-06", "--lines", "2000"]);
 
-    let out = env
-        .cmd()
-        .args(REPORT_IN_LA)
+    let report = env
+        .meterbook(REPORT_IN_LA)
         .args(["--days", "7", "--format", "json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        .expect_code(0)
+        .json();
     let first: NaiveDate = "2025-06-13".parse().unwrap();
     let last: NaiveDate = "2025-06-19".parse().unwrap();
     let (days, users) = local_sums(&expected, chrono_tz::America::Los_Angeles, first, last);
@@ -427,8 +364,7 @@ fn the_report_counts_days_in_the_managers_time_zone() {
     assert_eq!(check["invoice_total_nanos"], expected[0]["invoice_nanos"]);
 
     // Text: the headline first, and the invoice check.
-    let text = env.cmd().args(REPORT_IN_LA).output().unwrap();
-    let text = String::from_utf8(text.stdout).unwrap();
+    let text = env.meterbook(REPORT_IN_LA).expect_code(0).stdout;
     assert!(
         text.starts_with("AWS spend yesterday (2025-06-19, America/Los_Angeles): $"),
         "{text}"
@@ -440,21 +376,19 @@ fn the_report_counts_days_in_the_managers_time_zone() {
 fn the_plot_is_a_readable_png_and_an_svg() {
     let env = TestEnv::new();
     ingested(&env, &["--month", "2025-06", "--lines", "2000"]);
-    let png = env.dir.path().join("plots/spend.png");
+    let png = env.path("plots/spend.png");
     std::fs::create_dir_all(png.parent().unwrap()).unwrap();
-    env.cmd()
-        .args([
-            "costs",
-            "plot",
-            "--tz",
-            "America/Los_Angeles",
-            "--today",
-            "2025-06-29",
-            "--out",
-        ])
-        .arg(&png)
-        .assert()
-        .success();
+    env.meterbook([
+        "costs",
+        "plot",
+        "--tz",
+        "America/Los_Angeles",
+        "--today",
+        "2025-06-29",
+        "--out",
+    ])
+    .arg(&png)
+    .expect_code(0);
     let image = image::open(&png).expect("the PNG decodes");
     assert_eq!((image.width(), image.height()), (1280, 720));
     assert!(
@@ -519,10 +453,7 @@ fn the_report_is_emailed_with_the_headline_as_subject() {
     ingested(&env, &["--month", "2025-06", "--lines", "800"]);
     let (port, sink) = smtp_sink();
     let out = env
-        .cmd()
-        .env("SMTP_USERNAME", "reporter")
-        .env("SMTP_PASSWORD", "s3cret-pass")
-        .args([
+        .meterbook([
             "costs",
             "report",
             "--today",
@@ -538,16 +469,11 @@ fn the_report_is_emailed_with_the_headline_as_subject() {
             "--smtp-port",
             &port.to_string(),
         ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr_of(&out));
+        .env("SMTP_USERNAME", "reporter")
+        .env("SMTP_PASSWORD", "s3cret-pass")
+        .expect_code(0);
     let session = sink.join().unwrap();
-    let headline = String::from_utf8(out.stdout.clone())
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .to_string();
+    let headline = out.stdout.lines().next().unwrap().to_string();
     assert!(
         session.contains("AUTH "),
         "the credentials were used: {session}"
@@ -589,11 +515,7 @@ fn the_report_is_emailed_with_the_headline_as_subject() {
         .expect("the attachment is base64");
     let image = image::load_from_memory(&png).expect("the attachment is a PNG");
     assert_eq!((image.width(), image.height()), (1280, 720));
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        stderr_of(&out)
-    );
+    let printed = format!("{}{}", out.stdout, out.stderr);
     assert!(
         !printed.contains("s3cret-pass"),
         "the password never appears in output"
@@ -611,23 +533,19 @@ fn changing_the_user_tags_re_resolves_stored_users() {
     let decoys = "SELECT COUNT(*) FROM cost_line_items WHERE user LIKE 'not-%'";
     assert_eq!(env.count(decoys), 0);
     // Preferring user:Name first picks the generator's decoy values where they are set.
-    env.cmd()
-        .args([
-            "costs",
-            "ingest",
-            "--user-tags",
-            "user:Name,user:Owner",
-            "--source",
-        ])
-        .arg(&dir)
-        .assert()
-        .success();
+    env.meterbook([
+        "costs",
+        "ingest",
+        "--user-tags",
+        "user:Name,user:Owner",
+        "--source",
+    ])
+    .arg(&dir)
+    .expect_code(0);
     assert!(env.count(decoys) > 0);
-    env.cmd()
-        .args(["costs", "ingest", "--source"])
+    env.meterbook(["costs", "ingest", "--source"])
         .arg(&dir)
-        .assert()
-        .success();
+        .expect_code(0);
     assert_eq!(env.count(decoys), 0);
 }
 
@@ -637,10 +555,9 @@ fn the_report_is_not_sent_in_the_clear_when_the_server_offers_no_starttls() {
     ingested(&env, &["--month", "2025-06", "--lines", "300"]);
     let (port, sink) = smtp_sink();
     let out = env
-        .cmd()
+        .meterbook(["costs", "report", "--today", "2025-06-15"])
         .env("SMTP_USERNAME", "reporter")
         .env("SMTP_PASSWORD", "s3cret-pass")
-        .args(["costs", "report", "--today", "2025-06-15"])
         .args(["--email-to", "managers@example.org"])
         .args([
             "--email-from",
@@ -649,20 +566,18 @@ fn the_report_is_not_sent_in_the_clear_when_the_server_offers_no_starttls() {
             "127.0.0.1",
         ])
         .args(["--smtp-port", &port.to_string()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+        .expect_code(1);
     let session = sink.join().unwrap();
     assert!(
         !session.contains("AUTH") && !session.contains("DATA"),
         "{session}"
     );
-    assert!(!stderr_of(&out).contains("s3cret-pass"));
+    assert!(!out.stderr.contains("s3cret-pass"));
 }
 
 /// Writes a grants CSV into the test folder.
 pub(crate) fn grants_file(env: &TestEnv, name: &str, body: &str) -> PathBuf {
-    let path = env.dir.path().join(name);
+    let path = env.path(name);
     std::fs::write(&path, body).unwrap();
     path
 }
@@ -691,28 +606,25 @@ fn grants_are_reported_against_spend_over_their_local_days() {
          zoe,50,2025-06-01,2025-06-30,\n",
     );
     let out = env
-        .cmd()
-        .args(["costs", "grants", "load"])
+        .meterbook(["costs", "grants", "load"])
         .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+        .expect_code(3);
     assert!(
-        stderr_of(&out).contains("grant user \"zoe\": no line item names this user"),
+        out.stderr
+            .contains("grant user \"zoe\": no line item names this user"),
         "{}",
-        stderr_of(&out)
+        out.stderr
     );
 
-    let out = env
-        .cmd()
-        .args(REPORT_IN_LA)
-        .args(["--format", "json"])
-        .output()
-        .unwrap();
     // bob has spent more than his dollar.
-    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
-    assert!(stderr_of(&out).contains("bob has spent more than the grant starting 2025-06-10"));
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = env
+        .meterbook(REPORT_IN_LA)
+        .args(["--format", "json"])
+        .expect_code(3);
+    assert!(out
+        .stderr
+        .contains("bob has spent more than the grant starting 2025-06-10"));
+    let report = out.json();
     let grants = report["grants"].as_array().unwrap();
     let grant = |user: &str| grants.iter().find(|g| g["user"] == user).unwrap();
     assert_eq!(grant("alice")["spent_nanos"].as_i64().unwrap(), alice_spent);
@@ -727,8 +639,7 @@ fn grants_are_reported_against_spend_over_their_local_days() {
     );
     assert_eq!(grant("zoe")["spent_nanos"].as_i64().unwrap(), 0);
 
-    let text = env.cmd().args(REPORT_IN_LA).output().unwrap();
-    let text = String::from_utf8(text.stdout).unwrap();
+    let text = env.meterbook(REPORT_IN_LA).expect_code(3).stdout;
     assert!(
         text.contains("Spend against grants (days in America/Los_Angeles)"),
         "{text}"
@@ -752,24 +663,20 @@ fn grants_are_reported_against_spend_over_their_local_days() {
 fn a_grants_file_with_a_problem_loads_nothing_and_names_each_line() {
     let env = TestEnv::new();
     let good = grants_file(&env, "good.csv", "user,amount,start\nalice,10,2025-06-01\n");
-    env.cmd()
-        .args(["costs", "grants", "load"])
+    // 3: alice has no line items in this empty ledger.
+    env.meterbook(["costs", "grants", "load"])
         .arg(&good)
-        .assert()
-        .code(3); // alice has no line items in this empty ledger
+        .expect_code(3);
     let bad = grants_file(
         &env,
         "bad.csv",
         "user,amount,start,end\nalice,20,2025-06-01,\nbob,ten,2025-06-01,\ncarol,5,2025-06-31,\n",
     );
-    let out = env
-        .cmd()
-        .args(["costs", "grants", "load"])
+    let err = env
+        .meterbook(["costs", "grants", "load"])
         .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = stderr_of(&out);
+        .expect_code(2)
+        .stderr;
     assert!(
         err.contains("bad.csv: line 3: amount \"ten\" is not a number of dollars"),
         "{err}"

@@ -5,34 +5,11 @@
 //! bucket each have a state and a lease of their own.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Output};
 
 use serde_json::json;
 
-use crate::emulator::{Emulator, CLIENT_ID, SECRET};
-use crate::import_state::{marker, meterbook, sent, usage};
-use crate::s3::{endpoint, Bucket};
-use crate::util::{compose_env, files_under, stderr_of, TestEnv};
-
-/// `meterbook submit` against the emulator, with the Clazar credentials and `vars`.
-fn submit(env: &TestEnv, emu: &Emulator, vars: &[(&str, &str)]) -> Output {
-    env.cmd()
-        .envs(vars.iter().copied())
-        .env("CLAZAR_CLIENT_ID", CLIENT_ID)
-        .env("CLAZAR_CLIENT_SECRET", SECRET)
-        .args(["submit", "--clazar-base-url", &emu.url()])
-        .output()
-        .unwrap()
-}
-
-/// The export tree ingested.
-fn ingested(env: &TestEnv) {
-    env.cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .assert()
-        .success();
-}
+use crate::import_state::usage;
+use crate::util::{compose_vars, scope_vars, usage_records, TestCommand, TestEnv};
 
 fn pair(contract: &str, month: &str) -> (String, String) {
     (contract.to_string(), month.to_string())
@@ -40,11 +17,10 @@ fn pair(contract: &str, month: &str) -> (String, String) {
 
 #[test]
 fn blank_variables_are_unset() {
-    let env = TestEnv::new();
+    let env = TestEnv::new().with_emulator(&[]);
     usage(&env, "2025/06/10/00", "A");
-    marker(&env, "2025-06-30T23:59:59Z");
-    ingested(&env);
-    let emu = Emulator::start(&env, &[]);
+    env.write_marker("2025-06-30T23:59:59Z");
+    env.ingest().expect_code(0);
     let mut blank: Vec<(&str, &str)> = [
         "DRY_RUN",
         "START_MONTH",
@@ -66,16 +42,15 @@ fn blank_variables_are_unset() {
     .map(|name| (*name, ""))
     .collect();
     blank.push(("LOG_LEVEL", " "));
-    let out = submit(&env, &emu, &blank);
     // DRY_RUN="" is false: the month is sent, with every default.
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
-    assert_eq!(sent(&emu), [pair("A", "2025-06")]);
+    let out = env.meterbook(["submit"]).envs(blank).expect_code(0);
+    let emu = env.emulator();
+    assert_eq!(emu.contract_months(), [pair("A", "2025-06")]);
     assert_eq!(emu.accepted()[0]["cloud"], "aws");
     assert!(
-        stderr_of(&out).contains("empty variables treated as unset: ")
-            && stderr_of(&out).contains("DRY_RUN"),
+        out.stderr.contains("empty variables treated as unset: ") && out.stderr.contains("DRY_RUN"),
         "{}",
-        stderr_of(&out)
+        out.stderr
     );
 }
 
@@ -83,51 +58,41 @@ fn blank_variables_are_unset() {
 fn log_level_sets_the_level_flags_and_meterbook_log_win() {
     let env = TestEnv::new();
     usage(&env, "2025/06/10/00", "A");
-    marker(&env, "2025-06-30T23:59:59Z");
-    let ingest = |vars: &[(&str, &str)], flags: &[&str]| {
-        let mut cmd = env.cmd();
-        cmd.env_remove("METERBOOK_LOG");
-        for (k, v) in vars {
-            cmd.env(k, v);
-        }
-        let out = cmd
-            .args(flags)
+    env.write_marker("2025-06-30T23:59:59Z");
+    let ingest = |vars: &[(&str, &str)], flags: &[&str], code: i32| {
+        env.meterbook(flags)
             .args(["ingest", "--source"])
             .arg(env.export())
-            .output()
-            .unwrap();
-        (out.status.code(), stderr_of(&out))
+            .env_remove("METERBOOK_LOG")
+            .envs(vars.iter().copied())
+            .expect_code(code)
+            .stderr
     };
-    let (code, err) = ingest(&[("LOG_LEVEL", "WARNING")], &[]);
-    assert_eq!(code, Some(0), "{err}");
+    let err = ingest(&[("LOG_LEVEL", "WARNING")], &[], 0);
     assert!(!err.contains("INFO"), "{err}");
     for (vars, flags) in [
         (&[("LOG_LEVEL", "Info")][..], &[][..]),
         (&[("LOG_LEVEL", "error")], &["-v"]),
         (&[("LOG_LEVEL", "error"), ("METERBOOK_LOG", "info")], &[]),
     ] {
-        let (code, err) = ingest(vars, flags);
-        assert_eq!(code, Some(0), "{err}");
+        let err = ingest(vars, flags, 0);
         assert!(err.contains("INFO"), "{vars:?} {flags:?}: {err}");
     }
-    let (code, err) = ingest(&[("LOG_LEVEL", "verbose")], &[]);
-    assert_eq!(code, Some(2), "{err}");
+    let err = ingest(&[("LOG_LEVEL", "verbose")], &[], 2);
     assert!(err.contains("verbose"), "{err}");
 }
 
 #[test]
 fn start_month_defaults_to_2025_01_and_says_what_it_left_out() {
-    let env = TestEnv::new();
+    let env = TestEnv::new().with_emulator(&[]);
     usage(&env, "2024/11/10/00", "A");
     usage(&env, "2024/12/10/00", "A");
     usage(&env, "2025/01/10/00", "A");
-    marker(&env, "2025-01-31T23:59:59Z");
-    ingested(&env);
-    let emu = Emulator::start(&env, &[]);
-    let out = submit(&env, &emu, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
-    assert_eq!(sent(&emu), [pair("A", "2025-01")]);
-    let err = stderr_of(&out);
+    env.write_marker("2025-01-31T23:59:59Z");
+    env.ingest().expect_code(0);
+    let err = env.meterbook(["submit"]).expect_code(0).stderr;
+    let emu = env.emulator();
+    assert_eq!(emu.contract_months(), [pair("A", "2025-01")]);
     assert!(
         err.contains(
             "pg:PROD:pt-1: usage in 2 months from 2024-11 to 2024-12 is not submitted: it is \
@@ -136,11 +101,13 @@ fn start_month_defaults_to_2025_01_and_says_what_it_left_out() {
         "{err}"
     );
     // The way it says works.
-    let out = submit(&env, &emu, &[("START_MONTH", "2024-11")]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
-    assert!(!stderr_of(&out).contains("not submitted"));
+    let out = env
+        .meterbook(["submit"])
+        .env("START_MONTH", "2024-11")
+        .expect_code(0);
+    assert!(!out.stderr.contains("not submitted"));
     assert_eq!(
-        sent(&emu),
+        emu.contract_months(),
         [
             pair("A", "2024-11"),
             pair("A", "2024-12"),
@@ -159,36 +126,30 @@ const FAILED_WITHOUT_REQUEST: &str = r#"{
     "code": "ERR", "message": "failed", "retry_count": 5}]}
 }"#;
 
-/// June usage of A and C, ingested, and the state above imported from `clazar/...` in a bucket
-/// found from the predecessor's variables alone.
-fn imported_failure(env: &TestEnv) -> Bucket {
+/// June usage of A and C, ingested, and the state above imported from `clazar/...` in the
+/// test's bucket, found from the predecessor's variables alone.
+fn imported_failure(env: &TestEnv) {
     usage(env, "2025/06/10/00", "A");
     usage(env, "2025/06/10/00", "C");
-    marker(env, "2025-06-30T23:59:59Z");
-    ingested(env);
-    let bucket = Bucket::new("import");
+    env.write_marker("2025-06-30T23:59:59Z");
+    env.ingest().expect_code(0);
+    let bucket = env.bucket();
     bucket.put(
         "clazar/pg-PROD-pt-1-export_state.json",
         FAILED_WITHOUT_REQUEST.as_bytes(),
     );
     let out = env
-        .cmd()
+        .meterbook(["import-state"])
         .env("AWS_S3_BUCKET_NAME", &bucket.name)
-        .env("SERVICE_NAME", "pg")
-        .env("ENVIRONMENT_TYPE", "PROD")
-        .env("PLAN_ID", "pt-1")
-        .args(["--s3-endpoint-url", &endpoint(), "--s3-path-style"])
-        .arg("import-state")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+        .envs(scope_vars("pt-1"))
+        .expect_code(3);
     assert!(
-        stderr_of(&out).contains(&format!(
-            "imported from s3://{}/clazar/pg-PROD-pt-1-export_state.json: 1 contract-months",
-            bucket.name
+        out.stderr.contains(&format!(
+            "imported from {}/clazar/pg-PROD-pt-1-export_state.json: 1 contract-months",
+            bucket.url()
         )),
         "{}",
-        stderr_of(&out)
+        out.stderr
     );
     assert_eq!(
         env.count(
@@ -196,27 +157,20 @@ fn imported_failure(env: &TestEnv) -> Bucket {
         ),
         1
     );
-    bucket
 }
 
 #[test]
 fn import_state_finds_the_newest_versions_state_and_its_failure_clears_once_resubmitted() {
-    let env = TestEnv::new();
-    let _bucket = imported_failure(&env);
-    let emu = Emulator::start(&env, &[]);
+    let env = TestEnv::new().with_bucket("import").with_emulator(&[]);
+    imported_failure(&env);
+    let emu = env.emulator();
     // The failure needs attention, and nothing of June is sent by `submit`.
-    let out = submit(&env, &emu, &[]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
-    assert!(sent(&emu).is_empty());
+    env.meterbook(["submit"]).expect_code(3);
+    assert!(emu.contract_months().is_empty());
 
-    let out = meterbook(&env, &emu, &["resubmit"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
-    assert!(
-        !stderr_of(&out).contains("no longer computed"),
-        "{}",
-        stderr_of(&out)
-    );
-    assert_eq!(sent(&emu), [pair("C", "2025-06")]);
+    let out = env.meterbook(["resubmit"]).expect_code(0);
+    assert!(!out.stderr.contains("no longer computed"), "{}", out.stderr);
+    assert_eq!(emu.contract_months(), [pair("C", "2025-06")]);
     emu.assert_exactly_once();
     // Every re-sent line says what it retried, and nothing needs attention any more.
     assert_eq!(
@@ -227,14 +181,13 @@ fn import_state_finds_the_newest_versions_state_and_its_failure_clears_once_resu
         2
     );
     assert_eq!(env.count("SELECT COUNT(*) FROM submission_failures"), 0);
-    let out = submit(&env, &emu, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    env.meterbook(["submit"]).expect_code(0);
 }
 
 #[test]
 fn a_failure_resubmitted_by_an_older_meterbook_no_longer_needs_attention() {
-    let env = TestEnv::new();
-    let _bucket = imported_failure(&env);
+    let env = TestEnv::new().with_bucket("import");
+    imported_failure(&env);
     // An earlier meterbook re-sent C's June without linking the lines to the '*' failure.
     let db = env.db();
     db.execute(
@@ -275,38 +228,28 @@ fn two_months(env: &TestEnv, plan: &str, seed: &str) -> Vec<String> {
             "2025-07-31T23:59:59Z",
         ]);
     }
-    let mut contracts = BTreeSet::new();
-    for path in files_under(&env.export().join("omnistrate-metering/pg/PROD").join(plan)) {
-        let records: Vec<serde_json::Value> =
-            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-        for r in records {
-            contracts.insert(r["externalPayerId"].as_str().unwrap().to_string());
-        }
-    }
+    let records = usage_records(&env.export().join("omnistrate-metering/pg/PROD").join(plan));
+    let contracts: BTreeSet<String> = records
+        .iter()
+        .map(|r| r["externalPayerId"].as_str().unwrap().to_string())
+        .collect();
     contracts.into_iter().collect()
 }
 
-/// `meterbook ARGS` with the predecessor's compose environment for `plan` on `bucket`.
-fn as_predecessor(env: &TestEnv, bucket: &Bucket, plan: &str, emu: &Emulator) -> Command {
-    let mut cmd = env.std_cmd();
-    compose_env(&mut cmd, &bucket.name, plan);
-    cmd.env("METERBOOK_S3_ENDPOINT_URL", endpoint())
-        .env("METERBOOK_S3_PATH_STYLE", "true")
-        .env("METERBOOK_CLAZAR_BASE_URL", emu.url())
-        .env("METERBOOK_LEASE_SECONDS", "5");
-    cmd
-}
-
-fn output(mut cmd: Command, args: &[&str]) -> Output {
-    cmd.args(args).output().unwrap()
+/// `meterbook args` on `host` with the predecessor's compose environment for `plan` on the
+/// test's bucket.
+fn as_predecessor(host: &TestEnv, plan: &str, args: &[&str]) -> TestCommand {
+    host.meterbook(args)
+        .envs(compose_vars(&host.bucket().name, plan))
+        .env("METERBOOK_LEASE_SECONDS", "5")
 }
 
 #[test]
 fn a_run_sends_nothing_for_a_plan_whose_predecessor_state_was_not_imported() {
-    let host = TestEnv::new();
+    let host = TestEnv::new().with_bucket("switch").with_emulator(&[]);
     let contracts = two_months(&host, "pt-1", "1");
-    let bucket = Bucket::new("switch");
-    bucket.upload_tree(&host.export(), "");
+    let (bucket, emu) = (host.bucket(), host.emulator());
+    bucket.upload(&host.export(), "");
     // The predecessor sent June for every contract.
     let state = json!({
         "last_processed_month": "2025-06",
@@ -316,53 +259,44 @@ fn a_run_sends_nothing_for_a_plan_whose_predecessor_state_was_not_imported() {
     });
     let state_key = "clazar/pg-PROD-pt-1-export_state.json";
     bucket.put(state_key, state.to_string().as_bytes());
-    let emu = Emulator::start(&host, &[]);
 
-    let out = output(as_predecessor(&host, &bucket, "pt-1", &emu), &["run"]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    let out = as_predecessor(&host, "pt-1", &["run"]).expect_code(3);
     assert_eq!(emu.metering_requests(), 0, "nothing may be sent");
     assert!(
-        stderr_of(&out).contains(&format!(
+        out.stderr.contains(&format!(
             "nothing is sent for pg:PROD:pt-1 until it is imported: `meterbook import-state \
-             --from s3://{}/{state_key}`",
-            bucket.name
+             --from {}/{state_key}`",
+            bucket.url()
         )),
         "{}",
-        stderr_of(&out)
+        out.stderr
     );
 
     // What it says to do, with the same environment: pull, import, push.
     for args in [&["sync", "pull"][..], &["import-state"], &["sync", "push"]] {
-        let out = output(as_predecessor(&host, &bucket, "pt-1", &emu), args);
-        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr_of(&out));
+        as_predecessor(&host, "pt-1", args).expect_code(0);
     }
     // A fresh host takes it from there: July only.
-    let other = TestEnv::new();
-    let out = output(as_predecessor(&other, &bucket, "pt-1", &emu), &["run"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    as_predecessor(&host.another_host(), "pt-1", &["run"]).expect_code(0);
     let july: Vec<_> = contracts.iter().map(|c| pair(c, "2025-07")).collect();
-    assert_eq!(sent(&emu), july);
+    assert_eq!(emu.contract_months(), july);
     emu.assert_exactly_once();
 }
 
 #[test]
 fn deployments_of_two_plans_on_one_bucket_run_at_once_with_states_of_their_own() {
-    let env = TestEnv::new();
+    let env = TestEnv::new().with_bucket("plans").with_emulator(&[]);
     let mut contracts = two_months(&env, "pt-1", "1");
     contracts.extend(two_months(&env, "pt-2", "2"));
-    let bucket = Bucket::new("plans");
-    bucket.upload_tree(&env.export(), "");
-    let emu = Emulator::start(&env, &[]);
+    let (bucket, emu) = (env.bucket(), env.emulator());
+    bucket.upload(&env.export(), "");
     // A slow first answer keeps one run inside its lease while the other one works.
     emu.faults(json!([{"kind": "slow", "ms": 2000, "accept": true}]));
-    let (a, b) = (TestEnv::new(), TestEnv::new());
-    let (out_a, out_b) = std::thread::scope(|s| {
-        let ta = s.spawn(|| output(as_predecessor(&a, &bucket, "pt-1", &emu), &["run"]));
-        let tb = s.spawn(|| output(as_predecessor(&b, &bucket, "pt-2", &emu), &["run"]));
-        (ta.join().unwrap(), tb.join().unwrap())
+    let (a, b) = (env.another_host(), env.another_host());
+    std::thread::scope(|s| {
+        s.spawn(|| as_predecessor(&a, "pt-1", &["run"]).expect_code(0));
+        s.spawn(|| as_predecessor(&b, "pt-2", &["run"]).expect_code(0));
     });
-    assert_eq!(out_a.status.code(), Some(0), "{}", stderr_of(&out_a));
-    assert_eq!(out_b.status.code(), Some(0), "{}", stderr_of(&out_b));
     for plan in ["pt-1", "pt-2"] {
         let key = format!("meterbook/state/pg/PROD/{plan}/ledger.sqlite");
         assert!(bucket.exists(&key), "{key}");
@@ -374,102 +308,85 @@ fn deployments_of_two_plans_on_one_bucket_run_at_once_with_states_of_their_own()
         .flat_map(|c| [pair(c, "2025-06"), pair(c, "2025-07")])
         .collect();
     expected.sort();
-    assert_eq!(sent(&emu), expected);
+    assert_eq!(emu.contract_months(), expected);
 }
 
 #[test]
 fn a_plan_keeps_the_shared_state_of_earlier_versions_until_it_is_moved() {
-    let first = TestEnv::new();
+    let first = TestEnv::new().with_bucket("legacy").with_emulator(&[]);
     two_months(&first, "pt-1", "1");
-    let bucket = Bucket::new("legacy");
-    bucket.upload_tree(&first.export(), "");
-    let emu = Emulator::start(&first, &[]);
+    let (bucket, emu) = (first.bucket(), first.emulator());
+    bucket.upload(&first.export(), "");
     let unscoped = |env: &TestEnv, args: &[&str]| {
-        env.cmd()
-            .env("CLAZAR_CLIENT_ID", CLIENT_ID)
-            .env("CLAZAR_CLIENT_SECRET", SECRET)
+        env.meterbook(args)
             .env("S3_BUCKET_NAME", &bucket.name)
-            .args(["--s3-endpoint-url", &endpoint(), "--s3-path-style"])
-            .args(args)
-            .output()
-            .unwrap()
+            .expect_code(0)
     };
     // An earlier deployment, not scoped, kept its state at the shared default.
-    let out = unscoped(&first, &["run", "--clazar-base-url", &emu.url()]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    unscoped(&first, &["run"]);
     let requests = emu.metering_requests();
     assert!(requests > 0);
-    let shared = format!("s3://{}/meterbook/state/ledger.sqlite", bucket.name);
+    let shared = format!("{}/meterbook/state/ledger.sqlite", bucket.url());
     let own = format!(
-        "s3://{}/meterbook/state/pg/PROD/pt-1/ledger.sqlite",
-        bucket.name
+        "{}/meterbook/state/pg/PROD/pt-1/ledger.sqlite",
+        bucket.url()
     );
 
     // Now scoped to its plan, on a fresh host: it keeps that state (sending nothing again).
-    let second = TestEnv::new();
-    let out = output(as_predecessor(&second, &bucket, "pt-1", &emu), &["run"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let out = as_predecessor(&first.another_host(), "pt-1", &["run"]).expect_code(0);
     assert!(
-        stderr_of(&out).contains(&format!("using the state at {shared}")),
+        out.stderr.contains(&format!("using the state at {shared}")),
         "{}",
-        stderr_of(&out)
+        out.stderr
     );
     assert_eq!(emu.metering_requests(), requests);
     assert!(!bucket.exists("meterbook/state/pg/PROD/pt-1/ledger.sqlite"));
 
     // Moved as the warning says, the plan's own state is used from then on.
-    let mover = TestEnv::new();
-    let moved = mover.dir.path().join("move.sqlite");
+    let mover = first.another_host();
+    let moved = mover.path("move.sqlite");
     let moved = moved.to_str().unwrap();
-    for args in [
-        &["--ledger", moved, "sync", "pull", "--state-url", &shared][..],
-        &["--ledger", moved, "sync", "push", "--state-url", &own],
-    ] {
-        if args.contains(&"push") {
-            std::fs::remove_file(format!("{moved}.sync.json")).unwrap();
-        }
-        let out = unscoped(&mover, args);
-        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr_of(&out));
-    }
-    let third = TestEnv::new();
-    let out = output(as_predecessor(&third, &bucket, "pt-1", &emu), &["run"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
-    assert!(
-        !stderr_of(&out).contains("using the state at"),
-        "{}",
-        stderr_of(&out)
+    unscoped(
+        &mover,
+        &["--ledger", moved, "sync", "pull", "--state-url", &shared],
     );
+    std::fs::remove_file(format!("{moved}.sync.json")).unwrap();
+    unscoped(
+        &mover,
+        &["--ledger", moved, "sync", "push", "--state-url", &own],
+    );
+    let out = as_predecessor(&first.another_host(), "pt-1", &["run"]).expect_code(0);
+    assert!(!out.stderr.contains("using the state at"), "{}", out.stderr);
     assert_eq!(emu.metering_requests(), requests);
     emu.assert_exactly_once();
 }
 
 #[test]
 fn submit_sends_nothing_for_a_service_key_whose_local_predecessor_state_was_not_imported() {
-    let env = TestEnv::new();
+    let env = TestEnv::new().with_emulator(&[]);
     usage(&env, "2025/06/10/00", "A");
     usage(&env, "2025/07/10/00", "A");
-    marker(&env, "2025-07-31T23:59:59Z");
-    ingested(&env);
+    env.write_marker("2025-07-31T23:59:59Z");
+    env.ingest().expect_code(0);
     // The older monthly version's state file, in the working directory.
     std::fs::write(
-        env.dir.path().join("metering_state.json"),
+        env.path("metering_state.json"),
         json!({"pg:PROD:pt-1": {"last_processed_month": "2025-06",
             "success_contracts": {"2025-06": ["A"]}}})
         .to_string(),
     )
     .unwrap();
-    let emu = Emulator::start(&env, &[]);
-    let out = submit(&env, &emu, &[]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    let emu = env.emulator();
+    let out = env.meterbook(["submit"]).expect_code(3);
     assert_eq!(emu.metering_requests(), 0);
     assert!(
-        stderr_of(&out).contains("`meterbook import-state --from metering_state.json`"),
+        out.stderr
+            .contains("`meterbook import-state --from metering_state.json`"),
         "{}",
-        stderr_of(&out)
+        out.stderr
     );
     // Imported (found without --from), the month after the predecessor's is sent.
-    env.cmd().arg("import-state").assert().success();
-    let out = submit(&env, &emu, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
-    assert_eq!(sent(&emu), [pair("A", "2025-07")]);
+    env.meterbook(["import-state"]).expect_code(0);
+    env.meterbook(["submit"]).expect_code(0);
+    assert_eq!(emu.contract_months(), [pair("A", "2025-07")]);
 }

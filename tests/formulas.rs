@@ -13,8 +13,6 @@
 //! The seed is random per run and printed on failure; `METERBOOK_FORMULA_SEED=<n>` replays one.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 
 use meterbook::dimensions::{quantity_of, Rounding};
 use meterbook::formula::{Expression, Refusal, Value};
@@ -22,6 +20,8 @@ use num_bigint::BigInt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value as Json};
+
+use crate::util::python_script;
 
 /// The predecessor's variables, and one more dimension (meterbook lets formulas read any).
 const VARIABLES: [&str; 10] = [
@@ -346,13 +346,6 @@ fn describe(case: &Case, python: &Python) -> String {
 
 /// Asks python3 (one process) for every case's answer.
 fn python(cases: &[Case]) -> Vec<Python> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/eval_formulas.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
     let input: String = cases
         .iter()
         .map(|c| {
@@ -364,14 +357,11 @@ fn python(cases: &[Case]) -> Vec<Python> {
             json!({"formula": c.formula, "vars": vars}).to_string() + "\n"
         })
         .collect();
-    let mut stdin = child.stdin.take().unwrap();
-    // Written from another thread: python3 answers while it reads, and both pipes are bounded.
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output().expect("python3 finishes");
-    writer.join().unwrap().expect("python3 reads every case");
-    assert!(out.status.success(), "eval_formulas.py failed");
-    let answers: Vec<Python> = String::from_utf8(out.stdout)
-        .unwrap()
+    let out = python_script("tests/py/eval_formulas.py")
+        .stdin(input)
+        .expect_code(0);
+    let answers: Vec<Python> = out
+        .stdout
         .lines()
         .map(|line| decode(&serde_json::from_str(line).unwrap()))
         .collect();

@@ -2,35 +2,11 @@
 //! files over the size limit, files of nothing but problems, billing-file bombs. Each test shows
 //! the bad input as rows naming it, and everything else ingested (or submitted) as usual.
 
+use std::panic::AssertUnwindSafe;
+
 use serde_json::{json, Value};
 
-use crate::emulator::{Emulator, CLIENT_ID, SECRET};
-use crate::util::{record, stderr_of, usage_key, zip_of, TestEnv};
-
-/// `meterbook ingest --source <export>` and its output.
-fn ingest(env: &TestEnv, extra: &[&str]) -> std::process::Output {
-    env.cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .args(extra)
-        .output()
-        .unwrap()
-}
-
-fn write_records(env: &TestEnv, key: &str, records: &[Value]) {
-    env.write_usage(key, Value::Array(records.to_vec()).to_string().as_bytes());
-}
-
-/// (key, record_index, reason) of every row of `usage_problems`.
-fn problems(env: &TestEnv) -> Vec<(String, Option<i64>, String)> {
-    env.db()
-        .prepare("SELECT key, record_index, reason FROM usage_problems ORDER BY key, record_index")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-}
+use crate::util::{record, usage_key, zip_of, Output, TestCommand, TestEnv};
 
 /// The reason of the one problem whose key ends with `suffix`.
 fn reason_for(problems: &[(String, Option<i64>, String)], suffix: &str) -> String {
@@ -44,10 +20,9 @@ fn reason_for(problems: &[(String, Option<i64>, String)], suffix: &str) -> Strin
 /// sent nothing for any contract.
 #[test]
 fn an_overflowing_pair_of_records_is_refused_and_every_contract_is_still_submitted() {
-    let env = TestEnv::new();
+    let env = TestEnv::new().with_emulator(&[]);
     let bad = usage_key("pt-1", "2025/06/01/00", "sub-a");
-    write_records(
-        &env,
+    env.write_records(
         &bad,
         &[
             record(Some("contract-a"), "cpu_core_hours", json!(i64::MAX)),
@@ -55,30 +30,23 @@ fn an_overflowing_pair_of_records_is_refused_and_every_contract_is_still_submitt
             record(Some("contract-a"), "replica_hours", json!(3)),
         ],
     );
-    write_records(
-        &env,
+    env.write_records(
         &usage_key("pt-1", "2025/06/02/00", "sub-a"),
         &[record(Some("contract-a"), "cpu_core_hours", json!(7))],
     );
-    write_records(
-        &env,
+    env.write_records(
         &usage_key("pt-1", "2025/06/01/00", "sub-b"),
         &[record(Some("contract-b"), "cpu_core_hours", json!(4))],
     );
-    env.write_usage(
-        "omnistrate-metering/last_success_export.json",
-        br#"{"pg:PROD:pt-1": {"last_processed_to": "2025-06-30T23:59:59Z"}}"#,
-    );
+    env.write_marker("2025-06-30T23:59:59Z");
 
-    let out = ingest(&env, &[]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
-    let stderr = stderr_of(&out);
+    let stderr = env.ingest().expect_code(3).stderr;
     assert!(
         stderr.contains(&format!("{bad}: record 0: value 9223372036854775807"))
             && stderr.contains("2^52"),
         "{stderr}"
     );
-    let p = problems(&env);
+    let p = env.usage_problems();
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!((p[0].0.as_str(), p[0].1), (bad.as_str(), Some(0)));
     assert_eq!(
@@ -98,25 +66,14 @@ fn an_overflowing_pair_of_records_is_refused_and_every_contract_is_still_submitt
         "pending_periods",
         "submission_drift",
     ] {
-        env.cmd()
-            .args(["sql", &format!("SELECT * FROM {view}")])
-            .assert()
-            .success();
+        env.meterbook(["sql", &format!("SELECT * FROM {view}")])
+            .expect_code(0);
     }
 
-    let emu = Emulator::start(&env, &[]);
-    let out = env
-        .cmd()
-        .env("CLAZAR_CLIENT_ID", CLIENT_ID)
-        .env("CLAZAR_CLIENT_SECRET", SECRET)
-        .env("METERBOOK_CLAZAR_BASE_URL", emu.url())
-        .arg("submit")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    env.meterbook(["submit"]).expect_code(0);
     let q = |c: &str, d: &str, n: &str| (c.to_string(), d.to_string(), n.to_string());
     assert_eq!(
-        emu.accepted_quantities(),
+        env.emulator().accepted_quantities(),
         [
             q("contract-a", "cpu_core_hours", "8"),
             q("contract-a", "replica_hours", "3"),
@@ -129,8 +86,8 @@ fn an_overflowing_pair_of_records_is_refused_and_every_contract_is_still_submitt
 fn odd_paths_are_problem_rows_naming_them_and_everything_else_is_ingested() {
     let env = TestEnv::new();
     let good = [record(Some("c-1"), "cpu_core_hours", json!(2))];
-    write_records(&env, &usage_key("pt-1", "2025/06/01/00", "sub-a"), &good);
-    let elsewhere = env.dir.path().join("elsewhere");
+    env.write_records(&usage_key("pt-1", "2025/06/01/00", "sub-a"), &good);
+    let elsewhere = env.path("elsewhere");
     std::fs::create_dir_all(elsewhere.join("00")).unwrap();
     std::fs::write(
         elsewhere.join("00/sub-x.json"),
@@ -146,21 +103,18 @@ fn odd_paths_are_problem_rows_naming_them_and_everything_else_is_ingested() {
     let fifo = std::ffi::CString::new(day.join("00/fifo.json").to_str().unwrap()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
     // A year before 1970, and folder names that would merge two service keys.
-    write_records(&env, &usage_key("pt-1", "1969/12/31/23", "sub-a"), &good);
-    write_records(
-        &env,
+    env.write_records(&usage_key("pt-1", "1969/12/31/23", "sub-a"), &good);
+    env.write_records(
         "omnistrate-metering/pg:PROD/x/pt-1/2025/06/01/00/sub-a.json",
         &good,
     );
-    write_records(
-        &env,
+    env.write_records(
         "omnistrate-metering/pg/PROD:x/pt-1/2025/06/01/00/sub-a.json",
         &good,
     );
 
-    let out = ingest(&env, &[]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
-    let p = problems(&env);
+    env.ingest().expect_code(3);
+    let p = env.usage_problems();
     assert!(reason_for(&p, "00/link.json").contains("symbolic link, not followed"));
     assert!(reason_for(&p, "2025/06/01/01").contains("symbolic link, not followed"));
     assert!(reason_for(&p, "00/fifo.json").contains("not a regular file"));
@@ -181,44 +135,33 @@ fn odd_paths_are_problem_rows_naming_them_and_everything_else_is_ingested() {
     for name in ["00/link.json", "01", "00/fifo.json"] {
         std::fs::remove_file(day.join(name)).unwrap();
     }
-    let out = ingest(&env, &[]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    env.ingest().expect_code(0);
     assert_eq!(env.count("SELECT COUNT(*) FROM source_problems"), 0);
-    assert_eq!(problems(&env).len(), 3);
+    assert_eq!(env.usage_problems().len(), 3);
 }
 
-/// `meterbook ingest` as a user whom permissions bind. As root (CI runs as root) chmod 000 does
-/// not stop reads, so the run is made as `nobody` through `setpriv`; without it the test is
-/// skipped (`None`), and the walker's handling of a folder that cannot be listed is still
-/// covered by the unit test
+/// `meterbook ingest`, which must exit with `code`, as a user whom permissions bind. As root (CI
+/// runs as root) chmod 000 does not stop reads, so the run is made as `nobody` through `setpriv`;
+/// without it the test is skipped (`None`), and the walker's handling of a folder that cannot be
+/// listed is still covered by the unit test
 /// `source::local::tests::a_folder_that_cannot_be_listed_is_a_problem_and_the_walk_goes_on`.
-fn ingest_unprivileged(env: &TestEnv) -> Option<std::process::Output> {
+fn ingest_unprivileged(env: &TestEnv, code: i32) -> Option<Output> {
     if unsafe { libc::geteuid() } != 0 {
-        return Some(ingest(env, &[]));
+        return Some(env.ingest().expect_code(code));
     }
     use std::os::unix::fs::PermissionsExt;
-    let usable = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(assert_cmd::cargo::cargo_bin("meterbook"))
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let as_nobody = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+    let usable = TestCommand::new("setpriv")
+        .args(as_nobody)
+        .args([env!("CARGO_BIN_EXE_meterbook"), "--version"])
+        .succeeds();
     if !usable {
         eprintln!("skipped: running as root (chmod 000 does not stop reads) without setpriv");
         return None;
     }
     // The user nobody writes the ledger in the test's folder and reads the export.
     std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let me = env.std_cmd();
-    let mut cmd = std::process::Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(me.get_program())
-        .env_clear()
-        .envs(me.get_envs().filter_map(|(k, v)| Some((k, v?))))
-        .current_dir(env.dir.path())
-        .args(["ingest", "--source"])
-        .arg(env.export());
-    Some(cmd.output().unwrap())
+    Some(env.ingest().via("setpriv", as_nobody).expect_code(code))
 }
 
 #[test]
@@ -227,9 +170,9 @@ fn an_unreadable_folder_and_file_are_problem_rows_and_the_rest_is_ingested() {
     let env = TestEnv::new();
     let good = [record(Some("c-1"), "cpu_core_hours", json!(2))];
     for sub in ["sub-a", "sub-b"] {
-        write_records(&env, &usage_key("pt-1", "2025/06/01/00", sub), &good);
+        env.write_records(&usage_key("pt-1", "2025/06/01/00", sub), &good);
     }
-    write_records(&env, &usage_key("pt-1", "2025/06/02/00", "sub-a"), &good);
+    env.write_records(&usage_key("pt-1", "2025/06/02/00", "sub-a"), &good);
     let day = env
         .export()
         .join("omnistrate-metering/pg/PROD/pt-1/2025/06/02");
@@ -238,37 +181,39 @@ fn an_unreadable_folder_and_file_are_problem_rows_and_the_rest_is_ingested() {
         .join(usage_key("pt-1", "2025/06/01/00", "sub-b"));
     std::fs::set_permissions(&day, std::fs::Permissions::from_mode(0o000)).unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o000)).unwrap();
-    let out = ingest_unprivileged(&env);
+    let out = std::panic::catch_unwind(AssertUnwindSafe(|| ingest_unprivileged(&env, 3)));
+    // Readable again before any failure is reported, so that the folder can be removed.
     std::fs::set_permissions(&day, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let Some(out) = out else { return };
-    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
-    let p = problems(&env);
+    let Some(_) = out.unwrap_or_else(|panic| std::panic::resume_unwind(panic)) else {
+        return;
+    };
+    let p = env.usage_problems();
     assert!(reason_for(&p, "2025/06/02").contains("cannot be listed"));
     assert!(reason_for(&p, "00/sub-b.json").contains("could not be read"));
     assert_eq!(env.count("SELECT COUNT(*) FROM usage_records"), 1);
 
     // Readable again: both are ingested and their problem rows are gone.
-    let out = ingest(&env, &[]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    env.ingest().expect_code(0);
     assert_eq!(env.count("SELECT COUNT(*) FROM usage_records"), 3);
-    assert_eq!(problems(&env).len(), 0);
+    assert_eq!(env.usage_problems().len(), 0);
 }
 
 #[test]
 fn a_file_over_the_size_limit_is_a_problem_row_and_is_read_once_the_limit_allows() {
     let env = TestEnv::new();
     let small = [record(Some("c-1"), "cpu_core_hours", json!(2))];
-    write_records(&env, &usage_key("pt-1", "2025/06/01/00", "sub-a"), &small);
+    env.write_records(&usage_key("pt-1", "2025/06/01/00", "sub-a"), &small);
     let big: Vec<Value> = (0..40)
         .map(|_| record(Some("c-2"), "cpu_core_hours", json!(1)))
         .collect();
     let big_key = usage_key("pt-1", "2025/06/01/00", "sub-b");
-    write_records(&env, &big_key, &big);
+    env.write_records(&big_key, &big);
 
-    let out = ingest(&env, &["--max-file-bytes", "4KiB"]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
-    let p = problems(&env);
+    env.ingest()
+        .args(["--max-file-bytes", "4KiB"])
+        .expect_code(3);
+    let p = env.usage_problems();
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(p[0].0, big_key);
     assert!(p[0].2.contains("over the limit of 4096 bytes"), "{p:?}");
@@ -282,9 +227,8 @@ fn a_file_over_the_size_limit_is_a_problem_row_and_is_read_once_the_limit_allows
         1
     );
 
-    let out = ingest(&env, &[]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    assert_eq!(problems(&env).len(), 0);
+    env.ingest().expect_code(0);
+    assert_eq!(env.usage_problems().len(), 0);
     assert_eq!(
         env.count("SELECT value FROM monthly_usage WHERE contract_id = 'c-2'"),
         40
@@ -298,17 +242,15 @@ fn problems_per_file_are_capped_and_counted() {
     let zeros = format!("[{}0]", "0,".repeat(2999));
     let bad_key = usage_key("pt-1", "2025/06/01/00", "sub-a");
     env.write_usage(&bad_key, zeros.as_bytes());
-    write_records(
-        &env,
+    env.write_records(
         &usage_key("pt-1", "2025/06/01/00", "sub-b"),
         &[record(Some("c-1"), "cpu_core_hours", json!(2))],
     );
-    let out = ingest(&env, &[]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    let out = env.ingest().expect_code(3);
     assert!(
-        stderr_of(&out).contains("3000 problems in 1 files"),
+        out.stderr.contains("3000 problems in 1 files"),
         "{}",
-        stderr_of(&out)
+        out.stderr
     );
     assert_eq!(
         env.count("SELECT problem_count FROM usage_files WHERE key LIKE '%sub-a.json'"),
@@ -339,7 +281,7 @@ fn billing_file(dir: &std::path::Path, month: &str, csv: &[u8]) {
 #[test]
 fn billing_bombs_end_as_a_few_problem_rows_and_other_months_are_intact() {
     let env = TestEnv::new();
-    let dir = env.dir.path().join("billing");
+    let dir = env.path("billing");
     std::fs::create_dir_all(&dir).unwrap();
     let good = format!(
         "{BILLING_HEADER}1,111,222,LineItem,EC2,2025-06-01 00:00:00,2025-06-01 01:00:00,1,0.5,0.5,i-1,alice\n"
@@ -352,13 +294,9 @@ fn billing_bombs_end_as_a_few_problem_rows_and_other_months_are_intact() {
     endless.extend(vec![b'0'; 8 << 20]);
     billing_file(&dir, "2025-04", &endless);
 
-    let out = env
-        .cmd()
-        .args(["costs", "ingest", "--source"])
+    env.meterbook(["costs", "ingest", "--source"])
         .arg(&dir)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+        .expect_code(3);
     assert_eq!(
         env.count("SELECT problem_count FROM cost_files WHERE month = '2025-05'"),
         200_000
@@ -367,14 +305,8 @@ fn billing_bombs_end_as_a_few_problem_rows_and_other_months_are_intact() {
         env.count("SELECT COUNT(*) FROM cost_problems WHERE month = '2025-05'"),
         1001
     );
-    let endless_reason: String = env
-        .db()
-        .query_row(
-            "SELECT reason FROM cost_problems WHERE month = '2025-04'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let endless_reason: String =
+        env.one("SELECT reason FROM cost_problems WHERE month = '2025-04'");
     assert!(
         endless_reason.contains("longer than 1048576 bytes"),
         "{endless_reason}"

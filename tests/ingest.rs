@@ -1,56 +1,27 @@
 //! `meterbook ingest` from a local folder: files and records as rows, idempotence, rewrites,
 //! bad input, unattributed records, scope, and schema versions.
 
-use std::collections::BTreeMap;
-
 use serde_json::json;
 
-use crate::util::{files_under, record, stderr_of, usage_key, TestEnv};
-
-/// Sums every record of every generated file, independently of meterbook.
-fn expected_monthly(env: &TestEnv) -> BTreeMap<(String, String), f64> {
-    let mut sums = BTreeMap::new();
-    for entry in files_under(&env.export().join("omnistrate-metering")) {
-        if entry.file_name().unwrap() == "last_success_export.json" {
-            continue;
-        }
-        let records: Vec<serde_json::Value> =
-            serde_json::from_slice(&std::fs::read(&entry).unwrap()).unwrap();
-        for r in records {
-            let key = (
-                r["externalPayerId"].as_str().unwrap().to_string(),
-                r["dimension"].as_str().unwrap().to_string(),
-            );
-            *sums.entry(key).or_insert(0.0) += r["value"].as_f64().unwrap();
-        }
-    }
-    sums
-}
+use crate::util::{
+    files_under, record, usage_files, usage_key, usage_records, usage_sums, TestEnv, MARKER_KEY,
+};
 
 #[test]
 fn ingests_every_file_and_monthly_usage_matches_the_files() {
     let env = TestEnv::new();
     env.generate(&["--subscriptions", "3", "--hours", "30"]);
-    env.cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .assert()
-        .success();
+    env.ingest().expect_code(0);
 
     assert_eq!(
         env.count("SELECT COUNT(*) FROM usage_files WHERE status = 'ok'"),
         90
     );
-    let expected = expected_monthly(&env);
-    let db = env.db();
-    let mut stmt = db
-        .prepare("SELECT contract_id, dimension, value, hours FROM monthly_usage WHERE month = '2025-06'")
-        .unwrap();
-    let rows: Vec<(String, String, f64, i64)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let expected = usage_sums(&env.export());
+    let rows: Vec<(String, String, f64, i64)> = env.rows(
+        "SELECT contract_id, dimension, value, hours FROM monthly_usage WHERE month = '2025-06'",
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    );
     assert_eq!(rows.len(), expected.len());
     for (contract, dimension, value, hours) in rows {
         assert_eq!(expected[&(contract, dimension)], value);
@@ -70,23 +41,13 @@ fn ingests_every_file_and_monthly_usage_matches_the_files() {
 fn a_second_ingest_adds_nothing_and_says_so() {
     let env = TestEnv::new();
     env.generate(&["--subscriptions", "2", "--hours", "5"]);
-    env.cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .assert()
-        .success();
+    env.ingest().expect_code(0);
     let records = env.count("SELECT COUNT(*) FROM usage_records");
-    let out = env
-        .cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = env.ingest().expect_code(0);
     assert!(
-        stderr_of(&out).contains("nothing new: 10 usage files"),
+        out.stderr.contains("nothing new: 10 usage files"),
         "{}",
-        stderr_of(&out)
+        out.stderr
     );
     assert_eq!(env.count("SELECT COUNT(*) FROM usage_records"), records);
     assert_eq!(
@@ -108,26 +69,12 @@ fn a_rewritten_file_replaces_its_records_and_keeps_history() {
         record(Some("c1"), "replica_hours", json!(1))
     ]);
     env.write_usage(&key, v1.to_string().as_bytes());
-    env.cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .assert()
-        .success();
+    env.ingest().expect_code(0);
 
     let v2 = json!([record(Some("c1"), "cpu_core_hours", json!(50))]);
     env.write_usage(&key, v2.to_string().as_bytes());
-    let out = env
-        .cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("1 replaced"),
-        "{}",
-        stderr_of(&out)
-    );
+    let out = env.ingest().expect_code(0);
+    assert!(out.stderr.contains("1 replaced"), "{}", out.stderr);
 
     assert_eq!(env.count("SELECT COUNT(*) FROM usage_records"), 1);
     assert_eq!(
@@ -187,17 +134,11 @@ fn bad_input_becomes_problem_rows_and_loses_nothing_else() {
         good.to_string().as_bytes(),
     );
 
-    let out = env
-        .cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    let out = env.ingest().expect_code(3);
     assert!(
-        stderr_of(&out).contains("9 problems in 6 files"),
+        out.stderr.contains("9 problems in 6 files"),
         "{}",
-        stderr_of(&out)
+        out.stderr
     );
 
     // The good file and the good records of the mixed file are all there.
@@ -210,14 +151,7 @@ fn bad_input_becomes_problem_rows_and_loses_nothing_else() {
         1
     );
 
-    let problems: Vec<(String, Option<i64>, String)> = env
-        .db()
-        .prepare("SELECT key, record_index, reason FROM usage_problems ORDER BY key, record_index")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let problems = env.usage_problems();
     let find = |file: &str, index: Option<i64>| {
         problems
             .iter()
@@ -256,17 +190,11 @@ fn records_without_a_contract_are_kept_and_shown() {
         &usage_key("pt-1", "2025/06/01/00", "sub-1"),
         body.to_string().as_bytes(),
     );
-    let out = env
-        .cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3));
+    let out = env.ingest().expect_code(3);
     assert!(
-        stderr_of(&out).contains("2 unattributed records"),
+        out.stderr.contains("2 unattributed records"),
         "{}",
-        stderr_of(&out)
+        out.stderr
     );
     assert_eq!(env.count("SELECT value FROM unattributed_usage"), 5);
     assert_eq!(env.count("SELECT records FROM unattributed_usage"), 2);
@@ -286,27 +214,11 @@ fn scope_narrows_to_one_service_key_and_a_range_of_months() {
         let body = json!([record(Some("c1"), "cpu_core_hours", json!(1))]);
         env.write_usage(&usage_key(plan, hour, "sub-1"), body.to_string().as_bytes());
     }
-    env.cmd()
+    env.ingest()
+        .args(["--from-month", "2025-06", "--to-month", "2025-07"])
         .env("PLAN_ID", "pt-1")
-        .args([
-            "ingest",
-            "--from-month",
-            "2025-06",
-            "--to-month",
-            "2025-07",
-            "--source",
-        ])
-        .arg(env.export())
-        .assert()
-        .success();
-    let keys: Vec<String> = env
-        .db()
-        .prepare("SELECT key FROM usage_files ORDER BY key")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+        .expect_code(0);
+    let keys: Vec<String> = env.column("SELECT key FROM usage_files ORDER BY key");
     assert_eq!(
         keys,
         [
@@ -328,13 +240,9 @@ fn files_that_are_not_usage_files_are_ignored() {
         "omnistrate-metering/pg/PROD/pt-1/2025/06/01/00/notes.txt",
         b"hello",
     );
-    env.write_usage("omnistrate-metering/last_success_export.json", b"{}");
+    env.write_usage(MARKER_KEY, b"{}");
     env.write_usage("omnistrate-metering/readme.json", b"{}");
-    env.cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .assert()
-        .success();
+    env.ingest().expect_code(0);
     assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 1);
 }
 
@@ -342,11 +250,7 @@ fn files_that_are_not_usage_files_are_ignored() {
 fn a_ledger_from_a_newer_meterbook_is_refused_and_left_unchanged() {
     let env = TestEnv::new();
     env.generate(&["--subscriptions", "1", "--hours", "2"]);
-    env.cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .assert()
-        .success();
+    env.ingest().expect_code(0);
     env.db()
         .execute(
             "INSERT INTO refinery_schema_history (version, name, applied_on, checksum)
@@ -355,54 +259,33 @@ fn a_ledger_from_a_newer_meterbook_is_refused_and_left_unchanged() {
         )
         .unwrap();
     let before = std::fs::read(&env.ledger).unwrap();
-    let out = env
-        .cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = stderr_of(&out);
+    let err = env.ingest().expect_code(2).stderr;
     assert!(err.contains("schema version 999"), "{err}");
     assert!(err.contains("knows versions up to"), "{err}");
     assert_eq!(std::fs::read(&env.ledger).unwrap(), before);
 
-    let out = env.cmd().args(["sql", "SELECT 1"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    env.meterbook(["sql", "SELECT 1"]).expect_code(2);
 }
 
 #[test]
 fn the_completion_marker_is_recorded_with_history() {
     let env = TestEnv::new();
-    let marker = "omnistrate-metering/last_success_export.json";
+    let marker = MARKER_KEY;
     env.write_usage(
         marker,
         br#"{"pg:PROD:pt-1": {"last_processed_to": "2025-06-30T23:59:59Z", "last_updated_at": "2025-07-01T00:05:00Z"}}"#,
     );
-    env.cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .assert()
-        .success();
+    env.ingest().expect_code(0);
     env.write_usage(
         marker,
         br#"{"pg:PROD:pt-1": {"last_processed_to": "2025-07-31T23:59:59Z", "last_updated_at": "2025-08-01T00:05:00Z"}}"#,
     );
-    env.cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .assert()
-        .success();
+    env.ingest().expect_code(0);
     assert_eq!(
         env.count("SELECT COUNT(*) FROM export_markers WHERE service_key = 'pg:PROD:pt-1'"),
         2
     );
-    let latest: String = env
-        .db()
-        .query_row("SELECT last_processed_to FROM export_completion", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let latest: String = env.one("SELECT last_processed_to FROM export_completion");
     assert_eq!(latest, "2025-07-31T23:59:59Z");
 
     // A malformed marker is recorded and warned about; ingest still runs.
@@ -412,41 +295,22 @@ fn the_completion_marker_is_recorded_with_history() {
         &usage_key("pt-1", "2025/06/01/00", "sub-1"),
         body.to_string().as_bytes(),
     );
-    let out = env
-        .cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    let out = env.ingest().expect_code(0);
     assert!(
-        stderr_of(&out).contains("marker is not valid JSON"),
+        out.stderr.contains("marker is not valid JSON"),
         "{}",
-        stderr_of(&out)
+        out.stderr
     );
     assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 1);
 
     std::fs::remove_file(env.export().join(marker)).unwrap();
-    let out = env
-        .cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = env.ingest().expect_code(0);
     assert!(
-        stderr_of(&out).contains("no completion marker"),
+        out.stderr.contains("no completion marker"),
         "{}",
-        stderr_of(&out)
+        out.stderr
     );
-    let statuses: Vec<String> = env
-        .db()
-        .prepare("SELECT status FROM export_marker_reads ORDER BY id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let statuses: Vec<String> = env.column("SELECT status FROM export_marker_reads ORDER BY id");
     assert_eq!(statuses, ["ok", "ok", "malformed", "missing"]);
     // The last good value still stands.
     assert_eq!(env.count("SELECT COUNT(*) FROM export_completion"), 1);
@@ -470,38 +334,27 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path, keep: impl Fn(&str) -
 
 /// Usage files and records in an export tree, counted independently of meterbook.
 fn files_and_records(export: &std::path::Path) -> (i64, i64) {
-    let mut counts = (0, 0);
-    for file in files_under(&export.join("omnistrate-metering")) {
-        if file.file_name().unwrap() != "last_success_export.json" {
-            let records: Vec<serde_json::Value> =
-                serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-            counts.0 += 1;
-            counts.1 += records.len() as i64;
-        }
-    }
-    counts
+    (
+        usage_files(export).len() as i64,
+        usage_records(export).len() as i64,
+    )
 }
 
 /// Runs `meterbook ingest` into `ledger` from each folder at once, in small transactions; every
 /// one must end with exit code 0.
 fn ingest_at_once(env: &TestEnv, ledger: &std::path::Path, sources: &[std::path::PathBuf]) {
-    let children: Vec<_> = sources
+    let running: Vec<_> = sources
         .iter()
         .map(|source| {
-            env.std_cmd()
-                .arg("--ledger")
+            env.meterbook(["--ledger"])
                 .arg(ledger)
                 .args(["ingest", "--batch-files", "3", "--source"])
                 .arg(source)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
                 .spawn()
-                .unwrap()
         })
         .collect();
-    for child in children {
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    for run in running {
+        run.expect_code(0);
     }
 }
 
@@ -547,7 +400,7 @@ fn concurrent_ingests_of_overlapping_trees_both_finish_and_store_every_file_once
         0
     );
     assert_eq!(env.count("SELECT COUNT(*) FROM ingest_runs"), 4);
-    let expected = expected_monthly(&env);
+    let expected = usage_sums(&env.export());
     let sum: f64 = expected.values().sum();
     let stored: f64 = env
         .db()
@@ -558,7 +411,7 @@ fn concurrent_ingests_of_overlapping_trees_both_finish_and_store_every_file_once
 
 #[test]
 fn an_ingest_and_a_submit_at_once_both_finish() {
-    let env = TestEnv::new();
+    let env = TestEnv::new().with_emulator(&[]);
     let dir = env.dir.path();
     env.generate(&[
         "--subscriptions",
@@ -580,19 +433,10 @@ fn an_ingest_and_a_submit_at_once_both_finish() {
     copy_tree(&env.export(), &dir.join("all"), |_| true);
     // June is complete and ingested; July arrives while June is submitted.
     ingest_at_once(&env, &env.ledger, &[dir.join("june")]);
-    let emu = crate::emulator::Emulator::start(&env, &[]);
-    let submit = env
-        .std_cmd()
-        .env("CLAZAR_CLIENT_ID", crate::emulator::CLIENT_ID)
-        .env("CLAZAR_CLIENT_SECRET", crate::emulator::SECRET)
-        .args(["submit", "--clazar-base-url", &emu.url()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let submit = env.meterbook(["submit"]).spawn();
     ingest_at_once(&env, &env.ledger, &[dir.join("all")]);
-    let out = submit.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    submit.expect_code(0);
+    let emu = env.emulator();
     emu.assert_exactly_once();
     let (files, records) = files_and_records(&env.export());
     assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), files);

@@ -1,7 +1,9 @@
 //! The test S3 server (moto, started by `scripts/test`) as the tests use it: its endpoint, and a
-//! fresh bucket per test with a client to fill it.
+//! fresh bucket per test with a client to fill and inspect it.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
@@ -14,7 +16,7 @@ pub fn endpoint() -> String {
         .expect("METERBOOK_TEST_S3_ENDPOINT is set; run the tests with scripts/test")
 }
 
-/// A fresh bucket of its own on the test server, and a client to fill it.
+/// A fresh bucket of its own on the test server, and a client to fill and inspect it.
 pub struct Bucket {
     rt: tokio::runtime::Runtime,
     client: aws_sdk_s3::Client,
@@ -22,7 +24,9 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    pub fn new(label: &str) -> Bucket {
+    /// Made through [`crate::util::TestEnv::with_bucket`].
+    pub(crate) fn new(label: &str) -> Bucket {
+        static MADE: AtomicU32 = AtomicU32::new(0);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -39,19 +43,32 @@ impl Bucket {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .subsec_nanos();
-        let name = format!("mb-{label}-{}-{nanos}", std::process::id());
+        let name = format!(
+            "mb-{}-{}-{}-{nanos}",
+            label.replace('_', "-"),
+            std::process::id(),
+            MADE.fetch_add(1, Ordering::Relaxed)
+        );
         rt.block_on(client.create_bucket().bucket(&name).send())
             .unwrap_or_else(|e| panic!("creating bucket {name}: {e:?}"));
         Bucket { rt, client, name }
     }
 
-    pub fn put(&self, key: &str, body: &[u8]) {
-        self.put_many(vec![(key.to_string(), body.to_vec())]);
+    /// `s3://<the bucket>`.
+    pub fn url(&self) -> String {
+        format!("s3://{}", self.name)
     }
 
-    pub fn put_many(&self, objects: Vec<(String, Vec<u8>)>) {
-        let client = &self.client;
-        let bucket = &self.name;
+    pub fn put(&self, key: &str, body: &[u8]) {
+        self.put_with_metadata(key, body, HashMap::new());
+    }
+
+    pub fn put_with_metadata(&self, key: &str, body: &[u8], metadata: HashMap<String, String>) {
+        self.put_many(vec![(key.to_string(), body.to_vec())], Some(metadata));
+    }
+
+    fn put_many(&self, objects: Vec<(String, Vec<u8>)>, metadata: Option<HashMap<String, String>>) {
+        let (client, bucket, metadata) = (&self.client, &self.name, &metadata);
         self.rt.block_on(async {
             let puts = futures::stream::iter(objects).map(|(key, body)| async move {
                 client
@@ -59,6 +76,7 @@ impl Bucket {
                     .bucket(bucket)
                     .key(&key)
                     .body(ByteStream::from(body))
+                    .set_metadata(metadata.clone())
                     .send()
                     .await
                     .unwrap_or_else(|e| panic!("putting {key}: {e:?}"));
@@ -67,27 +85,16 @@ impl Bucket {
         });
     }
 
-    /// Uploads every file under `dir` with its relative path after `prefix`; returns the number
-    /// of records in the usage files uploaded (read here, independently of meterbook).
-    pub fn upload_tree(&self, dir: &Path, prefix: &str) -> i64 {
-        let mut objects = Vec::new();
-        let mut records = 0;
-        for path in files_under(dir) {
-            let body = std::fs::read(&path).unwrap();
-            let rel = path
-                .strip_prefix(dir)
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .to_string();
-            if !rel.ends_with("last_success_export.json") {
-                let parsed: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
-                records += parsed.len() as i64;
-            }
-            objects.push((format!("{prefix}{rel}"), body));
-        }
-        self.put_many(objects);
-        records
+    /// Uploads every file under `dir` with its relative path after `prefix`.
+    pub fn upload(&self, dir: &Path, prefix: &str) {
+        let objects = files_under(dir)
+            .into_iter()
+            .map(|path| {
+                let rel = path.strip_prefix(dir).unwrap().to_str().unwrap();
+                (format!("{prefix}{rel}"), std::fs::read(&path).unwrap())
+            })
+            .collect();
+        self.put_many(objects, None);
     }
 
     pub fn exists(&self, key: &str) -> bool {
@@ -100,7 +107,41 @@ impl Bucket {
         let head = self
             .rt
             .block_on(self.client.head_object().bucket(&self.name).key(key).send())
-            .unwrap();
+            .unwrap_or_else(|e| panic!("head {key}: {e:?}"));
         head.e_tag().unwrap().trim_matches('"').to_string()
+    }
+
+    /// The user metadata of `key`.
+    pub fn metadata(&self, key: &str) -> HashMap<String, String> {
+        self.rt
+            .block_on(self.client.head_object().bucket(&self.name).key(key).send())
+            .unwrap_or_else(|e| panic!("head {key}: {e:?}"))
+            .metadata()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn delete(&self, key: &str) {
+        self.rt
+            .block_on(
+                self.client
+                    .delete_object()
+                    .bucket(&self.name)
+                    .key(key)
+                    .send(),
+            )
+            .unwrap_or_else(|e| panic!("deleting {key}: {e:?}"));
+    }
+
+    /// Every key in the bucket (up to the 1,000 of one listing page).
+    pub fn keys(&self) -> Vec<String> {
+        let out = self
+            .rt
+            .block_on(self.client.list_objects_v2().bucket(&self.name).send())
+            .expect("listing the bucket");
+        out.contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect()
     }
 }

@@ -2,73 +2,68 @@
 //! pagination, incremental re-runs, rewrites, what is not a usage file, the completion marker,
 //! permanent and transient errors (through `scripts/fault-proxy.py`), and a killed run.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
-use std::process::{Child, Command as StdCommand, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::emulator::{Emulator, CLIENT_ID, SECRET};
-use crate::s3::{endpoint, Bucket};
-use crate::util::{record, stderr_of, usage_key, TestEnv};
+use crate::s3::endpoint;
+use crate::util::{
+    http, python_script, record, usage_key, usage_records, Running, TestCommand, TestEnv,
+    MARKER_KEY,
+};
 
-/// `meterbook ingest --source s3://BUCKET/PREFIX` through `endpoint`.
-fn ingest(env: &TestEnv, endpoint: &str, source: &str) -> assert_cmd::Command {
-    let mut cmd = env.cmd();
-    cmd.args(["--s3-endpoint-url", endpoint, "--s3-path-style"])
-        .args(["ingest", "--source", source]);
-    cmd
+/// `meterbook ingest --source <source>`.
+fn ingest(env: &TestEnv, source: &str) -> TestCommand {
+    env.meterbook(["ingest", "--source", source])
 }
 
-/// `scripts/fault-proxy.py` in front of the test server; stopped by its process id when dropped.
+/// A usage file of one record: `value` CPU core hours of contract c-1.
+fn cpu_hours_of_c1(value: i64) -> Vec<u8> {
+    serde_json::to_vec(&json!([record(
+        Some("c-1"),
+        "cpu_core_hours",
+        json!(value)
+    )]))
+    .unwrap()
+}
+
+/// `scripts/fault-proxy.py` in front of the test server; stopped when dropped.
 struct FaultProxy {
-    child: Child,
+    _process: Running,
     url: String,
+    port: u16,
 }
 
 impl FaultProxy {
     fn start(args: &[&str]) -> FaultProxy {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fault-proxy.py");
-        let mut child = StdCommand::new("python3")
-            .arg(script)
+        let process = python_script("scripts/fault-proxy.py")
             .args(["--upstream", &endpoint()])
             .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 runs the fault proxy");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("fault proxy said {line:?}"))
-            .to_string();
-        FaultProxy { child, url }
+            .spawn();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let url = loop {
+            let said = process.stdout_so_far();
+            if let Some(line) = said.lines().next().filter(|_| said.contains('\n')) {
+                break line
+                    .strip_prefix("listening on ")
+                    .unwrap_or_else(|| panic!("fault proxy said {line:?}"))
+                    .to_string();
+            }
+            assert!(Instant::now() < deadline, "the fault proxy did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let port = url.rsplit(':').next().unwrap().parse().unwrap();
+        FaultProxy {
+            _process: process,
+            url,
+            port,
+        }
     }
 
     fn stats(&self) -> serde_json::Value {
-        let addr = self.url.strip_prefix("http://").unwrap();
-        let mut conn = std::net::TcpStream::connect(addr).unwrap();
-        write!(
-            conn,
-            "GET /__fault-proxy/stats HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut answer = String::new();
-        conn.read_to_string(&mut answer).unwrap();
-        let body = answer.split_once("\r\n\r\n").unwrap().1;
-        serde_json::from_str(body).unwrap()
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let (code, body) = http(self.port, "GET", "/__fault-proxy/stats", None).unwrap();
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
     }
 }
 
@@ -94,15 +89,16 @@ fn assert_files_whole(env: &TestEnv) {
 
 #[test]
 fn more_than_1000_keys_in_one_day_are_all_ingested_once_and_a_rerun_fetches_nothing() {
-    let env = TestEnv::new();
+    let env = TestEnv::new().with_bucket("pages");
     // 46 subscriptions x 24 hours: 1,104 usage files in one day, more than one listing page.
     env.generate(&["--subscriptions", "46", "--hours", "24"]);
-    let bucket = Bucket::new("pages");
-    let records = bucket.upload_tree(&env.export(), "exports/acme/");
-    let source = format!("s3://{}/exports/acme", bucket.name);
+    let bucket = env.bucket();
+    bucket.upload(&env.export(), "exports/acme/");
+    let records = usage_records(&env.export()).len() as i64;
+    let source = format!("{}/exports/acme", bucket.url());
 
-    let out = ingest(&env, &endpoint(), &source).assert().success();
-    let stderr = stderr_of(out.get_output());
+    let out = ingest(&env, &source).expect_code(0);
+    let stderr = out.stderr;
     assert!(stderr.contains("ingested 1104 new"), "{stderr}");
     assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 1104);
     assert_eq!(env.count("SELECT COUNT(*) FROM usage_records"), records);
@@ -122,16 +118,13 @@ fn more_than_1000_keys_in_one_day_are_all_ingested_once_and_a_rerun_fetches_noth
     let local = std::fs::metadata(env.export().join(&stored_key)).unwrap();
     assert_eq!(size as u64, local.len());
     assert!(modified.starts_with("20"), "{modified}");
-    let stored_source: String = env
-        .db()
-        .query_row("SELECT DISTINCT source FROM usage_files", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(stored_source, source);
+    let stored_sources: Vec<String> = env.column("SELECT DISTINCT source FROM usage_files");
+    assert_eq!(stored_sources, [source.as_str()]);
 
     // A re-run through a counting proxy: listings only, not one GET of a usage file.
     let proxy = FaultProxy::start(&[]);
-    let out = ingest(&env, &proxy.url, &source).assert().success();
-    let stderr = stderr_of(out.get_output());
+    let out = ingest(&env, &source).s3_endpoint(&proxy.url).expect_code(0);
+    let stderr = out.stderr;
     assert!(stderr.contains("nothing new: 1104 usage files"), "{stderr}");
     let stats = proxy.stats();
     let lists = stats["list_prefixes"].as_array().unwrap().len() as i64;
@@ -142,20 +135,19 @@ fn more_than_1000_keys_in_one_day_are_all_ingested_once_and_a_rerun_fetches_noth
 
 #[test]
 fn listing_covers_only_the_months_in_scope_and_unsubmitted_months_by_default() {
-    let env = TestEnv::new();
-    let bucket = Bucket::new("months");
-    let body =
-        serde_json::to_vec(&json!([record(Some("c-1"), "cpu_core_hours", json!(2))])).unwrap();
+    let env = TestEnv::new().with_bucket("months");
+    let bucket = env.bucket();
+    let body = cpu_hours_of_c1(2);
     for hour in ["2025/03/10/00", "2025/05/31/23", "2025/06/01/00"] {
         bucket.put(&usage_key("pt-1", hour, "sub-a"), &body);
     }
-    let source = format!("s3://{}", bucket.name);
+    let source = bucket.url();
     let proxy = FaultProxy::start(&[]);
 
-    ingest(&env, &proxy.url, &source)
+    ingest(&env, &source)
+        .s3_endpoint(&proxy.url)
         .args(["--from-month", "2025-05"])
-        .assert()
-        .success();
+        .expect_code(0);
     assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 2);
     let listed: Vec<String> =
         serde_json::from_value(proxy.stats()["list_prefixes"].clone()).unwrap();
@@ -165,7 +157,7 @@ fn listing_covers_only_the_months_in_scope_and_unsubmitted_months_by_default() {
     );
 
     // No complete listing yet: the first run without a range lists every month.
-    ingest(&env, &endpoint(), &source).assert().success();
+    ingest(&env, &source).expect_code(0);
     assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 3);
     assert_eq!(
         env.count("SELECT COUNT(*) FROM ingest_runs WHERE scope = '*:*:*'"),
@@ -176,7 +168,7 @@ fn listing_covers_only_the_months_in_scope_and_unsubmitted_months_by_default() {
     // a late file in March, two months before the newest, is seen.
     bucket.put(&usage_key("pt-1", "2025/03/11/00", "sub-a"), &body);
     let proxy = FaultProxy::start(&[]);
-    ingest(&env, &proxy.url, &source).assert().success();
+    ingest(&env, &source).s3_endpoint(&proxy.url).expect_code(0);
     assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 4);
     assert_eq!(
         env.count("SELECT COUNT(*) FROM ingest_runs WHERE scope = '*:*:* (recent months)'"),
@@ -195,42 +187,27 @@ fn listing_covers_only_the_months_in_scope_and_unsubmitted_months_by_default() {
 /// listing due once a day (`--full-listing-every`), and the rewrite then shows as drift.
 #[test]
 fn a_rewrite_of_a_month_already_sent_is_found_by_the_daily_full_listing_and_shown_as_drift() {
-    let env = TestEnv::new();
-    let bucket = Bucket::new("drift");
-    let usage = |value: i64| {
-        serde_json::to_vec(&json!([record(
-            Some("c-1"),
-            "cpu_core_hours",
-            json!(value)
-        )]))
-        .unwrap()
-    };
+    let env = TestEnv::new().with_bucket("drift").with_emulator(&[]);
+    let bucket = env.bucket();
     let march = usage_key("pt-1", "2025/03/10/00", "sub-a");
-    bucket.put(&march, &usage(2));
-    bucket.put(&usage_key("pt-1", "2025/06/01/00", "sub-a"), &usage(1));
+    bucket.put(&march, &cpu_hours_of_c1(2));
     bucket.put(
-        "omnistrate-metering/last_success_export.json",
+        &usage_key("pt-1", "2025/06/01/00", "sub-a"),
+        &cpu_hours_of_c1(1),
+    );
+    bucket.put(
+        MARKER_KEY,
         br#"{"pg:PROD:pt-1": {"last_processed_to": "2025-06-30T23:59:59Z"}}"#,
     );
-    let source = format!("s3://{}", bucket.name);
-    ingest(&env, &endpoint(), &source).assert().success();
-    let emu = Emulator::start(&env, &[]);
-    let submit = || {
-        env.cmd()
-            .env("CLAZAR_CLIENT_ID", CLIENT_ID)
-            .env("CLAZAR_CLIENT_SECRET", SECRET)
-            .env("METERBOOK_CLAZAR_BASE_URL", emu.url())
-            .arg("submit")
-            .output()
-            .unwrap()
-    };
-    let out = submit();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let source = bucket.url();
+    ingest(&env, &source).expect_code(0);
+    let emu = env.emulator();
+    env.meterbook(["submit"]).expect_code(0);
     assert_eq!(emu.accepted().len(), 2);
 
     // March is sent: a re-run within the day does not list it.
-    bucket.put(&march, &usage(5));
-    ingest(&env, &endpoint(), &source).assert().success();
+    bucket.put(&march, &cpu_hours_of_c1(5));
+    ingest(&env, &source).expect_code(0);
     assert_eq!(env.count("SELECT MAX(version) FROM usage_files"), 1);
 
     // A day later (the complete listing aged by a day), every month is listed again.
@@ -240,22 +217,21 @@ fn a_rewrite_of_a_month_already_sent_is_found_by_the_daily_full_listing_and_show
             [],
         )
         .unwrap();
-    let out = ingest(&env, &endpoint(), &source).assert().success();
+    let out = ingest(&env, &source).expect_code(0);
     assert!(
-        stderr_of(out.get_output()).contains("no complete listing of"),
+        out.stderr.contains("no complete listing of"),
         "{}",
-        stderr_of(out.get_output())
+        out.stderr
     );
     assert_eq!(
         env.count("SELECT version FROM usage_files WHERE key LIKE '%/03/10/00/%'"),
         2
     );
-    let out = submit();
-    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    let out = env.meterbook(["submit"]).expect_code(3);
     assert!(
-        stderr_of(&out).contains("drift: pg:PROD:pt-1 contract c-1"),
+        out.stderr.contains("drift: pg:PROD:pt-1 contract c-1"),
         "{}",
-        stderr_of(&out)
+        out.stderr
     );
     assert_eq!(
         env.count("SELECT difference FROM submission_drift WHERE period = '2025-03'"),
@@ -266,10 +242,9 @@ fn a_rewrite_of_a_month_already_sent_is_found_by_the_daily_full_listing_and_show
 
 #[test]
 fn odd_and_oversized_objects_are_problem_rows_and_the_rest_is_ingested() {
-    let env = TestEnv::new();
-    let bucket = Bucket::new("odd");
-    let small =
-        serde_json::to_vec(&json!([record(Some("c-1"), "cpu_core_hours", json!(2))])).unwrap();
+    let env = TestEnv::new().with_bucket("odd");
+    let bucket = env.bucket();
+    let small = cpu_hours_of_c1(2);
     let big: Vec<serde_json::Value> = (0..20)
         .map(|_| record(Some("c-2"), "cpu_core_hours", json!(1)))
         .collect();
@@ -278,23 +253,18 @@ fn odd_and_oversized_objects_are_problem_rows_and_the_rest_is_ingested() {
     bucket.put(&big_key, &serde_json::to_vec(&big).unwrap());
     let colon = "omnistrate-metering/pg/PROD:x/pt-1/2025/06/01/00/sub-a.json";
     bucket.put(colon, &small);
-    let out = ingest(&env, &endpoint(), &format!("s3://{}", bucket.name))
+    let out = ingest(&env, &bucket.url())
         .args(["--max-file-bytes", "2KiB"])
-        .assert()
-        .code(3);
-    let stderr = stderr_of(out.get_output());
+        .expect_code(3);
+    let stderr = out.stderr;
     assert!(
         stderr.contains(&big_key) && stderr.contains("over the limit of 2048 bytes"),
         "{stderr}"
     );
     let reasons: Vec<(String, String)> = env
-        .db()
-        .prepare("SELECT key, reason FROM usage_problems ORDER BY key")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+        .rows("SELECT key, reason FROM usage_problems ORDER BY key", |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        });
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(reasons
         .iter()
@@ -305,13 +275,13 @@ fn odd_and_oversized_objects_are_problem_rows_and_the_rest_is_ingested() {
 
 #[test]
 fn a_rewritten_object_replaces_its_records_and_keeps_the_earlier_version() {
-    let env = TestEnv::new();
-    let bucket = Bucket::new("rewrite");
+    let env = TestEnv::new().with_bucket("rewrite");
+    let bucket = env.bucket();
     let key = usage_key("pt-1", "2025/06/01/00", "sub-a");
     let first = json!([record(Some("c-1"), "cpu_core_hours", json!(2))]);
     bucket.put(&key, &serde_json::to_vec(&first).unwrap());
-    let source = format!("s3://{}", bucket.name);
-    ingest(&env, &endpoint(), &source).assert().success();
+    let source = bucket.url();
+    ingest(&env, &source).expect_code(0);
     let first_etag = bucket.etag(&key);
 
     let second = json!([
@@ -319,11 +289,11 @@ fn a_rewritten_object_replaces_its_records_and_keeps_the_earlier_version() {
         record(Some("c-1"), "replica_hours", json!(1))
     ]);
     bucket.put(&key, &serde_json::to_vec(&second).unwrap());
-    let out = ingest(&env, &endpoint(), &source).assert().success();
+    let out = ingest(&env, &source).expect_code(0);
     assert!(
-        stderr_of(out.get_output()).contains("0 new and 1 replaced"),
+        out.stderr.contains("0 new and 1 replaced"),
         "{}",
-        stderr_of(out.get_output())
+        out.stderr
     );
     let db = env.db();
     let (etag, version, records): (String, i64, i64) = db
@@ -351,10 +321,9 @@ fn a_rewritten_object_replaces_its_records_and_keeps_the_earlier_version() {
 
 #[test]
 fn objects_that_are_not_usage_files_are_ignored() {
-    let env = TestEnv::new();
-    let bucket = Bucket::new("other");
-    let body =
-        serde_json::to_vec(&json!([record(Some("c-1"), "cpu_core_hours", json!(2))])).unwrap();
+    let env = TestEnv::new().with_bucket("other");
+    let bucket = env.bucket();
+    let body = cpu_hours_of_c1(2);
     bucket.put(&usage_key("pt-1", "2025/06/01/00", "sub-a"), &body);
     for key in [
         "omnistrate-metering/pg/PROD/pt-1/2025/06/01/00/readme.txt",
@@ -364,36 +333,21 @@ fn objects_that_are_not_usage_files_are_ignored() {
     ] {
         bucket.put(key, &body);
     }
-    ingest(&env, &endpoint(), &format!("s3://{}", bucket.name))
-        .assert()
-        .success();
-    let keys: Vec<String> = env
-        .db()
-        .prepare("SELECT key FROM usage_files")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    ingest(&env, &bucket.url()).expect_code(0);
+    let keys: Vec<String> = env.column("SELECT key FROM usage_files");
     assert_eq!(keys, [usage_key("pt-1", "2025/06/01/00", "sub-a")]);
 }
 
 #[test]
 fn an_empty_prefix_ingests_nothing_and_records_the_missing_marker() {
-    let env = TestEnv::new();
-    let bucket = Bucket::new("empty");
+    let env = TestEnv::new().with_bucket("empty");
+    let bucket = env.bucket();
     bucket.put(
         "other-prefix/omnistrate-metering/last_success_export.json",
         b"{}",
     );
-    let out = ingest(
-        &env,
-        &endpoint(),
-        &format!("s3://{}/nothing-here", bucket.name),
-    )
-    .assert()
-    .success();
-    let stderr = stderr_of(out.get_output());
+    let out = ingest(&env, &format!("{}/nothing-here", bucket.url())).expect_code(0);
+    let stderr = out.stderr;
     assert!(stderr.contains("nothing new: 0 usage files"), "{stderr}");
     assert!(stderr.contains("no completion marker"), "{stderr}");
     assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 0);
@@ -405,18 +359,17 @@ fn an_empty_prefix_ingests_nothing_and_records_the_missing_marker() {
 
 #[test]
 fn a_malformed_marker_is_recorded_and_warned_about_and_ingest_goes_on() {
-    let env = TestEnv::new();
-    let bucket = Bucket::new("marker");
-    let body =
-        serde_json::to_vec(&json!([record(Some("c-1"), "cpu_core_hours", json!(2))])).unwrap();
+    let env = TestEnv::new().with_bucket("marker");
+    let bucket = env.bucket();
+    let body = cpu_hours_of_c1(2);
     bucket.put(&usage_key("pt-1", "2025/06/01/00", "sub-a"), &body);
-    bucket.put("omnistrate-metering/last_success_export.json", b"{not json");
-    let source = format!("s3://{}", bucket.name);
-    let out = ingest(&env, &endpoint(), &source).assert().success();
+    bucket.put(MARKER_KEY, b"{not json");
+    let source = bucket.url();
+    let out = ingest(&env, &source).expect_code(0);
     assert!(
-        stderr_of(out.get_output()).contains("last_success_export.json"),
+        out.stderr.contains("last_success_export.json"),
         "{}",
-        stderr_of(out.get_output())
+        out.stderr
     );
     assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 1);
     assert_eq!(
@@ -427,29 +380,20 @@ fn a_malformed_marker_is_recorded_and_warned_about_and_ingest_goes_on() {
     let marker = json!({"pg:PROD:pt-1": {
         "last_processed_to": "2025-06-01T00:59:59Z",
         "last_updated_at": "2025-06-01T01:05:00Z"}});
-    bucket.put(
-        "omnistrate-metering/last_success_export.json",
-        &serde_json::to_vec(&marker).unwrap(),
-    );
-    ingest(&env, &endpoint(), &source).assert().success();
+    bucket.put(MARKER_KEY, &serde_json::to_vec(&marker).unwrap());
+    ingest(&env, &source).expect_code(0);
     let to: String = env
-        .db()
-        .query_row(
-            "SELECT last_processed_to FROM export_completion WHERE service_key = 'pg:PROD:pt-1'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+        .one("SELECT last_processed_to FROM export_completion WHERE service_key = 'pg:PROD:pt-1'");
     assert_eq!(to, "2025-06-01T00:59:59Z");
 }
 
 #[test]
 fn a_missing_bucket_ends_the_run_with_one_line_and_the_config_exit_code() {
     let env = TestEnv::new();
-    let out = ingest(&env, &endpoint(), "s3://mb-no-such-bucket-here")
-        .assert()
-        .code(2);
-    let stderr = stderr_of(out.get_output());
+    let out = ingest(&env, "s3://mb-no-such-bucket-here")
+        .s3_endpoint(&endpoint())
+        .expect_code(2);
+    let stderr = out.stderr;
     let errors = error_lines(&stderr);
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(
@@ -461,14 +405,13 @@ fn a_missing_bucket_ends_the_run_with_one_line_and_the_config_exit_code() {
 
 #[test]
 fn missing_credentials_end_the_run_with_one_line_and_the_config_exit_code() {
-    let env = TestEnv::new();
-    let bucket = Bucket::new("nocreds");
-    let out = ingest(&env, &endpoint(), &format!("s3://{}", bucket.name))
+    let env = TestEnv::new().with_bucket("nocreds");
+    let bucket = env.bucket();
+    let out = ingest(&env, &bucket.url())
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
-        .assert()
-        .code(2);
-    let stderr = stderr_of(out.get_output());
+        .expect_code(2);
+    let stderr = out.stderr;
     let errors = error_lines(&stderr);
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(
@@ -493,14 +436,14 @@ fn permanent_errors_end_the_run_with_one_line_naming_what_to_check() {
         ),
     ];
     for (answer, expected) in cases {
-        let env = TestEnv::new();
-        let bucket = Bucket::new("denied");
+        let env = TestEnv::new().with_bucket("denied");
+        let bucket = env.bucket();
         let proxy = FaultProxy::start(&["--answer", answer]);
-        let out = ingest(&env, &proxy.url, &format!("s3://{}", bucket.name))
+        let out = ingest(&env, &bucket.url())
+            .s3_endpoint(&proxy.url)
             .env("AWS_SECRET_ACCESS_KEY", "secret-that-must-not-be-printed")
-            .assert()
-            .code(2);
-        let stderr = stderr_of(out.get_output());
+            .expect_code(2);
+        let stderr = out.stderr;
         let errors = error_lines(&stderr);
         assert_eq!(errors.len(), 1, "{answer}: {stderr}");
         assert!(
@@ -518,10 +461,11 @@ fn permanent_errors_end_the_run_with_one_line_naming_what_to_check() {
 
 #[test]
 fn transient_errors_are_retried_and_the_ingest_ends_complete_and_exactly_once() {
-    let env = TestEnv::new();
+    let env = TestEnv::new().with_bucket("faults");
     env.generate(&["--subscriptions", "10", "--hours", "30"]);
-    let bucket = Bucket::new("faults");
-    let records = bucket.upload_tree(&env.export(), "");
+    let bucket = env.bucket();
+    bucket.upload(&env.export(), "");
+    let records = usage_records(&env.export()).len() as i64;
     let proxy = FaultProxy::start(&[
         "--error-rate",
         "0.15",
@@ -532,10 +476,10 @@ fn transient_errors_are_retried_and_the_ingest_ends_complete_and_exactly_once() 
         "--stall-secs",
         "3",
     ]);
-    ingest(&env, &proxy.url, &format!("s3://{}", bucket.name))
+    ingest(&env, &bucket.url())
+        .s3_endpoint(&proxy.url)
         .args(["--s3-attempt-timeout", "1", "--concurrency", "16"])
-        .assert()
-        .success();
+        .expect_code(0);
     let faults = &proxy.stats()["faults"];
     for kind in ["error", "drop", "stall"] {
         assert!(
@@ -552,27 +496,16 @@ fn transient_errors_are_retried_and_the_ingest_ends_complete_and_exactly_once() 
 
 #[test]
 fn a_killed_ingest_leaves_only_whole_files_and_the_next_run_completes_it() {
-    let env = TestEnv::new();
+    let env = TestEnv::new().with_bucket("killed");
     env.generate(&["--subscriptions", "40", "--hours", "48"]);
-    let bucket = Bucket::new("killed");
-    let records = bucket.upload_tree(&env.export(), "");
-    let source = format!("s3://{}", bucket.name);
+    let bucket = env.bucket();
+    bucket.upload(&env.export(), "");
+    let records = usage_records(&env.export()).len() as i64;
+    let source = bucket.url();
 
-    let mut run = StdCommand::new(assert_cmd::cargo::cargo_bin("meterbook"));
-    run.env_clear()
-        .envs(env.cmd().get_envs().filter_map(|(k, v)| Some((k, v?))))
-        .args(["--s3-endpoint-url", &endpoint(), "--s3-path-style"])
-        .args([
-            "ingest",
-            "--source",
-            &source,
-            "--concurrency",
-            "2",
-            "--batch-files",
-            "50",
-        ])
-        .stderr(Stdio::null());
-    let mut child = run.spawn().unwrap();
+    let run = ingest(&env, &source)
+        .args(["--concurrency", "2", "--batch-files", "50"])
+        .spawn();
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if env.ledger.exists()
@@ -588,17 +521,17 @@ fn a_killed_ingest_leaves_only_whole_files_and_the_next_run_completes_it() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    run.kill(); // SIGKILL
     let stored = env.count("SELECT COUNT(*) FROM usage_files");
     assert!((100..1920).contains(&stored), "killed after {stored} files");
     assert_files_whole(&env);
 
-    let out = ingest(&env, &endpoint(), &source).assert().success();
+    let out = ingest(&env, &source).expect_code(0);
     assert!(
-        stderr_of(out.get_output()).contains("did not finish cleanly; listing every month"),
+        out.stderr
+            .contains("did not finish cleanly; listing every month"),
         "{}",
-        stderr_of(out.get_output())
+        out.stderr
     );
     assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 1920);
     assert_eq!(env.count("SELECT COUNT(*) FROM usage_records"), records);

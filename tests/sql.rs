@@ -7,7 +7,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use serde_json::json;
 
-use crate::util::{file_digests, record, stderr_of, usage_key, TestEnv};
+use crate::util::{file_digests, record, usage_key, TestEnv};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -23,11 +23,7 @@ fn env_with_usage() -> TestEnv {
         &usage_key("pt-1", "2025/06/01/00", "sub-1"),
         body.to_string().as_bytes(),
     );
-    env.cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .assert()
-        .success();
+    env.ingest().expect_code(0);
     env
 }
 
@@ -35,57 +31,40 @@ fn env_with_usage() -> TestEnv {
 fn prints_json_csv_and_table() {
     let env = env_with_usage();
     let q = "SELECT contract_id, dimension, value FROM monthly_usage ORDER BY dimension";
-    let out = env
-        .cmd()
-        .args(["sql", "--format", "json", q])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = env.meterbook(["sql", "--format", "json", q]).expect_code(0);
     assert_eq!(
-        rows,
+        out.json(),
         json!([
             {"contract_id": "c1", "dimension": "cpu_core_hours", "value": 2},
             {"contract_id": "c1", "dimension": "memory_byte_hours", "value": 10737418240u64},
         ])
     );
 
-    let out = env
-        .cmd()
-        .args(["sql", "--format", "csv", q])
-        .output()
-        .unwrap();
+    let out = env.meterbook(["sql", "--format", "csv", q]).expect_code(0);
     assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
+        out.stdout,
         "contract_id,dimension,value\nc1,cpu_core_hours,2\nc1,memory_byte_hours,10737418240\n"
     );
 
-    let out = env.cmd().args(["sql", q]).output().unwrap();
-    let table = String::from_utf8(out.stdout).unwrap();
+    let table = env.meterbook(["sql", q]).expect_code(0).stdout;
     assert!(
         table.contains("contract_id") && table.contains("10737418240"),
         "{table}"
     );
 
+    let empty = "SELECT * FROM usage_files WHERE 0";
     let out = env
-        .cmd()
-        .args([
-            "sql",
-            "--format",
-            "json",
-            "SELECT * FROM usage_files WHERE 0",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), "[]");
+        .meterbook(["sql", "--format", "json", empty])
+        .expect_code(0);
+    assert_eq!(out.stdout.trim(), "[]");
 }
 
 #[test]
 fn a_statement_that_would_write_is_refused_and_changes_nothing() {
     let env = env_with_usage();
     let before = file_digests(env.dir.path());
-    let copy = env.dir.path().join("copy.sqlite");
-    let other = env.dir.path().join("other.sqlite");
+    let copy = env.path("copy.sqlite");
+    let other = env.path("other.sqlite");
     Connection::open(&other)
         .unwrap()
         .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x);")
@@ -105,12 +84,11 @@ fn a_statement_that_would_write_is_refused_and_changes_nothing() {
         "PRAGMA journal_mode = DELETE".to_string(),
         "PRAGMA wal_checkpoint(TRUNCATE)".to_string(),
     ] {
-        let out = env.cmd().args(["sql", &statement]).output().unwrap();
-        assert_eq!(out.status.code(), Some(1), "{statement}");
+        let out = env.meterbook(["sql", &statement]).expect_code(1);
         assert!(
-            stderr_of(&out).contains("refusing the statement"),
+            out.stderr.contains("refusing the statement"),
             "{statement}: {}",
-            stderr_of(&out)
+            out.stderr
         );
         assert_eq!(file_digests(env.dir.path()), before_other, "{statement}");
     }
@@ -120,12 +98,9 @@ fn a_statement_that_would_write_is_refused_and_changes_nothing() {
 
     // Pragmas that only read are statements like any other.
     let out = env
-        .cmd()
-        .args(["sql", "--format", "csv", "PRAGMA table_info(ingest_runs)"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("finished_at"));
+        .meterbook(["sql", "--format", "csv", "PRAGMA table_info(ingest_runs)"])
+        .expect_code(0);
+    assert!(out.stdout.contains("finished_at"));
 }
 
 #[test]
@@ -135,48 +110,46 @@ fn reading_commands_change_no_file_and_leave_none_behind() {
     let before = file_digests(env.dir.path());
     assert!(before.contains_key("ledger.sqlite"), "{before:?}");
     assert!(!before.contains_key("ledger.sqlite-wal"), "{before:?}");
-    std::fs::create_dir(env.dir.path().join("plots")).unwrap();
-    let commands: [&[&str]; 7] = [
-        &["sql", "SELECT * FROM monthly_usage"],
-        &["sql", "--format", "json", "SELECT * FROM usage_problems"],
-        &["history"],
-        &["history", "--failures", "--format", "csv"],
-        &["costs", "report", "--today", "2025-07-01"],
-        &[
-            "costs",
-            "plot",
-            "--today",
-            "2025-07-01",
-            "--out",
-            "plots/p.png",
-        ],
-        &[
-            "doctor",
-            "--s3-endpoint-url",
-            "http://127.0.0.1:1",
-            "--s3-max-attempts",
-            "1",
-        ],
+    std::fs::create_dir(env.path("plots")).unwrap();
+    // Each with its exit code: doctor finds no S3 there (2).
+    let commands: [(&[&str], i32); 7] = [
+        (&["sql", "SELECT * FROM monthly_usage"], 0),
+        (
+            &["sql", "--format", "json", "SELECT * FROM usage_problems"],
+            0,
+        ),
+        (&["history"], 0),
+        (&["history", "--failures", "--format", "csv"], 0),
+        (&["costs", "report", "--today", "2025-07-01"], 0),
+        (
+            &[
+                "costs",
+                "plot",
+                "--today",
+                "2025-07-01",
+                "--out",
+                "plots/p.png",
+            ],
+            0,
+        ),
+        (&["doctor", "--s3-max-attempts", "1"], 2),
     ];
-    for args in commands {
-        let out = env.cmd().args(args).output().unwrap();
-        assert_ne!(out.status.code(), None, "{args:?}");
+    for (args, code) in commands {
+        let out = env
+            .meterbook(args)
+            .s3_endpoint("http://127.0.0.1:1")
+            .expect_code(code);
         assert_eq!(
             file_digests(env.dir.path()),
             before,
             "{args:?}: {}",
-            stderr_of(&out)
+            out.stderr
         );
+        if args[0] == "doctor" {
+            let schema = out.stdout.lines().find(|l| l.contains("ledger schema"));
+            assert!(schema.unwrap().starts_with("ok "), "{}", out.stdout);
+        }
     }
-    let doctor = env
-        .cmd()
-        .args(["doctor", "--s3-endpoint-url", "http://127.0.0.1:1"])
-        .args(["--s3-max-attempts", "1"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&doctor.stdout);
-    let schema = text.lines().find(|l| l.contains("ledger schema")).unwrap();
-    assert!(schema.starts_with("ok "), "{text}");
 }
 
 /// A ledger as meterbook left it at schema version 5, with one ingest run.
@@ -205,31 +178,21 @@ fn an_older_ledger_is_read_as_it_is_with_a_warning_and_migrated_only_by_a_writer
         &["sql", "SELECT COUNT(*) FROM ingest_runs"],
         &["history"],
     ] {
-        let out = env.cmd().args(args).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", stderr_of(&out));
-        let err = stderr_of(&out);
+        let err = env.meterbook(args).expect_code(0).stderr;
         assert!(err.contains("has schema version 5"), "{args:?}: {err}");
         assert!(err.contains("read as it is"), "{args:?}: {err}");
         assert_eq!(file_digests(env.dir.path()), before, "{args:?}");
     }
     // Tables added since are simply missing, and the error says which.
     let out = env
-        .cmd()
-        .args(["sql", "SELECT * FROM cost_grants"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr_of(&out).contains("no such table: cost_grants"));
+        .meterbook(["sql", "SELECT * FROM cost_grants"])
+        .expect_code(1);
+    assert!(out.stderr.contains("no such table: cost_grants"));
 
     // A writing command brings it up to date, keeping its rows.
     env.write_usage(&usage_key("pt-1", "2025/06/01/00", "sub-1"), b"[]");
-    let out = env.ingest();
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("migrating ledger"),
-        "{}",
-        stderr_of(&out)
-    );
+    let out = env.ingest().expect_code(0);
+    assert!(out.stderr.contains("migrating ledger"), "{}", out.stderr);
     let latest = embedded::migrations::runner()
         .get_migrations()
         .iter()
@@ -244,7 +207,7 @@ fn an_older_ledger_is_read_as_it_is_with_a_warning_and_migrated_only_by_a_writer
 fn a_file_that_is_not_a_ledger_is_refused_by_every_command_and_left_as_it_is() {
     let env = TestEnv::new();
     env.write_usage(&usage_key("pt-1", "2025/06/01/00", "sub-1"), b"[]");
-    let grants = env.dir.path().join("grants.csv");
+    let grants = env.path("grants.csv");
     std::fs::write(&grants, "user,amount,start\nalice,10,2025-06-01\n").unwrap();
     let export = env.export().display().to_string();
     let grants = grants.display().to_string();
@@ -255,14 +218,7 @@ fn a_file_that_is_not_a_ledger_is_refused_by_every_command_and_left_as_it_is() {
         &["submit", "--period", "month"],
         &["costs", "grants", "load", &grants],
         &["costs", "report"],
-        &[
-            "sync",
-            "push",
-            "--state-url",
-            "s3://nowhere/state",
-            "--s3-endpoint-url",
-            "http://127.0.0.1:1",
-        ],
+        &["sync", "push", "--state-url", "s3://nowhere/state"],
     ];
     // Another program's SQLite database (in WAL mode), and a file that is not SQLite at all.
     let conn = Connection::open(&env.ledger).unwrap();
@@ -282,15 +238,14 @@ fn a_file_that_is_not_a_ledger_is_refused_by_every_command_and_left_as_it_is() {
         std::fs::write(&env.ledger, file).unwrap();
         let before = file_digests(env.dir.path());
         for args in commands {
-            let out = env
-                .cmd()
+            // Nothing listens at the S3 endpoint: the ledger is refused before S3 is asked.
+            let err = env
+                .meterbook(args)
+                .s3_endpoint("http://127.0.0.1:1")
                 .env("CLAZAR_CLIENT_ID", "id")
                 .env("CLAZAR_CLIENT_SECRET", "secret")
-                .args(args)
-                .output()
-                .unwrap();
-            let err = stderr_of(&out);
-            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+                .expect_code(2)
+                .stderr;
             assert!(err.contains(says), "{args:?}: {err}");
             assert!(err.contains("left"), "{args:?}: {err}");
             assert_eq!(file_digests(env.dir.path()), before, "{args:?}");
@@ -307,10 +262,9 @@ fn control_characters_are_escaped_in_a_table_and_exact_in_csv_and_json() {
         &usage_key("pt-1", "2025/06/01/00", "sub-1"),
         json!([r]).to_string().as_bytes(),
     );
-    assert!(env.ingest().status.success());
+    env.ingest().expect_code(0);
     let q = "SELECT pod_name FROM usage_records";
-    let out = env.cmd().args(["sql", q]).output().unwrap();
-    let table = String::from_utf8(out.stdout).unwrap();
+    let table = env.meterbook(["sql", q]).expect_code(0).stdout;
     assert!(
         !table.contains('\u{1b}') && !table.contains('\u{7}'),
         "{table:?}"
@@ -319,23 +273,14 @@ fn control_characters_are_escaped_in_a_table_and_exact_in_csv_and_json() {
         table.contains("pg-0\\u{1b}[2J\\u{1b}]0;owned\\u{7}\\nnext\\tcell"),
         "{table}"
     );
-    let out = env
-        .cmd()
-        .args(["sql", "--format", "json", q])
-        .output()
-        .unwrap();
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = env.meterbook(["sql", "--format", "json", q]).expect_code(0);
     assert_eq!(
-        rows,
+        out.json(),
         json!([{"pod_name": "pg-0\u{1b}[2J\u{1b}]0;owned\u{7}\nnext\tcell"}])
     );
-    let out = env
-        .cmd()
-        .args(["sql", "--format", "csv", q])
-        .output()
-        .unwrap();
+    let out = env.meterbook(["sql", "--format", "csv", q]).expect_code(0);
     assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
+        out.stdout,
         "pod_name\n\"pg-0\u{1b}[2J\u{1b}]0;owned\u{7}\nnext\tcell\"\n"
     );
 }
@@ -343,22 +288,15 @@ fn control_characters_are_escaped_in_a_table_and_exact_in_csv_and_json() {
 #[test]
 fn a_bad_query_prints_the_error_and_fails() {
     let env = env_with_usage();
-    let out = env.cmd().args(["sql", "SELEC 1"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr_of(&out).contains("syntax error"),
-        "{}",
-        stderr_of(&out)
-    );
+    let out = env.meterbook(["sql", "SELEC 1"]).expect_code(1);
+    assert!(out.stderr.contains("syntax error"), "{}", out.stderr);
     let out = env
-        .cmd()
-        .args(["sql", "SELECT nope FROM usage_files"])
-        .output()
-        .unwrap();
+        .meterbook(["sql", "SELECT nope FROM usage_files"])
+        .expect_code(1);
     assert!(
-        stderr_of(&out).contains("no such column: nope"),
+        out.stderr.contains("no such column: nope"),
         "{}",
-        stderr_of(&out)
+        out.stderr
     );
 }
 
@@ -371,12 +309,11 @@ fn a_missing_ledger_is_a_configuration_error_and_no_file_is_created() {
         &["costs", "report"],
         &["costs", "plot"],
     ] {
-        let out = env.cmd().args(args).output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let out = env.meterbook(args).expect_code(2);
         assert!(
-            stderr_of(&out).contains("no ledger at"),
+            out.stderr.contains("no ledger at"),
             "{args:?}: {}",
-            stderr_of(&out)
+            out.stderr
         );
         assert!(file_digests(env.dir.path()).is_empty(), "{args:?}");
     }
@@ -388,17 +325,13 @@ fn a_writer_waits_for_another_processs_write_up_to_the_busy_timeout() {
     env.write_usage(&usage_key("pt-1", "2025/06/01/01", "sub-1"), b"[]");
     let holder = env.db();
     holder.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let ingest = |timeout: &str| {
-        env.cmd()
-            .args(["--busy-timeout", timeout, "ingest", "--source"])
+    let ingest = |timeout: &str, code: i32| {
+        env.meterbook(["--busy-timeout", timeout, "ingest", "--source"])
             .arg(env.export())
             .timeout(Duration::from_secs(60))
-            .output()
-            .unwrap()
+            .expect_code(code)
     };
-    let out = ingest("0.5");
-    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
-    let err = stderr_of(&out);
+    let err = ingest("0.5", 1).stderr;
     assert!(err.contains("database is locked"), "{err}");
     assert!(
         err.contains("busy for longer than the busy timeout (0.5s)"),
@@ -406,8 +339,7 @@ fn a_writer_waits_for_another_processs_write_up_to_the_busy_timeout() {
     );
     holder.execute_batch("COMMIT").unwrap();
     drop(holder);
-    let out = ingest("30");
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    ingest("30", 0);
     assert_eq!(env.count("SELECT COUNT(*) FROM usage_files"), 2);
     assert_eq!(
         env.count("SELECT COUNT(*) FROM ingest_runs WHERE finished_at IS NULL"),

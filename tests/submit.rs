@@ -3,119 +3,65 @@
 //! formulas, drift, and secrets that never leak.
 
 use std::path::PathBuf;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::emulator::{Emulator, CLIENT_ID, SECRET};
-use crate::util::{record, stderr_of, usage_key, TestEnv};
+use crate::emulator::SECRET;
+use crate::util::{Output, TestEnv, SERVICE_KEY};
 
-const SERVICE_KEY: &str = "pg:PROD:pt-1";
-
-pub(crate) fn marker(env: &TestEnv, to: &str) {
-    let body = json!({ SERVICE_KEY: {"last_processed_to": to, "last_updated_at": to} });
-    env.write_usage(
-        "omnistrate-metering/last_success_export.json",
-        body.to_string().as_bytes(),
-    );
-}
-
-/// Writes one usage file for `contract` in `hour` (YYYY/MM/DD/HH) with (dimension, value) records.
-pub(crate) fn usage(
-    env: &TestEnv,
-    hour: &str,
-    sub: &str,
-    contract: &str,
-    values: &[(&str, Value)],
-) {
-    let records: Vec<Value> = values
-        .iter()
-        .map(|(d, v)| record(Some(contract), d, v.clone()))
-        .collect();
-    env.write_usage(
-        &usage_key("pt-1", hour, sub),
-        Value::Array(records).to_string().as_bytes(),
-    );
-}
-
-pub(crate) fn ingest(env: &TestEnv) {
-    let out = env
-        .cmd()
-        .args(["ingest", "--source"])
-        .arg(env.export())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr_of(&out));
+/// A test environment with the emulator started with `args`, fast retries and debug logs.
+fn with_fast_emulator(args: &[&str]) -> TestEnv {
+    TestEnv::new().with_emulator(args).with_vars([
+        ("METERBOOK_CLAZAR_BACKOFF_MS", "10"),
+        ("METERBOOK_CLAZAR_TIMEOUT", "5"),
+        ("METERBOOK_LOG", "debug"),
+    ])
 }
 
 /// Two contracts in June 2025, a marker covering June, ingested.
-fn june(env: &TestEnv) {
-    usage(
-        env,
+pub(crate) fn june(env: &TestEnv) {
+    let (cpu, replicas) = ("cpu_core_hours", "replica_hours");
+    env.write_hour(
         "2025/06/01/00",
         "sub-a",
         "contract-a",
-        &[("cpu_core_hours", json!(2)), ("replica_hours", json!(1))],
+        &[(cpu, json!(2)), (replicas, json!(1))],
     );
-    usage(
-        env,
+    env.write_hour(
         "2025/06/02/05",
         "sub-a",
         "contract-a",
-        &[("cpu_core_hours", json!(3)), ("replica_hours", json!(1))],
+        &[(cpu, json!(3)), (replicas, json!(1))],
     );
-    usage(
-        env,
-        "2025/06/01/00",
-        "sub-b",
-        "contract-b",
-        &[("cpu_core_hours", json!(4))],
-    );
-    marker(env, "2025-06-30T23:59:59Z");
-    ingest(env);
+    env.write_hour("2025/06/01/00", "sub-b", "contract-b", &[(cpu, json!(4))]);
+    env.write_marker("2025-06-30T23:59:59Z");
+    env.ingest().expect_code(0);
 }
 
 /// One contract with 2 CPU core hours in June 2025, a marker covering June, ingested.
 fn one_contract(env: &TestEnv) {
-    usage(
-        env,
+    env.write_hour(
         "2025/06/01/00",
         "sub-a",
         "contract-a",
         &[("cpu_core_hours", json!(2))],
     );
-    marker(env, "2025-06-30T23:59:59Z");
-    ingest(env);
+    env.write_marker("2025-06-30T23:59:59Z");
+    env.ingest().expect_code(0);
 }
 
-/// `meterbook <args>` pointed at the emulator, with credentials and fast retries.
-pub(crate) fn meterbook(env: &TestEnv, emu: &Emulator, args: &[&str]) -> assert_cmd::Command {
-    let mut cmd = env.cmd();
-    cmd.env("CLAZAR_CLIENT_ID", CLIENT_ID)
-        .env("CLAZAR_CLIENT_SECRET", SECRET)
-        .env("METERBOOK_CLAZAR_BASE_URL", emu.url())
-        .env("METERBOOK_CLAZAR_BACKOFF_MS", "10")
-        .env("METERBOOK_CLAZAR_TIMEOUT", "5")
-        .env("METERBOOK_LOG", "debug")
-        .args(args);
-    cmd
-}
-
-fn run(env: &TestEnv, emu: &Emulator, args: &[&str]) -> Output {
-    let out = meterbook(env, emu, args).output().unwrap();
-    assert_no_secrets(env, emu, &out);
+/// `meterbook args`, which must exit with `code` and leak no secret.
+fn run(env: &TestEnv, args: &[&str], code: i32) -> Output {
+    let out = env.meterbook(args).expect_code(code);
+    assert_no_secrets(env, &out);
     out
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
 }
 
 /// The client secret and every token the emulator issued appear nowhere: not in stdout, stderr,
 /// nor in the ledger's files.
-fn assert_no_secrets(env: &TestEnv, emu: &Emulator, out: &Output) {
-    let mut secrets = emu.tokens();
+fn assert_no_secrets(env: &TestEnv, out: &Output) {
+    let mut secrets = env.emulator().tokens();
     secrets.push(SECRET.to_string());
     let mut places = vec![
         ("stdout", out.stdout.clone()),
@@ -124,11 +70,10 @@ fn assert_no_secrets(env: &TestEnv, emu: &Emulator, out: &Output) {
     for suffix in ["", "-wal"] {
         let path = PathBuf::from(format!("{}{suffix}", env.ledger.display()));
         if let Ok(bytes) = std::fs::read(&path) {
-            places.push(("ledger", bytes));
+            places.push(("ledger", String::from_utf8_lossy(&bytes).into_owned()));
         }
     }
-    for (place, bytes) in places {
-        let text = String::from_utf8_lossy(&bytes);
+    for (place, text) in places {
         for s in &secrets {
             assert!(
                 !text.contains(s.as_str()),
@@ -140,21 +85,10 @@ fn assert_no_secrets(env: &TestEnv, emu: &Emulator, out: &Output) {
 
 /// Line statuses per (contract, dimension), latest line last.
 fn lines(env: &TestEnv) -> Vec<(String, String, String)> {
-    let db = env.db();
-    let mut stmt = db
-        .prepare("SELECT contract_id, dimension, status FROM submission_lines ORDER BY contract_id, dimension, id")
-        .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap()
-}
-
-/// The one value a query on the ledger returns.
-fn one<T: rusqlite::types::FromSql>(env: &TestEnv, sql: &str) -> T {
-    env.db()
-        .query_row(sql, [], |r| r.get(0))
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    env.rows(
+        "SELECT contract_id, dimension, status FROM submission_lines ORDER BY contract_id, dimension, id",
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
 }
 
 /// Two columns of the one row a query on the ledger returns.
@@ -173,11 +107,10 @@ fn triple(c: &str, d: &str, s: &str) -> (String, String, String) {
 
 #[test]
 fn submits_each_amount_once_per_contract_and_a_second_run_sends_nothing() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&[]);
     june(&env);
-    let emu = Emulator::start(&env, &[]);
-    let out = run(&env, &emu, &["submit"]);
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    let emu = env.emulator();
+    run(&env, &["submit"], 0);
     assert_eq!(
         emu.accepted_quantities(),
         [
@@ -202,18 +135,16 @@ fn submits_each_amount_once_per_contract_and_a_second_run_sends_nothing() {
         ]
     );
 
-    let again = run(&env, &emu, &["submit"]);
-    assert_eq!(code(&again), 0, "{}", stderr_of(&again));
+    run(&env, &["submit"], 0);
     assert_eq!(emu.metering_requests(), 2, "nothing is sent twice");
     emu.assert_exactly_once();
 }
 
 #[test]
 fn the_unique_index_refuses_a_second_accepted_or_in_flight_line() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&[]);
     june(&env);
-    let emu = Emulator::start(&env, &[]);
-    assert_eq!(code(&run(&env, &emu, &["submit"])), 0);
+    run(&env, &["submit"], 0);
     let db = env.db();
     let second = |status: &str, dimension: &str| {
         db.execute(
@@ -249,27 +180,24 @@ fn the_unique_index_refuses_a_second_accepted_or_in_flight_line() {
 
 #[test]
 fn only_periods_the_marker_covers_entirely_are_submitted() {
-    let env = TestEnv::new();
-    usage(
-        &env,
+    let env = with_fast_emulator(&[]);
+    env.write_hour(
         "2025/06/30/23",
         "sub-a",
         "contract-a",
         &[("cpu_core_hours", json!(1))],
     );
-    usage(
-        &env,
+    env.write_hour(
         "2025/07/01/00",
         "sub-a",
         "contract-a",
         &[("cpu_core_hours", json!(7))],
     );
     // One second short of June's end: nothing is complete.
-    marker(&env, "2025-06-30T23:59:58Z");
-    ingest(&env);
-    let emu = Emulator::start(&env, &[]);
-    let out = run(&env, &emu, &["submit"]);
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    env.write_marker("2025-06-30T23:59:58Z");
+    env.ingest().expect_code(0);
+    let emu = env.emulator();
+    run(&env, &["submit"], 0);
     assert_eq!(emu.metering_requests(), 0);
     assert_eq!(
         env.count("SELECT COUNT(*) FROM pending_periods WHERE complete = 0"),
@@ -278,10 +206,9 @@ fn only_periods_the_marker_covers_entirely_are_submitted() {
     );
 
     // The marker inside July completes June only (never the month containing it).
-    marker(&env, "2025-07-15T10:00:00Z");
-    ingest(&env);
-    let out = run(&env, &emu, &["submit"]);
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    env.write_marker("2025-07-15T10:00:00Z");
+    env.ingest().expect_code(0);
+    run(&env, &["submit"], 0);
     assert_eq!(
         emu.accepted_quantities(),
         [triple("contract-a", "cpu_core_hours", "1")]
@@ -291,47 +218,42 @@ fn only_periods_the_marker_covers_entirely_are_submitted() {
 
 #[test]
 fn without_a_marker_nothing_is_sent_unless_a_grace_delay_is_opted_into() {
-    let env = TestEnv::new();
-    usage(
-        &env,
+    let env = with_fast_emulator(&[]);
+    env.write_hour(
         "2025/06/01/00",
         "sub-a",
         "contract-a",
         &[("cpu_core_hours", json!(1))],
     );
-    ingest(&env);
-    let emu = Emulator::start(&env, &[]);
-    let out = run(&env, &emu, &["submit"]);
-    assert_eq!(code(&out), 3, "{}", stderr_of(&out));
-    assert!(stderr_of(&out).contains("no completion marker"));
+    env.ingest().expect_code(0);
+    let emu = env.emulator();
+    let out = run(&env, &["submit"], 3);
+    assert!(out.stderr.contains("no completion marker"));
     assert_eq!(emu.metering_requests(), 0);
 
-    let out = run(&env, &emu, &["submit", "--grace-without-marker", "6h"]);
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    run(&env, &["submit", "--grace-without-marker", "6h"], 0);
     assert_eq!(emu.accepted().len(), 1);
 }
 
 #[test]
 fn hourly_periods_are_submitted_up_to_the_marker_oldest_first_and_bounded() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&[]);
     for h in ["00", "01", "02", "03"] {
-        usage(
-            &env,
+        env.write_hour(
             &format!("2025/06/01/{h}"),
             "sub-a",
             "contract-a",
             &[("cpu_core_hours", json!(1))],
         );
     }
-    marker(&env, "2025-06-01T02:59:59Z");
-    ingest(&env);
-    let emu = Emulator::start(&env, &[]);
-    let out = run(
+    env.write_marker("2025-06-01T02:59:59Z");
+    env.ingest().expect_code(0);
+    let emu = env.emulator();
+    run(
         &env,
-        &emu,
         &["submit", "--period", "hour", "--max-hours-per-run", "2"],
+        0,
     );
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
     let windows: Vec<(String, String)> = emu
         .accepted()
         .iter()
@@ -349,34 +271,31 @@ fn hourly_periods_are_submitted_up_to_the_marker_oldest_first_and_bounded() {
             ("2025-06-01T01:00:00Z".into(), "2025-06-01T02:00:00Z".into()),
         ]
     );
-    let out = run(&env, &emu, &["submit", "--period", "hour"]);
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    run(&env, &["submit", "--period", "hour"], 0);
     assert_eq!(
         emu.accepted().len(),
         3,
         "hour 03 is not covered by the marker"
     );
     // Monthly submission of June would overlap the hours already sent: nothing is sent.
-    marker(&env, "2025-06-30T23:59:59Z");
-    ingest(&env);
-    run(&env, &emu, &["submit"]);
+    env.write_marker("2025-06-30T23:59:59Z");
+    env.ingest().expect_code(0);
+    run(&env, &["submit"], 0);
     assert_eq!(emu.metering_requests(), 3);
 }
 
 #[test]
 fn a_duplicate_of_an_accepted_record_counts_as_accepted() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&[]);
     june(&env);
-    let emu = Emulator::start(&env, &[]);
+    let emu = env.emulator();
     // Another ledger (say, the predecessor) already sent contract-b's June.
-    let other = TestEnv::new();
+    let other = env.another_host();
     june(&other);
-    let mut cmd = meterbook(&other, &emu, &["submit"]);
-    cmd.assert().success();
+    other.meterbook(["submit"]).expect_code(0);
     assert_eq!(emu.accepted().len(), 3);
 
-    let out = run(&env, &emu, &["submit"]);
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    run(&env, &["submit"], 0);
     assert_eq!(
         lines(&env),
         [
@@ -390,20 +309,16 @@ fn a_duplicate_of_an_accepted_record_counts_as_accepted() {
 
 #[test]
 fn an_unregistered_dimension_is_a_warning_that_needs_attention_and_resubmit_sends_it() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&["--dimension", "cpu_core_hours"]);
     june(&env);
-    let emu = Emulator::start(&env, &["--dimension", "cpu_core_hours"]);
-    let out = run(&env, &emu, &["submit"]);
-    assert_eq!(code(&out), 3, "{}", stderr_of(&out));
+    let emu = env.emulator();
+    run(&env, &["submit"], 3);
     assert!(
         lines(&env).contains(&triple("contract-a", "replica_hours", "warning")),
         "{:?}",
         lines(&env)
     );
-    let failures = meterbook(&env, &emu, &["history", "--failures", "--format", "json"])
-        .output()
-        .unwrap();
-    let rows: Value = serde_json::from_slice(&failures.stdout).unwrap();
+    let rows = run(&env, &["history", "--failures", "--format", "json"], 0).json();
     assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
     assert_eq!(rows[0]["dimension"], "replica_hours");
     assert_eq!(rows[0]["status"], "warning");
@@ -411,8 +326,7 @@ fn an_unregistered_dimension_is_a_warning_that_needs_attention_and_resubmit_send
     // The operator registers the dimension; resubmit sends only what was not accepted.
     emu.config(json!({"dimensions": ["cpu_core_hours", "replica_hours"]}));
     let before = emu.metering_requests();
-    let out = run(&env, &emu, &["resubmit"]);
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    run(&env, &["resubmit"], 0);
     assert_eq!(emu.metering_requests(), before + 1);
     assert_eq!(
         emu.accepted_quantities(),
@@ -428,19 +342,17 @@ fn an_unregistered_dimension_is_a_warning_that_needs_attention_and_resubmit_send
     );
     assert_eq!(linked, 1, "the new attempt is linked to the old one");
     // Nothing is left to resubmit, and accepted lines are never re-sent.
-    let out = run(&env, &emu, &["resubmit"]);
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    run(&env, &["resubmit"], 0);
     assert_eq!(emu.metering_requests(), before + 1);
     emu.assert_exactly_once();
 }
 
 #[test]
 fn an_unknown_contract_is_rejected_with_its_errors_and_does_not_block_others() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&["--unknown-contract", "contract-a"]);
     june(&env);
-    let emu = Emulator::start(&env, &["--unknown-contract", "contract-a"]);
-    let out = run(&env, &emu, &["submit"]);
-    assert_eq!(code(&out), 3, "{}", stderr_of(&out));
+    let emu = env.emulator();
+    run(&env, &["submit"], 3);
     assert_eq!(
         emu.accepted_quantities(),
         [triple("contract-b", "cpu_core_hours", "4")]
@@ -452,9 +364,9 @@ fn an_unknown_contract_is_rejected_with_its_errors_and_does_not_block_others() {
 
 #[test]
 fn transient_failures_are_retried_with_backoff_honouring_retry_after() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&[]);
     one_contract(&env);
-    let emu = Emulator::start(&env, &[]);
+    let emu = env.emulator();
     emu.faults(json!([
         {"kind": "status", "status": 503},
         {"kind": "rate_limit", "retry_after": 1},
@@ -462,8 +374,7 @@ fn transient_failures_are_retried_with_backoff_honouring_retry_after() {
         {"kind": "status", "status": 500},
     ]));
     let started = Instant::now();
-    let out = run(&env, &emu, &["submit"]);
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    run(&env, &["submit"], 0);
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "Retry-After was not honoured"
@@ -478,32 +389,29 @@ fn transient_failures_are_retried_with_backoff_honouring_retry_after() {
 
 #[test]
 fn without_an_answer_after_every_retry_the_next_run_sends_it_again() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&[]);
     june(&env);
-    let emu = Emulator::start(&env, &[]);
+    let emu = env.emulator();
     emu.faults(json!([{"kind": "status", "status": 502, "times": 2}]));
-    let out = run(
+    run(
         &env,
-        &emu,
         &["submit", "--max-retries", "1", "--clazar-concurrency", "1"],
+        3,
     );
-    assert_eq!(code(&out), 3, "{}", stderr_of(&out));
     let transient = env.count("SELECT COUNT(*) FROM submission_lines WHERE status = 'transient'");
     assert!(transient >= 1, "{:?}", lines(&env));
-    let out = run(&env, &emu, &["submit"]);
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    run(&env, &["submit"], 0);
     assert_eq!(emu.accepted().len(), 3);
     emu.assert_exactly_once();
 }
 
 #[test]
 fn another_4xx_is_rejected_without_retry() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&[]);
     june(&env);
-    let emu = Emulator::start(&env, &[]);
+    let emu = env.emulator();
     emu.faults(json!([{"kind": "status", "status": 422}]));
-    let out = run(&env, &emu, &["submit", "--clazar-concurrency", "1"]);
-    assert_eq!(code(&out), 3, "{}", stderr_of(&out));
+    run(&env, &["submit", "--clazar-concurrency", "1"], 3);
     assert_eq!(emu.metering_requests(), 2, "no retry of the 422");
     let (status, http): (String, i64) = pair(
         &env,
@@ -514,24 +422,19 @@ fn another_4xx_is_rejected_without_retry() {
 
 #[test]
 fn an_unreadable_answer_is_a_failure_with_its_body_and_resubmit_finds_it_had_arrived() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&[]);
     one_contract(&env);
-    let emu = Emulator::start(&env, &[]);
+    let emu = env.emulator();
     emu.faults(json!([{"kind": "malformed", "accept": true}]));
-    let out = run(&env, &emu, &["submit"]);
-    assert_eq!(code(&out), 3, "{}", stderr_of(&out));
-    let body: String = one(
-        &env,
-        "SELECT response_body FROM submissions WHERE status = 'failed'",
-    );
+    run(&env, &["submit"], 3);
+    let body: String = env.one("SELECT response_body FROM submissions WHERE status = 'failed'");
     assert!(body.contains("<html>"), "{body}");
     assert_eq!(
         lines(&env),
         [triple("contract-a", "cpu_core_hours", "failed")]
     );
 
-    let out = run(&env, &emu, &["resubmit", "--contract", "contract-a"]);
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    run(&env, &["resubmit", "--contract", "contract-a"], 0);
     assert_eq!(
         lines(&env),
         [
@@ -544,12 +447,11 @@ fn an_unreadable_answer_is_a_failure_with_its_body_and_resubmit_finds_it_had_arr
 
 #[test]
 fn a_slow_answer_times_out_and_the_retry_is_recognised_as_a_duplicate() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&[]);
     one_contract(&env);
-    let emu = Emulator::start(&env, &[]);
+    let emu = env.emulator();
     emu.faults(json!([{"kind": "slow", "ms": 3000, "accept": true}]));
-    let out = run(&env, &emu, &["submit", "--clazar-timeout", "1"]);
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    run(&env, &["submit", "--clazar-timeout", "1"], 0);
     assert_eq!(
         lines(&env),
         [triple("contract-a", "cpu_core_hours", "duplicate")]
@@ -559,12 +461,11 @@ fn a_slow_answer_times_out_and_the_retry_is_recognised_as_a_duplicate() {
 
 #[test]
 fn an_expired_token_is_renewed_once() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&[]);
     june(&env);
-    let emu = Emulator::start(&env, &[]);
+    let emu = env.emulator();
     emu.faults(json!([{"kind": "expire_token"}]));
-    let out = run(&env, &emu, &["submit", "--clazar-concurrency", "1"]);
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    run(&env, &["submit", "--clazar-concurrency", "1"], 0);
     let stats = emu.stats();
     assert_eq!(stats["auth_requests"], 2);
     assert_eq!(stats["unauthorized"], 1);
@@ -573,13 +474,12 @@ fn an_expired_token_is_renewed_once() {
 
 #[test]
 fn the_token_is_renewed_shortly_before_it_expires() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&["--token-ttl-secs", "1"]);
     june(&env);
-    let emu = Emulator::start(&env, &["--token-ttl-secs", "1"]);
+    let emu = env.emulator();
     // The first answer takes longer than the token lives: the second request needs a new one.
     emu.faults(json!([{"kind": "slow", "ms": 1200, "accept": true}]));
-    let out = run(&env, &emu, &["submit", "--clazar-concurrency", "1"]);
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    run(&env, &["submit", "--clazar-concurrency", "1"], 0);
     let stats = emu.stats();
     assert_eq!(stats["auth_requests"], 2);
     assert_eq!(
@@ -591,16 +491,15 @@ fn the_token_is_renewed_shortly_before_it_expires() {
 
 #[test]
 fn refused_credentials_stop_the_run_with_a_configuration_error_and_keep_the_outbox() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&[]);
     june(&env);
-    let emu = Emulator::start(&env, &[]);
-    let out = meterbook(&env, &emu, &["submit", "--clazar-concurrency", "1"])
+    let emu = env.emulator();
+    let out = env
+        .meterbook(["submit", "--clazar-concurrency", "1"])
         .env("CLAZAR_CLIENT_SECRET", "wrong-secret")
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 2, "{}", stderr_of(&out));
-    assert!(stderr_of(&out).contains("refused the credentials"));
-    assert!(!stderr_of(&out).contains("wrong-secret"));
+        .expect_code(2);
+    assert!(out.stderr.contains("refused the credentials"));
+    assert!(!out.stderr.contains("wrong-secret"));
     assert_eq!(
         env.count("SELECT COUNT(*) FROM submission_lines WHERE status = 'pending'"),
         3
@@ -610,25 +509,26 @@ fn refused_credentials_stop_the_run_with_a_configuration_error_and_keep_the_outb
         1,
         "the run stops at the first refusal"
     );
-    let out = run(&env, &emu, &["submit"]);
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    run(&env, &["submit"], 0);
     assert_eq!(emu.accepted().len(), 3);
 
-    let missing = env.cmd().args(["submit"]).output().unwrap();
-    assert_eq!(code(&missing), 2, "{}", stderr_of(&missing));
-    assert!(stderr_of(&missing).contains("CLAZAR_CLIENT_SECRET"));
+    let missing = env
+        .meterbook(["submit"])
+        .env_remove("CLAZAR_CLIENT_ID")
+        .env_remove("CLAZAR_CLIENT_SECRET")
+        .expect_code(2);
+    assert!(missing.stderr.contains("CLAZAR_CLIENT_SECRET"));
 }
 
 #[test]
 fn a_crash_between_send_and_record_is_reconciled_by_the_next_run() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&[]);
     june(&env);
-    let emu = Emulator::start(&env, &[]);
-    let crashed = meterbook(&env, &emu, &["submit", "--clazar-concurrency", "1"])
+    let emu = env.emulator();
+    // The failpoint aborts the process.
+    env.meterbook(["submit", "--clazar-concurrency", "1"])
         .env("METERBOOK_FAILPOINT", "after-send")
-        .output()
-        .unwrap();
-    assert!(!crashed.status.success(), "the failpoint aborts");
+        .expect_killed();
     assert_eq!(emu.accepted().len(), 2, "the first request had arrived");
     assert_eq!(
         env.count("SELECT COUNT(*) FROM submissions WHERE status = 'sending'"),
@@ -639,9 +539,10 @@ fn a_crash_between_send_and_record_is_reconciled_by_the_next_run() {
         1
     );
 
-    let out = run(&env, &emu, &["submit"]);
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
-    assert!(stderr_of(&out).contains("re-sending 1 submissions left in flight"));
+    let out = run(&env, &["submit"], 0);
+    assert!(out
+        .stderr
+        .contains("re-sending 1 submissions left in flight"));
     assert_eq!(
         lines(&env),
         [
@@ -656,17 +557,16 @@ fn a_crash_between_send_and_record_is_reconciled_by_the_next_run() {
 
 #[test]
 fn a_dry_run_prints_the_payloads_changes_nothing_and_calls_nothing() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&[]);
     june(&env);
-    let emu = Emulator::start(&env, &[]);
-    let out = meterbook(&env, &emu, &["submit"])
+    let emu = env.emulator();
+    let out = env
+        .meterbook(["submit"])
         .env("DRY_RUN", "true")
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
-    assert_no_secrets(&env, &emu, &out);
-    let printed: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
+        .expect_code(0);
+    assert_no_secrets(&env, &out);
+    let printed: Vec<Value> = out
+        .stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
@@ -686,8 +586,7 @@ fn a_dry_run_prints_the_payloads_changes_nothing_and_calls_nothing() {
     );
 
     // A later real run sends exactly what the dry run printed.
-    let out = run(&env, &emu, &["submit"]);
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    run(&env, &["submit"], 0);
     let mut sent: Vec<Value> = emu
         .accepted()
         .iter()
@@ -708,28 +607,22 @@ fn a_dry_run_prints_the_payloads_changes_nothing_and_calls_nothing() {
 
 #[test]
 fn formulas_give_exact_quantities_and_the_amount_before_rounding_is_kept() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&["--dimension", "cents", "--dimension", "half_replicas"]);
     // 0.58 x 0.5 = 0.29 of cpu price: 0.29 / 0.01 is 28.999999999999996 in floating point.
-    usage(
-        &env,
+    env.write_hour(
         "2025/06/01/00",
         "sub-a",
         "contract-a",
         &[("cpu_core_hours", json!(0.58)), ("replica_hours", json!(7))],
     );
-    marker(&env, "2025-06-30T23:59:59Z");
-    ingest(&env);
-    let emu = Emulator::start(
-        &env,
-        &["--dimension", "cents", "--dimension", "half_replicas"],
-    );
-    let out = meterbook(&env, &emu, &["submit"])
+    env.write_marker("2025-06-30T23:59:59Z");
+    env.ingest().expect_code(0);
+    let emu = env.emulator();
+    env.meterbook(["submit"])
         .env("DIMENSION_cents", "cpu_core_hours_total_price / 0.01")
         .env("DIMENSION1_NAME", "half_replicas")
         .env("DIMENSION1_FORMULA", "replica_hours / 2")
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+        .expect_code(0);
     assert_eq!(
         emu.accepted_quantities(),
         [
@@ -737,10 +630,8 @@ fn formulas_give_exact_quantities_and_the_amount_before_rounding_is_kept() {
             triple("contract-a", "half_replicas", "3"),
         ]
     );
-    let exact: f64 = one(
-        &env,
-        "SELECT exact_quantity FROM submission_lines WHERE dimension = 'half_replicas'",
-    );
+    let exact: f64 =
+        env.one("SELECT exact_quantity FROM submission_lines WHERE dimension = 'half_replicas'");
     assert_eq!(exact, 3.5);
 }
 
@@ -748,7 +639,7 @@ fn formulas_give_exact_quantities_and_the_amount_before_rounding_is_kept() {
 /// dry run: Python's meaning, where evalexpr sent twice the amount for `//` and rounded halves up.
 #[test]
 fn a_dry_run_evaluates_the_predecessors_formulas_as_python_does() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&[]);
     let gib = 1_u64 << 30;
     // contract-a: 40 CPU core hours and 3 GiB-hours of memory; contract-b: 10 CPU core hours.
     for (hour, contract, cpu, memory) in [
@@ -760,12 +651,12 @@ fn a_dry_run_evaluates_the_predecessors_formulas_as_python_does() {
             ("cpu_core_hours", json!(cpu)),
             ("memory_byte_hours", json!(memory)),
         ];
-        usage(&env, hour, contract, contract, &values);
+        env.write_hour(hour, contract, contract, &values);
     }
-    marker(&env, "2025-06-30T23:59:59Z");
-    ingest(&env);
-    let emu = Emulator::start(&env, &[]);
-    let out = meterbook(&env, &emu, &["submit"])
+    env.write_marker("2025-06-30T23:59:59Z");
+    env.ingest().expect_code(0);
+    let out = env
+        .meterbook(["submit"])
         .env("DRY_RUN", "true")
         .env("DIMENSION1_NAME", "half_cpu")
         .env("DIMENSION1_FORMULA", "cpu_core_hours // 2")
@@ -777,11 +668,9 @@ fn a_dry_run_evaluates_the_predecessors_formulas_as_python_does() {
             "DIMENSION_memory_gib_hours",
             "memory_byte_hours / 1024 ** 3",
         )
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
-    let mut sent: Vec<(String, String, String)> = String::from_utf8(out.stdout)
-        .unwrap()
+        .expect_code(0);
+    let mut sent: Vec<(String, String, String)> = out
+        .stdout
         .lines()
         .flat_map(|l| {
             let body: Value = serde_json::from_str(l).unwrap();
@@ -813,9 +702,9 @@ fn a_dry_run_evaluates_the_predecessors_formulas_as_python_does() {
 
 #[test]
 fn a_formula_python_would_read_differently_or_not_at_all_is_refused_naming_its_variable() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&[]);
     june(&env);
-    let emu = Emulator::start(&env, &[]);
+    let emu = env.emulator();
     for (formula, what) in [
         (
             "cpu_core_hours ^ 2",
@@ -827,13 +716,12 @@ fn a_formula_python_would_read_differently_or_not_at_all_is_refused_naming_its_v
             "a conditional expression",
         ),
     ] {
-        let out = meterbook(&env, &emu, &["submit"])
+        let out = env
+            .meterbook(["submit"])
             .env("DIMENSION2_NAME", "billed")
             .env("DIMENSION2_FORMULA", formula)
-            .output()
-            .unwrap();
-        assert_eq!(code(&out), 2, "{}", stderr_of(&out));
-        let err = stderr_of(&out);
+            .expect_code(2);
+        let err = out.stderr;
         assert!(
             err.contains("DIMENSION2_NAME/DIMENSION2_FORMULA") && err.contains(what),
             "{formula}: {err}"
@@ -845,15 +733,14 @@ fn a_formula_python_would_read_differently_or_not_at_all_is_refused_naming_its_v
 
 #[test]
 fn a_bad_formula_stops_the_run_before_anything_is_sent() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&[]);
     june(&env);
-    let emu = Emulator::start(&env, &[]);
-    let out = meterbook(&env, &emu, &["submit"])
+    let emu = env.emulator();
+    let out = env
+        .meterbook(["submit"])
         .env("DIMENSION_cpu", "cpu_hours * 2")
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 2, "{}", stderr_of(&out));
-    let err = stderr_of(&out);
+        .expect_code(2);
+    let err = out.stderr;
     assert!(
         err.contains("DIMENSION_cpu") && err.contains("unknown variable 'cpu_hours'"),
         "{err}"
@@ -864,14 +751,12 @@ fn a_bad_formula_stops_the_run_before_anything_is_sent() {
 
 #[test]
 fn a_negative_result_is_a_recorded_failure_for_that_contract_only() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&["--dimension", "net"]);
     june(&env);
-    let emu = Emulator::start(&env, &["--dimension", "net"]);
-    let out = meterbook(&env, &emu, &["submit"])
+    let emu = env.emulator();
+    env.meterbook(["submit"])
         .env("DIMENSION_net", "cpu_core_hours - 4.5")
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 3, "{}", stderr_of(&out));
+        .expect_code(3);
     // contract-a: 5 - 4.5 = 0.5 -> 0; contract-b: 4 - 4.5 < 0 -> failed, nothing sent.
     assert_eq!(
         emu.accepted_quantities(),
@@ -887,49 +772,42 @@ fn a_negative_result_is_a_recorded_failure_for_that_contract_only() {
 
 #[test]
 fn max_records_per_request_splits_a_contracts_lines() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&[]);
     june(&env);
-    let emu = Emulator::start(&env, &[]);
-    let out = run(&env, &emu, &["submit", "--max-records-per-request", "1"]);
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    let emu = env.emulator();
+    run(&env, &["submit", "--max-records-per-request", "1"], 0);
     assert_eq!(emu.metering_requests(), 3);
 }
 
 #[test]
 fn usage_that_changes_after_submission_is_reported_as_drift_not_resent() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&[]);
     june(&env);
-    let emu = Emulator::start(&env, &[]);
-    assert_eq!(code(&run(&env, &emu, &["submit"])), 0);
+    let emu = env.emulator();
+    run(&env, &["submit"], 0);
     // A rewritten file: contract-b's hour now says 10 instead of 4.
-    usage(
-        &env,
+    env.write_hour(
         "2025/06/01/00",
         "sub-b",
         "contract-b",
         &[("cpu_core_hours", json!(10))],
     );
-    ingest(&env);
-    let out = run(&env, &emu, &["submit"]);
-    assert_eq!(code(&out), 3, "{}", stderr_of(&out));
-    assert!(stderr_of(&out).contains("drift"), "{}", stderr_of(&out));
+    env.ingest().expect_code(0);
+    let out = run(&env, &["submit"], 3);
+    assert!(out.stderr.contains("drift"), "{}", out.stderr);
     assert_eq!(emu.metering_requests(), 2, "drift is never re-sent");
-    let difference: f64 = one(
-        &env,
-        "SELECT difference FROM submission_drift WHERE contract_id = 'contract-b'",
-    );
+    let difference: f64 =
+        env.one("SELECT difference FROM submission_drift WHERE contract_id = 'contract-b'");
     assert_eq!(difference, 6.0);
 }
 
 #[test]
 fn history_filters_and_formats() {
-    let env = TestEnv::new();
+    let env = with_fast_emulator(&[]);
     june(&env);
-    let emu = Emulator::start(&env, &[]);
-    assert_eq!(code(&run(&env, &emu, &["submit"])), 0);
+    run(&env, &["submit"], 0);
     let out = run(
         &env,
-        &emu,
         &[
             "history",
             "--contract",
@@ -941,9 +819,9 @@ fn history_filters_and_formats() {
             "--format",
             "json",
         ],
+        0,
     );
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
-    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = out.json();
     let dims: Vec<&str> = rows
         .as_array()
         .unwrap()
@@ -954,12 +832,68 @@ fn history_filters_and_formats() {
     assert_eq!(rows[0]["quantity"], 5);
     let csv = run(
         &env,
-        &emu,
         &["history", "--format", "csv", "--status", "rejected"],
+        0,
     );
+    assert_eq!(csv.stdout.lines().count(), 1, "only the header");
+}
+
+#[test]
+fn history_refuses_a_status_that_is_not_one() {
+    let env = with_fast_emulator(&[]);
+    june(&env);
+    run(&env, &["submit"], 0);
+    // A typo used to filter on a status no line can have, and print no rows without a word.
+    let out = run(&env, &["history", "--status", "acepted"], 2);
+    assert!(
+        out.stderr.contains("invalid value 'acepted' for '--status"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn an_unreachable_clazar_is_explained_as_the_url_or_network_not_the_credentials() {
+    let env = TestEnv::new().with_vars([
+        ("CLAZAR_CLIENT_ID", "client-1"),
+        ("CLAZAR_CLIENT_SECRET", "secret-1"),
+    ]);
+    june(&env);
+    // A port nothing listens on: the connection is refused.
+    let nowhere = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let meterbook = |args: &[&str]| {
+        env.meterbook(["--s3-endpoint-url", &nowhere, "--s3-max-attempts", "1"])
+            .args(args)
+            .args(["--clazar-base-url", &nowhere])
+    };
+    let out = meterbook(&["doctor"]).expect_code(2);
+    let clazar = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("clazar authentication"))
+        .unwrap();
+    assert!(
+        clazar.starts_with("FAIL")
+            && clazar.contains("no answer from Clazar's authentication at")
+            && clazar.contains(
+                "fix: check CLAZAR_API_URL (or --clazar-base-url) and that this host can reach it"
+            ),
+        "{clazar}"
+    );
+    assert!(
+        !clazar.contains("CLAZAR_CLIENT_SECRET") && !clazar.contains("Transient"),
+        "{clazar}"
+    );
+
+    // submit records the requests as without an answer, to be re-sent, and says why.
+    let out = meterbook(&["submit", "--max-retries", "0"]).expect_code(3);
+    assert!(out.stderr.contains("could not connect"), "{}", out.stderr);
     assert_eq!(
-        String::from_utf8(csv.stdout).unwrap().lines().count(),
-        1,
-        "only the header"
+        env.count("SELECT COUNT(*) FROM submissions WHERE status = 'transient'"),
+        2
     );
 }

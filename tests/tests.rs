@@ -8,6 +8,7 @@ mod util;
 mod console;
 mod costs;
 mod daemon;
+mod deploy;
 mod dropin;
 mod formulas;
 mod hostile;

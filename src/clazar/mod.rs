@@ -5,35 +5,16 @@
 
 pub mod types;
 
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use rand::Rng;
 use serde::Deserialize;
 
-pub use types::{MeteringRecord, MeteringRequest, MeteringResponse, MeteringResult, ResultKind};
-
-/// A secret (client secret, bearer token): never printed, not even by `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-
-    /// The value, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+use crate::secret::Secret;
+pub use types::{
+    Cloud, MeteringRecord, MeteringRequest, MeteringResponse, MeteringResult, ResultKind,
+};
 
 /// Where Clazar is and how to talk to it.
 #[derive(Debug, Clone)]
@@ -50,6 +31,8 @@ pub struct ClazarSettings {
     pub max_retries: u32,
     /// The first backoff delay; it doubles per retry (with jitter), up to [`MAX_BACKOFF`].
     pub backoff: Duration,
+    /// Requests in flight at once.
+    pub concurrency: usize,
 }
 
 /// The longest wait between attempts, `Retry-After` included.
@@ -141,8 +124,31 @@ pub fn classify_http(status: u16, retry_after: Option<&str>, body: &[u8]) -> Ans
     }
 }
 
+/// A request that got no usable answer: transient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoAnswer {
+    pub why: String,
+    /// The HTTP status, when there was an answer (one without what was asked for).
+    pub status: Option<u16>,
+}
+
+impl From<NoAnswer> for Answer {
+    fn from(n: NoAnswer) -> Answer {
+        Answer::Transient {
+            why: n.why,
+            status: n.status,
+            body: None,
+            retry_after: None,
+        }
+    }
+}
+
 /// A request that got no answer (connect failure, timeout, dropped connection) is transient.
 pub fn network_failure(err: &reqwest::Error) -> Answer {
+    no_answer(err).into()
+}
+
+fn no_answer(err: &reqwest::Error) -> NoAnswer {
     let what = if err.is_timeout() {
         "timed out"
     } else if err.is_connect() {
@@ -150,11 +156,9 @@ pub fn network_failure(err: &reqwest::Error) -> Answer {
     } else {
         "connection failed"
     };
-    Answer::Transient {
+    NoAnswer {
         why: format!("{what}: {}", without_url(err)),
         status: err.status().map(|s| s.as_u16()),
-        body: None,
-        retry_after: None,
     }
 }
 
@@ -192,20 +196,100 @@ pub fn backoff_delay(base: Duration, retry: u32, retry_after: Option<Duration>) 
         .min(MAX_BACKOFF)
 }
 
-/// Errors that stop a run: Clazar will not let us in.
-#[derive(Debug, thiserror::Error)]
+/// Why Clazar does not let us in: errors that stop a run (`submit`, `resubmit`, `run`), and what
+/// `doctor` reports. Each says what happened and what to check.
+#[derive(Debug, Clone, PartialEq)]
 pub enum ClazarError {
-    #[error(
-        "Clazar refused the credentials of CLAZAR_CLIENT_ID {client_id} at {url}: HTTP {status}"
-    )]
+    /// The authentication endpoint refused the request (the credentials, or it is no such
+    /// endpoint).
     CredentialsRefused {
         client_id: String,
         url: String,
         status: u16,
     },
-    #[error("Clazar refused a fresh token at {url} (HTTP 401 twice)")]
+    /// The metering endpoint refused a fresh token.
     TokenRefused { url: String },
+    /// No token: the authentication endpoint gave no usable answer (no connection, a timeout, an
+    /// error status, an answer without a token).
+    NoToken { url: String, failure: NoAnswer },
 }
+
+/// Where Clazar's URLs come from, for messages.
+const URL_SETTINGS: &str = "CLAZAR_API_URL (or --clazar-base-url)";
+
+impl ClazarError {
+    /// What happened, and what to check.
+    pub fn explained(&self) -> (String, String) {
+        let reach = || {
+            format!(
+                "check {URL_SETTINGS} and that this host can reach it (network, proxy, firewall)"
+            )
+        };
+        match self {
+            ClazarError::CredentialsRefused {
+                client_id,
+                url,
+                status: status @ (404 | 405),
+            } => (
+                format!(
+                    "Clazar's authentication at {url} answered HTTP {status} for CLAZAR_CLIENT_ID \
+                     {client_id}: there is no authentication endpoint there"
+                ),
+                format!("check {URL_SETTINGS}"),
+            ),
+            ClazarError::CredentialsRefused {
+                client_id,
+                url,
+                status,
+            } => (
+                format!(
+                    "Clazar refused the credentials of CLAZAR_CLIENT_ID {client_id} at {url}: HTTP \
+                     {status}"
+                ),
+                "check CLAZAR_CLIENT_ID and CLAZAR_CLIENT_SECRET".into(),
+            ),
+            ClazarError::TokenRefused { url } => (
+                format!("Clazar refused a fresh token at {url} (HTTP 401 twice)"),
+                format!(
+                    "check that the client of CLAZAR_CLIENT_ID may send metering records, and \
+                     {URL_SETTINGS}"
+                ),
+            ),
+            ClazarError::NoToken { url, failure } => match failure {
+                NoAnswer {
+                    status: Some(status @ 200..=299),
+                    ..
+                } => (
+                    format!("the answer of {url} (HTTP {status}) holds no access token"),
+                    format!("check that {URL_SETTINGS} names Clazar's API"),
+                ),
+                NoAnswer {
+                    status: Some(status),
+                    ..
+                } => (
+                    format!(
+                        "Clazar's authentication at {url} answered HTTP {status}: Clazar is \
+                         failing or busy"
+                    ),
+                    "try again later".into(),
+                ),
+                NoAnswer { why, status: None } => (
+                    format!("no answer from Clazar's authentication at {url} ({why})"),
+                    reach(),
+                ),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for ClazarError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (happened, check) = self.explained();
+        write!(f, "{happened}; {check}")
+    }
+}
+
+impl std::error::Error for ClazarError {}
 
 #[derive(Deserialize)]
 struct TokenResponse {
@@ -249,7 +333,9 @@ impl Client {
         })
     }
 
-    /// Posts `body` to the metering endpoint, retrying transient failures up to `max_retries`.
+    /// Posts `body` to the metering endpoint, retrying transient failures up to `max_retries`. A
+    /// failure to get a token is such a failure too; the error is only for credentials or a
+    /// token Clazar refuses.
     pub async fn deliver(&self, body: &str) -> Result<Delivery, ClazarError> {
         let mut attempts = 0;
         loop {
@@ -323,23 +409,22 @@ impl Client {
                 *cached = Some(t);
                 Ok(Ok(value))
             }
-            Err(answer) => Ok(Err(answer)),
+            Err(failure) => Ok(Err(failure.into())),
         }
     }
 
-    /// Authenticates once, for `meterbook doctor`: `Err` says why it did not work.
-    pub async fn check_credentials(&self) -> Result<(), String> {
-        match self.authenticate().await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(answer)) => Err(format!(
-                "no token from {}: {answer:?}",
-                self.settings.auth_url
-            )),
-            Err(e) => Err(e.to_string()),
+    /// Authenticates once, for `meterbook doctor`.
+    pub async fn check_credentials(&self) -> Result<(), ClazarError> {
+        match self.authenticate().await? {
+            Ok(_) => Ok(()),
+            Err(failure) => Err(ClazarError::NoToken {
+                url: self.settings.auth_url.clone(),
+                failure,
+            }),
         }
     }
 
-    async fn authenticate(&self) -> Result<Result<Token, Answer>, ClazarError> {
+    async fn authenticate(&self) -> Result<Result<Token, NoAnswer>, ClazarError> {
         let s = &self.settings;
         tracing::debug!("authenticating with Clazar at {}", s.auth_url);
         let body = serde_json::json!({
@@ -348,12 +433,12 @@ impl Client {
         });
         let resp = match self.http.post(&s.auth_url).json(&body).send().await {
             Ok(r) => r,
-            Err(e) => return Ok(Err(network_failure(&e))),
+            Err(e) => return Ok(Err(no_answer(&e))),
         };
         let status = resp.status().as_u16();
         let bytes = match resp.bytes().await {
             Ok(b) => b,
-            Err(e) => return Ok(Err(network_failure(&e))),
+            Err(e) => return Ok(Err(no_answer(&e))),
         };
         match classify_status(status) {
             StatusClass::Success => match serde_json::from_slice::<TokenResponse>(&bytes) {
@@ -371,18 +456,14 @@ impl Client {
                     }))
                 }
                 // The body holds a token or junk; neither is ever printed.
-                Err(_) => Ok(Err(Answer::Transient {
+                Err(_) => Ok(Err(NoAnswer {
                     why: format!("the authentication answer (HTTP {status}) has no access_token"),
                     status: Some(status),
-                    body: None,
-                    retry_after: None,
                 })),
             },
-            StatusClass::Transient => Ok(Err(Answer::Transient {
+            StatusClass::Transient => Ok(Err(NoAnswer {
                 why: format!("authentication: HTTP {status}"),
                 status: Some(status),
-                body: None,
-                retry_after: None,
             })),
             StatusClass::Unauthorized | StatusClass::Refused | StatusClass::Unexpected => {
                 Err(ClazarError::CredentialsRefused {
@@ -442,6 +523,63 @@ mod tests {
     }
 
     #[test]
+    fn clazar_errors_say_what_happened_and_what_to_check() {
+        let url = "http://127.0.0.1:9/authenticate/".to_string();
+        let refused = |status| ClazarError::CredentialsRefused {
+            client_id: "client-1".into(),
+            url: url.clone(),
+            status,
+        };
+        let cases = [
+            (refused(401), "refused the credentials of CLAZAR_CLIENT_ID client-1", "check CLAZAR_CLIENT_ID and CLAZAR_CLIENT_SECRET"),
+            (refused(404), "answered HTTP 404", "no authentication endpoint there; check CLAZAR_API_URL (or --clazar-base-url)"),
+            (
+                ClazarError::NoToken {
+                    url: url.clone(),
+                    failure: NoAnswer {
+                        why: "could not connect: tcp connect error: Connection refused (os error 111)".into(),
+                        status: None,
+                    },
+                },
+                "no answer from Clazar's authentication at http://127.0.0.1:9/authenticate/ (could not connect",
+                "check CLAZAR_API_URL (or --clazar-base-url) and that this host can reach it",
+            ),
+            (
+                ClazarError::NoToken {
+                    url: url.clone(),
+                    failure: NoAnswer { why: "authentication: HTTP 503".into(), status: Some(503) },
+                },
+                "answered HTTP 503",
+                "try again later",
+            ),
+            (
+                ClazarError::NoToken {
+                    url: url.clone(),
+                    failure: NoAnswer { why: "no access_token".into(), status: Some(200) },
+                },
+                "(HTTP 200) holds no access token",
+                "names Clazar's API",
+            ),
+            (ClazarError::TokenRefused { url: url.clone() }, "refused a fresh token", "may send metering records"),
+        ];
+        for (error, happened, check) in cases {
+            let text = error.to_string();
+            assert!(text.contains(happened) && text.contains(check), "{text}");
+            // One sentence for an operator: never a Rust value.
+            assert!(!text.contains('{') && !text.contains("None"), "{text}");
+            // What happened, then what to check.
+            assert!(text.find(happened) < text.find(check), "{text}");
+        }
+        // Credentials are checked only when they were refused.
+        for error in [refused(404), ClazarError::TokenRefused { url: url.clone() }] {
+            assert!(
+                !error.to_string().contains("CLAZAR_CLIENT_SECRET"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
     fn backoff_grows_with_jitter_and_honours_retry_after() {
         let base = Duration::from_millis(100);
         for retry in 0..4 {
@@ -452,11 +590,5 @@ mod tests {
         let d = backoff_delay(base, 0, Some(Duration::from_secs(2)));
         assert_eq!(d, Duration::from_secs(2));
         assert!(backoff_delay(base, 30, None) <= MAX_BACKOFF);
-    }
-
-    #[test]
-    fn secrets_do_not_print() {
-        let s = Secret::new("hunter2");
-        assert_eq!(format!("{s:?}"), "Secret(***)");
     }
 }

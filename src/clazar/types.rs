@@ -1,8 +1,35 @@
-//! Clazar's metering request and response bodies, and how each result is read: accepted, a
-//! duplicate of an accepted record, a warning, or rejected. Pure; the emulator uses them too.
+//! Clazar's metering request and response bodies, the marketplaces a record names, and how each
+//! result is read: accepted, a duplicate of an accepted record, a warning, or rejected. Pure; the
+//! emulator uses them too.
+
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+/// The marketplace of a contract (`CLAZAR_CLOUD`): the `cloud` of every record sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Cloud {
+    Aws,
+    Azure,
+    Gcp,
+}
+
+impl Cloud {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cloud::Aws => "aws",
+            Cloud::Azure => "azure",
+            Cloud::Gcp => "gcp",
+        }
+    }
+}
+
+impl fmt::Display for Cloud {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// One metering record as sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

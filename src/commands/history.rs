@@ -29,7 +29,7 @@ pub fn run(global: &GlobalArgs, args: &HistoryArgs) -> Result<Outcome> {
     let filter = SubmissionFilter {
         contract_id: args.contract.clone(),
         period: args.period.clone(),
-        status: args.status.clone(),
+        status: args.status,
     };
     let stdout = std::io::stdout().lock();
     let wide = args.wide || args.format != Format::Table;

@@ -1,7 +1,9 @@
-//! One module per subcommand, each a short story over the library's modules.
+//! One module per subcommand, each a short story: resolve the settings (`config`), call the
+//! library, print the result.
 
 pub mod costs;
 pub mod doctor;
+pub mod health;
 pub mod history;
 pub mod import_state;
 pub mod ingest;
@@ -15,22 +17,25 @@ pub mod sync;
 use anyhow::Result;
 
 use crate::cli::{Cli, Command};
+use crate::config::Environment;
 use crate::error::Outcome;
 
-/// Runs the chosen subcommand.
+/// Runs the chosen subcommand, with the environment read once.
 pub async fn dispatch(cli: Cli) -> Result<Outcome> {
+    let env = Environment::read();
     let global = &cli.global;
     match &cli.command {
-        Command::Ingest(args) => ingest::run(global, args).await,
+        Command::Ingest(args) => ingest::run(global, args, &env).await,
         Command::Sql(args) => sql::run(global, args),
-        Command::Sync(args) => sync::run(global, args).await,
-        Command::Doctor(args) => doctor::run(global, args).await,
-        Command::Run(args) => run::run(global, args).await,
-        Command::ImportState(args) => import_state::run(global, args).await,
-        Command::Submit(args) => submit::run(global, args).await,
+        Command::Sync(args) => sync::run(global, args, &env).await,
+        Command::Doctor(args) => doctor::run(global, args, &env).await,
+        Command::Run(args) => run::run(global, args, &env).await,
+        Command::ImportState(args) => import_state::run(global, args, &env).await,
+        Command::Submit(args) => submit::run(global, args, &env).await,
         Command::History(args) => history::run(global, args),
-        Command::Resubmit(args) => resubmit::run(global, args).await,
-        Command::Costs(args) => costs::run(global, args).await,
+        Command::Resubmit(args) => resubmit::run(global, args, &env).await,
+        Command::Costs(args) => costs::run(global, args, &env).await,
+        Command::Health(args) => health::run(args).await,
         Command::Serve(args) => serve::run(global, args).await,
     }
 }

@@ -8,22 +8,23 @@ use anyhow::Result;
 use chrono::Utc;
 
 use crate::cli::{GlobalArgs, LeaseAction, SyncAction, SyncArgs};
+use crate::config::{Environment, SyncSettings};
 use crate::error::Outcome;
 use crate::period::format_utc;
 use crate::sync::state::{self, Pulled, Pushed};
 use crate::sync::{lease, StateLocation};
 
-pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
-    let client = crate::s3::client(&global.s3.resolve()).await;
-    let plan = crate::config::plan_from_env();
-    let loc = crate::sync::locate(&client, args.state.state_url.as_deref(), plan.as_ref()).await?;
-    let ledger_file = global.ledger_file();
+pub async fn run(global: &GlobalArgs, args: &SyncArgs, env: &Environment) -> Result<Outcome> {
+    let settings = SyncSettings::resolve(global, &args.state, env)?;
+    let client = crate::s3::client(&settings.s3).await;
+    let loc = crate::sync::locate(&client, &settings.state).await?;
+    let ledger_file = &settings.ledger;
     let ledger = &ledger_file.path;
-    let keep = args.state.keep_generations;
+    let keep = settings.state.keep_generations;
     let mut out = std::io::stdout().lock();
     let mut outcome = Outcome::Success;
     match &args.action {
-        SyncAction::Push => match state::push(&client, &loc, &ledger_file, keep).await? {
+        SyncAction::Push => match state::push(&client, &loc, ledger_file, keep).await? {
             Pushed::Generation {
                 generation,
                 size,
@@ -40,7 +41,7 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
             )?,
         },
         SyncAction::Pull { discard_local } => {
-            match state::pull(&client, &loc, &ledger_file, *discard_local).await? {
+            match state::pull(&client, &loc, ledger_file, *discard_local).await? {
                 Pulled::Generation { generation, size } => writeln!(
                     out,
                     "pulled generation {generation} from {loc} into {} ({})",
@@ -99,7 +100,7 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
             let new = state::restore(
                 &client,
                 &loc,
-                &ledger_file,
+                ledger_file,
                 *generation,
                 keep,
                 *discard_local,
@@ -115,11 +116,10 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<Outcome> {
             &mut out,
             &loc,
             ledger,
-            &state::status(&client, &loc, &ledger_file).await?,
+            &state::status(&client, &loc, ledger_file).await?,
         )?,
         SyncAction::Lease(action) => {
-            let duration = Duration::from_secs(args.state.lease_seconds);
-            lease_action(&mut out, &client, &loc, action, duration).await?
+            lease_action(&mut out, &client, &loc, action, settings.state.lease).await?
         }
     }
     Ok(outcome)

@@ -17,7 +17,7 @@ use crate::costs::money::format_dollars;
 use crate::costs::report::{CostReport, Window};
 use crate::ledger::console::{self as q, text, Param, Query, Rows};
 use crate::ledger::{
-    SqlValue, SubmissionFilter, COST_GRANTS_SQL, HOURLY_COSTS_SQL, USER_SPEND_SQL,
+    LineStatus, SqlValue, SubmissionFilter, COST_GRANTS_SQL, HOURLY_COSTS_SQL, USER_SPEND_SQL,
 };
 use crate::period::{format_utc, Month};
 
@@ -534,19 +534,6 @@ pub fn contract_files(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
 
 // ---------------------------------------------------------------------------------------------
 
-/// Line statuses a filter may name.
-const LINE_STATUSES: [&str; 9] = [
-    "pending",
-    "sending",
-    "transient",
-    "accepted",
-    "duplicate",
-    "imported",
-    "warning",
-    "rejected",
-    "failed",
-];
-
 fn submission_tabs(active: &str) -> Markup {
     html! {
         div.tabs {
@@ -558,16 +545,17 @@ fn submission_tabs(active: &str) -> Markup {
 
 /// Submission lines, filtered, those needing attention first.
 pub fn submissions(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
-    let status = param(p, "status").map(str::to_string);
-    if let Some(st) = &status {
-        if !LINE_STATUSES.contains(&st.as_str()) {
-            return Err(BadRequest(format!(
-                "status {st:?} is not one of {}",
-                LINE_STATUSES.join(", ")
-            ))
-            .into());
-        }
-    }
+    let status = param(p, "status")
+        .map(|st| {
+            LineStatus::ALL
+                .into_iter()
+                .find(|s| s.as_str() == st)
+                .ok_or_else(|| {
+                    let all: Vec<&str> = LineStatus::ALL.iter().map(|s| s.as_str()).collect();
+                    BadRequest(format!("status {st:?} is not one of {}", all.join(", ")))
+                })
+        })
+        .transpose()?;
     let filter = SubmissionFilter {
         contract_id: param(p, "contract").map(str::to_string),
         period: param(p, "period").map(str::to_string),
@@ -578,7 +566,7 @@ pub fn submissions(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
     let page = s.page(&history_q, offset(p)?, PAGE_SIZE)?;
     let contract = filter.contract_id.clone().unwrap_or_default();
     let period = filter.period.clone().unwrap_or_default();
-    let status = filter.status.clone().unwrap_or_default();
+    let status = filter.status.map_or("", LineStatus::as_str);
     let href = |o: u64| {
         let o = o.to_string();
         format!(
@@ -586,7 +574,7 @@ pub fn submissions(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
             query_string(&[
                 ("contract", &contract),
                 ("period", &period),
-                ("status", &status),
+                ("status", status),
                 ("attention", if attention { "1" } else { "" }),
                 ("offset", &o),
             ])
@@ -613,7 +601,7 @@ pub fn submissions(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
             label { "Status"
                 select name="status" {
                     option value="" { "any" }
-                    @for st in LINE_STATUSES {
+                    @for st in LineStatus::ALL.map(LineStatus::as_str) {
                         option value=(st) selected[st == status] { (st) }
                     }
                 }
@@ -961,7 +949,7 @@ pub fn costs(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
         });
     };
     let w = &cw.window;
-    let report = CostReport::from_ledger(s.ledger(), w)?;
+    let report = CostReport::read(s.ledger(), w)?;
     let checks_q = Query::cheap(
         q::MONTH_CHECKS,
         vec![
@@ -1064,6 +1052,6 @@ pub fn costs_plot(s: &mut Snapshot<'_>, p: &Params) -> Result<Option<String>> {
     let Some(cw) = CostWindow::from(s, p)? else {
         return Ok(None);
     };
-    let report = CostReport::from_ledger(s.ledger(), &cw.window)?;
+    let report = CostReport::read(s.ledger(), &cw.window)?;
     Ok(Some(crate::costs::plot::svg(&report)?))
 }

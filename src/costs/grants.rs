@@ -2,12 +2,15 @@
 //! managers keep. Columns are matched by header name: `user`, `amount`, `start`, and optionally
 //! `end` (inclusive; empty for an open-ended grant) and `note`. Every problem is reported with its
 //! line, and a file with any problem loads nothing: half a set of grants would misstate them all.
+//! [`load`] replaces the ledger's grants with a file's.
 
 use std::path::Path;
 
 use chrono::NaiveDate;
 
 use super::money::parse_nanos;
+use crate::error::{Fatal, Outcome};
+use crate::ledger::{Ledger, LedgerFile};
 
 /// One grant as read from the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +23,38 @@ pub struct Grant {
     pub note: Option<String>,
     /// Line in the file, the header being line 1.
     pub line: u64,
+}
+
+/// Replaces the grants with a file's; warns of users no line item names (a misspelt user would
+/// otherwise show a grant with nothing spent).
+pub fn load(ledger: &LedgerFile, file: &Path) -> anyhow::Result<Outcome> {
+    let grants = read_grants(file).map_err(Fatal::Config)?;
+    let mut ledger = Ledger::open_for_writing(ledger)?;
+    let replaced = ledger.replace_cost_grants(&grants, &file.display().to_string())?;
+    let mut users: Vec<&str> = grants.iter().map(|g| g.user.as_str()).collect();
+    users.sort_unstable();
+    users.dedup();
+    let mut unknown = 0;
+    for user in &users {
+        if !ledger.user_has_line_items(user)? {
+            unknown += 1;
+            tracing::warn!(
+                "grant user {user:?}: no line item names this user; check the spelling against \
+                 meterbook sql \"SELECT DISTINCT user FROM cost_line_items\""
+            );
+        }
+    }
+    tracing::info!(
+        "loaded {} grants for {} users from {} (replacing {replaced})",
+        grants.len(),
+        users.len(),
+        file.display()
+    );
+    Ok(if unknown > 0 {
+        Outcome::NeedsAttention
+    } else {
+        Outcome::Success
+    })
 }
 
 /// At most this many problems are listed in the error.

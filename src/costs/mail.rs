@@ -1,4 +1,4 @@
-//! Emailing the cost report over SMTP. STARTTLS by default; the username and password come from
+//! Emailing the cost report over SMTP, with the plot attached. STARTTLS by default; the username and password come from
 //! the environment only (`SMTP_USERNAME`, `SMTP_PASSWORD`) and never appear in logs or errors.
 
 use anyhow::{Context, Result};
@@ -6,6 +6,10 @@ use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{Message, SmtpTransport, Transport};
+
+use super::plot::write_plots;
+use super::report::CostReport;
+use crate::secret::Secret;
 
 /// How the SMTP connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -28,7 +32,7 @@ pub struct MailSettings {
     pub from: Mailbox,
     pub to: Vec<Mailbox>,
     /// Username and password, from the environment.
-    pub credentials: Option<(String, String)>,
+    pub credentials: Option<(String, Secret)>,
 }
 
 /// A file sent with the message.
@@ -37,6 +41,39 @@ pub struct Attachment {
     pub name: String,
     pub content_type: String,
     pub body: Vec<u8>,
+}
+
+/// Emails the report: the headline as the subject, the text report as the body, and, with
+/// `plot`, the plot of daily spend per user as a PNG.
+pub async fn send_report(settings: &MailSettings, report: &CostReport, plot: bool) -> Result<()> {
+    let mut body = Vec::new();
+    report.write_text(&mut body)?;
+    let body = String::from_utf8(body).context("the report is not UTF-8")?;
+    let attachments = match plot {
+        true => vec![plot_attachment(report)?],
+        false => Vec::new(),
+    };
+    let subject = report.headline();
+    let recipients = settings.to.len();
+    let settings = settings.clone();
+    tokio::task::spawn_blocking(move || send(&settings, &subject, body, attachments)).await??;
+    tracing::info!("emailed the report to {recipients} recipient(s)");
+    Ok(())
+}
+
+/// The window's plot as a PNG for the email, drawn in a temporary folder.
+fn plot_attachment(report: &CostReport) -> Result<Attachment> {
+    let dir = tempfile::tempdir().context("creating a temporary folder for the plot")?;
+    let (png, svg) = (dir.path().join("plot.png"), dir.path().join("plot.svg"));
+    write_plots(report, &png, &svg)?;
+    Ok(Attachment {
+        name: format!(
+            "spend-per-user-{}-to-{}.png",
+            report.window_first, report.window_last
+        ),
+        content_type: "image/png".into(),
+        body: std::fs::read(&png).context("reading the plot back")?,
+    })
 }
 
 /// Sends one plain-text message, with attachments if any. Blocks until the server accepted it.
@@ -75,7 +112,10 @@ pub fn send(
         transport = transport.port(port);
     }
     if let Some((user, password)) = &settings.credentials {
-        transport = transport.credentials(Credentials::new(user.clone(), password.clone()));
+        transport = transport.credentials(Credentials::new(
+            user.clone(),
+            password.expose().to_string(),
+        ));
     }
     transport
         .build()

@@ -4,9 +4,11 @@
 //! A billing file is `{AccountId}-aws-billing-detailed-line-items-with-resources-and-tags-YYYY-MM.csv`
 //! (usually zipped as `.csv.zip`), one per account and month, rewritten as the month goes on.
 //! [`source`] finds and opens them, [`parse`] turns CSV rows into line items, total rows and
-//! problems, [`money`] keeps costs exact, and [`report`], [`plot`] and [`mail`] present them.
+//! problems, [`ingest`] stores them, [`money`] keeps costs exact, [`grants`] says who may spend
+//! how much, and [`report`], [`plot`] and [`mail`] present them.
 
 pub mod grants;
+pub mod ingest;
 pub mod mail;
 pub mod money;
 pub mod parse;

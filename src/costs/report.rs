@@ -13,7 +13,8 @@ use serde::Serialize;
 
 use super::grants::Grant;
 use super::money::{format_dollars, to_dollars};
-use crate::ledger::{HourlyCost, Ledger, MonthCheck};
+use crate::error::Outcome;
+use crate::ledger::{HourlyCost, Ledger, LedgerFile, MonthCheck};
 
 /// The name used for spend without a user tag.
 pub const UNTAGGED: &str = "(untagged)";
@@ -126,9 +127,14 @@ impl GrantSpend {
 }
 
 impl CostReport {
-    /// The report of `window` from the ledger: hourly spend, the invoice check of yesterday's
-    /// month, and every grant against its user's spend.
-    pub fn from_ledger(ledger: &Ledger, window: &Window) -> Result<CostReport> {
+    /// The report of the window, from the ledger (opened for reading).
+    pub fn from_ledger(ledger: &LedgerFile, window: &Window) -> Result<CostReport> {
+        CostReport::read(&Ledger::open_for_reading(ledger)?, window)
+    }
+
+    /// The report of `window` from an open ledger: hourly spend, the invoice check of
+    /// yesterday's month, and every grant against its user's spend.
+    pub fn read(ledger: &Ledger, window: &Window) -> Result<CostReport> {
         let (from, to) = window.utc_range();
         let hours = ledger.hourly_costs(from, to)?;
         let month = window.yesterday().format("%Y-%m").to_string();
@@ -139,6 +145,25 @@ impl CostReport {
             report.add_grant(&grant, ledger.user_spend(&grant.user, from, to)?);
         }
         Ok(report)
+    }
+
+    /// Says what needs attention: a month's line items that differ from its invoice total, an
+    /// overspent grant.
+    pub fn attention(&self) -> Outcome {
+        let mut outcome = Outcome::Success;
+        if self.has_invoice_difference() {
+            tracing::warn!("a month's line items differ from its invoice total; see: meterbook sql \"SELECT * FROM cost_month_check\"");
+            outcome = Outcome::NeedsAttention;
+        }
+        for g in self.grants.iter().filter(|g| g.overspent()) {
+            tracing::warn!(
+                "{} has spent more than the grant starting {}",
+                g.user,
+                g.starts_on
+            );
+            outcome = Outcome::NeedsAttention;
+        }
+        outcome
     }
 
     /// Buckets hourly spend into the window's local days.

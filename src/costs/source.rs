@@ -16,7 +16,11 @@ use chrono::{DateTime, Utc};
 
 use super::BillingFileName;
 use crate::config::SourceSpec;
+use crate::s3::{explain, Op};
 use crate::source::ObjectMeta;
+
+/// Where the billing bucket's name comes from, for messages.
+const NAMED_BY: &str = "--source (or METERBOOK_COSTS_SOURCE)";
 
 /// A billing file found by listing, before it is read.
 #[derive(Debug, Clone)]
@@ -107,7 +111,7 @@ impl BillingSource {
                     .key(&meta.key)
                     .send()
                     .await
-                    .with_context(what)?
+                    .map_err(|e| explain(&e, Op::Get, bucket, &meta.key, NAMED_BY))?
                     .body;
                 let mut spool = tempfile::tempfile().context("creating a temporary file")?;
                 while let Some(chunk) = body.try_next().await.with_context(what)? {
@@ -171,7 +175,7 @@ async fn list_s3(
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
-        let page = page.with_context(|| format!("listing s3://{bucket}/{prefix}"))?;
+        let page = page.map_err(|e| explain(&e, Op::List, bucket, prefix, NAMED_BY))?;
         for obj in page.contents() {
             let Some(key) = obj.key() else { continue };
             if BillingFileName::parse(key).is_none() {

@@ -25,7 +25,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
 use super::open::{inspect, Found};
-use super::{binary_schema_version, embedded};
+use super::{binary_schema_version, embedded, SubmissionStatus};
+use crate::period::PeriodKind;
 
 /// Tables every ingest rebuilds from the export.
 const FROM_THE_EXPORT: [&str; 9] = [
@@ -81,10 +82,10 @@ const COST_FINGERPRINT: [(&str, &str); 3] = [
 pub struct LeftOut {
     pub service_key: String,
     pub contract_id: String,
-    pub period_kind: String,
+    pub period_kind: PeriodKind,
     pub period: String,
-    /// Its status here (`pending` was never sent).
-    pub status: String,
+    /// Its status here (`Pending` was never sent).
+    pub status: SubmissionStatus,
 }
 
 /// What carrying local changes over did.
@@ -480,9 +481,10 @@ mod tests {
     use super::*;
     use crate::costs::grants::Grant;
     use crate::ledger::{
-        Ledger, LedgerFile, LineUpdate, NewLine, NewSubmission, SqlValue, SubmissionUpdate,
+        Ledger, LedgerFile, LineStatus, LineUpdate, NewLine, NewSubmission, SqlValue,
+        SubmissionUpdate,
     };
-    use crate::plan::{Period, PeriodKind};
+    use crate::period::Period;
 
     fn open(path: &Path) -> Ledger {
         Ledger::open_for_writing(&LedgerFile::new(path, Duration::from_secs(5))).unwrap()
@@ -496,9 +498,9 @@ mod tests {
             service_key: "pg:PROD:pt-1".into(),
             contract_id: contract.into(),
             period: Period::parse(PeriodKind::Month, "2025-06").unwrap(),
-            cloud: "aws".into(),
+            cloud: crate::clazar::Cloud::Aws,
             payload: Some(format!("{{\"{contract}\": {quantity}}}")),
-            status: "pending",
+            status: SubmissionStatus::Pending,
             error: None,
             retry_of: None,
             inputs: [(
@@ -513,7 +515,7 @@ mod tests {
                 dimension: "cpu_core_hours".into(),
                 exact_quantity: Some(quantity as f64),
                 quantity: Some(quantity),
-                status: "pending",
+                status: LineStatus::Pending,
                 message: None,
                 retry_of: None,
             }],
@@ -530,7 +532,7 @@ mod tests {
     }
 
     /// Records Clazar's answer: `accepted`, or `rejected` for the whole request.
-    fn answer(ledger: &mut Ledger, id: i64, line_status: &'static str) {
+    fn answer(ledger: &mut Ledger, id: i64, line_status: LineStatus) {
         let line_id: i64 = ledger
             .conn
             .query_row(
@@ -539,9 +541,13 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        let accepted = line_status == "accepted";
+        let accepted = line_status == LineStatus::Accepted;
         let update = SubmissionUpdate {
-            status: if accepted { "answered" } else { "rejected" },
+            status: if accepted {
+                SubmissionStatus::Answered
+            } else {
+                SubmissionStatus::Rejected
+            },
             attempts: 1,
             http_status: Some(if accepted { 200 } else { 400 }),
             response_body: Some("{}".into()),
@@ -549,8 +555,12 @@ mod tests {
             lines: match accepted {
                 true => vec![LineUpdate {
                     line_id,
-                    status: "accepted",
-                    ..LineUpdate::default()
+                    status: LineStatus::Accepted,
+                    clazar_id: None,
+                    result_status: None,
+                    code: None,
+                    message: None,
+                    errors: None,
                 }],
                 false => Vec::new(),
             },
@@ -600,7 +610,7 @@ mod tests {
         {
             let mut l = open(&base);
             let first = planned(&mut l, "c-1", 1, "2025-07-01T00:00:00Z");
-            answer(&mut l, first, "accepted");
+            answer(&mut l, first, LineStatus::Accepted);
         }
         copy(&base, &state);
         copy(&base, &local);
@@ -609,15 +619,15 @@ mod tests {
             // Another host sent c-2 and pushed: its rows take ids 2 on the state.
             let mut s = open(&state);
             let theirs = planned(&mut s, "c-2", 2, "2025-07-02T00:00:00Z");
-            answer(&mut s, theirs, "accepted");
+            answer(&mut s, theirs, LineStatus::Accepted);
         }
         {
             let mut l = open(&local);
             // This host: an answer to the pushed c-1 recorded after the push (covered) ...
-            answer(&mut l, 1, "rejected");
+            answer(&mut l, 1, LineStatus::Rejected);
             // ... c-3 sent by a manual submit never pushed (also id 2 here), then re-sent ...
             let mine = planned(&mut l, "c-3", 3, "2025-07-03T00:00:00Z");
-            answer(&mut l, mine, "rejected");
+            answer(&mut l, mine, LineStatus::Rejected);
             let retry = planned(&mut l, "c-3", 3, "2025-07-04T00:00:00Z");
             l.conn
                 .execute_batch(&format!(
@@ -625,7 +635,7 @@ mod tests {
                      UPDATE submission_lines SET retry_of = {mine} WHERE submission_id = {retry};"
                 ))
                 .unwrap();
-            answer(&mut l, retry, "accepted");
+            answer(&mut l, retry, LineStatus::Accepted);
             // ... c-2 planned here too but never sent (the state holds it) ...
             planned(&mut l, "c-2", 2, "2025-07-05T00:00:00Z");
             // ... and grants loaded here.

@@ -10,6 +10,7 @@ mod open;
 mod predecessor;
 mod query;
 mod snapshot;
+mod status;
 mod submissions;
 mod usage;
 
@@ -27,13 +28,14 @@ pub use costs::{
 pub use markers::MarkerRead;
 pub use merge::{carry_over, empty_cost_tables, Carried, DroppedCosts, LeftOut};
 pub use open::LedgerFile;
-use open::{inspect, Found, MigrationLock, ReaderSidecars};
+use open::{inspect, migrate, Found, MigrationFailed, MigrationLock, ReaderSidecars};
 pub use predecessor::ImportCounts;
 pub use query::{QueryResult, SqlValue};
 pub use snapshot::{check_snapshot, checkpoint, DiskFull, SnapshotFacts, SnapshotProblem};
+pub use status::{LineStatus, SubmissionStatus};
 pub use submissions::{
     DriftRow, LineUpdate, NewLine, NewSubmission, OutboxItem, RetryCandidate, SubmissionFilter,
-    SubmissionUpdate, HOLDING_STATUSES,
+    SubmissionUpdate,
 };
 pub use usage::{FileVersion, HourTotals, KnownFile, RunCounts, StoreOutcome, Stored};
 
@@ -106,10 +108,7 @@ impl Ledger {
                         path.display()
                     ),
                 }
-                embedded::migrations::runner()
-                    .run(&mut conn)
-                    .map_err(|e| anyhow::anyhow!("{e}"))
-                    .with_context(|| format!("migrating ledger {}", path.display()))?;
+                migrate(&mut conn, path, from)?;
             }
         }
         Ok(Ledger {
@@ -183,11 +182,13 @@ impl Ledger {
 /// Whether SQLite gave up waiting (for the busy timeout) for another connection's lock.
 pub fn is_busy(err: &anyhow::Error) -> bool {
     err.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<rusqlite::Error>(),
-            Some(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy
-        )
+        c.downcast_ref::<rusqlite::Error>().is_some_and(sqlite_busy)
+            || c.downcast_ref::<MigrationFailed>().is_some_and(|m| m.busy)
     })
+}
+
+fn sqlite_busy(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy)
 }
 
 fn applied_schema_version(conn: &Connection) -> Result<Option<i64>> {

@@ -6,9 +6,8 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, Transaction};
 
-use super::Ledger;
-use crate::period::{format_utc, parse_timestamp, Month};
-use crate::plan::Period;
+use super::{Ledger, SubmissionStatus};
+use crate::period::{format_utc, parse_timestamp, Month, Period};
 use crate::predecessor::{PredecessorError, PredecessorState};
 
 /// What an import recorded.
@@ -141,7 +140,7 @@ struct Imported<'a> {
     contract: &'a str,
     month: Month,
     cloud: &'a str,
-    status: &'a str,
+    status: SubmissionStatus,
     payload: Option<String>,
     error: String,
 }
@@ -183,7 +182,7 @@ fn record_success(
         contract,
         month,
         cloud,
-        status: "imported",
+        status: SubmissionStatus::Imported,
         payload: None,
         error: "sent by the predecessor (imported from its state file)".into(),
     };
@@ -225,7 +224,7 @@ fn record_failure(
         contract: &e.contract_id,
         month: e.month,
         cloud,
-        status: "failed",
+        status: SubmissionStatus::Failed,
         payload: e.payload.as_ref().map(|p| p.to_string()),
         error,
     };

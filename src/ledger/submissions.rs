@@ -9,22 +9,13 @@ use chrono::Utc;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::{params, params_from_iter, ToSql, Transaction};
 
-use super::{Ledger, QueryResult};
+use super::status::holding_sql_list;
+use super::{Ledger, LineStatus, QueryResult, SubmissionStatus};
+use crate::clazar::Cloud;
 use crate::dimensions::{BaseUsage, DimensionSum};
 use crate::error::Fatal;
-use crate::period::format_utc;
-use crate::plan::{Period, PeriodKind};
+use crate::period::{format_utc, Period, PeriodKind};
 use crate::source::parse::Quantity;
-
-/// Line statuses that hold a (service key, contract, dimension, period): accepted or in flight.
-pub const HOLDING_STATUSES: [&str; 6] = [
-    "pending",
-    "sending",
-    "transient",
-    "accepted",
-    "duplicate",
-    "imported",
-];
 
 /// A submission as planned, before it is written.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,11 +23,11 @@ pub struct NewSubmission {
     pub service_key: String,
     pub contract_id: String,
     pub period: Period,
-    pub cloud: String,
+    pub cloud: Cloud,
     /// The exact body to send; `None` when nothing can be sent (then `status` is `failed`).
     pub payload: Option<String>,
-    /// `pending` or `failed`.
-    pub status: &'static str,
+    /// `Pending`, or `Failed` when nothing can be sent.
+    pub status: SubmissionStatus,
     pub error: Option<String>,
     pub retry_of: Option<i64>,
     /// The base usage it was computed from (for drift).
@@ -50,8 +41,8 @@ pub struct NewLine {
     pub dimension: String,
     pub exact_quantity: Option<f64>,
     pub quantity: Option<i64>,
-    /// `pending` or `failed`.
-    pub status: &'static str,
+    /// `Pending`, or `Failed` when this line (or another of the contract's) cannot be sent.
+    pub status: LineStatus,
     pub message: Option<String>,
     pub retry_of: Option<i64>,
 }
@@ -62,10 +53,10 @@ pub struct OutboxItem {
     pub id: i64,
     pub service_key: String,
     pub contract_id: String,
-    pub period_kind: String,
+    pub period_kind: PeriodKind,
     pub period: String,
     pub payload: String,
-    pub status: String,
+    pub status: SubmissionStatus,
     pub attempts: i64,
     /// Line ids and dimensions, in payload order.
     pub lines: Vec<(i64, String)>,
@@ -74,7 +65,8 @@ pub struct OutboxItem {
 /// What an answer did to a submission.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubmissionUpdate {
-    pub status: &'static str,
+    /// With no `lines`, every line of the submission takes this status too.
+    pub status: SubmissionStatus,
     pub attempts: u32,
     pub http_status: Option<u16>,
     pub response_body: Option<String>,
@@ -83,10 +75,10 @@ pub struct SubmissionUpdate {
 }
 
 /// What an answer did to one line.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LineUpdate {
     pub line_id: i64,
-    pub status: &'static str,
+    pub status: LineStatus,
     pub clazar_id: Option<String>,
     pub result_status: Option<String>,
     pub code: Option<String>,
@@ -101,7 +93,7 @@ pub struct RetryCandidate {
     pub submission_id: i64,
     pub service_key: String,
     pub contract_id: String,
-    pub period_kind: String,
+    pub period_kind: PeriodKind,
     pub period: String,
     pub dimension: String,
 }
@@ -111,7 +103,7 @@ pub struct RetryCandidate {
 pub struct DriftRow {
     pub service_key: String,
     pub contract_id: String,
-    pub period_kind: String,
+    pub period_kind: PeriodKind,
     pub period: String,
     pub dimension: String,
     pub submitted_value: f64,
@@ -125,12 +117,13 @@ pub struct SubmissionFilter {
     pub contract_id: Option<String>,
     /// A period key (`2025-06`, or an hour); a month also matches its hours.
     pub period: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<LineStatus>,
 }
 
 impl SubmissionFilter {
     /// `WHERE` terms over a view with `contract_id`, `period` and `status` columns.
     pub(super) fn sql(&self) -> (String, Vec<String>) {
+        let status = self.status.map(|s| s.as_str().to_string());
         let mut terms = vec!["1 = 1".to_string()];
         let mut values = Vec::new();
         let mut add = |term: &str, v: &Option<String>| {
@@ -141,7 +134,7 @@ impl SubmissionFilter {
         };
         add("contract_id = ?", &self.contract_id);
         add("(period = ? OR substr(period, 1, 7) = ?)", &self.period);
-        add("status = ?", &self.status);
+        add("status = ?", &status);
         (terms.join(" AND "), values)
     }
 }
@@ -190,7 +183,7 @@ impl Ledger {
         self.conn.execute(
             "INSERT INTO submission_runs (command, period_kind, settings, started_at)
              VALUES (?1, ?2, ?3, ?4)",
-            params![command, kind.map(|k| k.as_str()), settings, now()],
+            params![command, kind, settings, now()],
         )?;
         Ok(self.conn.last_insert_rowid())
     }
@@ -300,7 +293,7 @@ impl Ledger {
                     OR (?2 = 'month' AND period_kind = 'hour' AND period >= ?4 AND period < ?4 || '~'))",
         )?;
         let rows = stmt.query_map(
-            params![service_key, period.kind.as_str(), period.key(), month],
+            params![service_key, period.kind, period.key(), month],
             |r| r.get(0),
         )?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -394,7 +387,7 @@ impl Ledger {
         self.record_answer(
             id,
             &SubmissionUpdate {
-                status: "pending",
+                status: SubmissionStatus::Pending,
                 attempts: 0,
                 http_status: None,
                 response_body: None,
@@ -408,7 +401,8 @@ impl Ledger {
     pub fn record_answer(&mut self, id: i64, u: &SubmissionUpdate) -> Result<()> {
         let tx = self.conn.transaction()?;
         let at = now();
-        let answered = (u.http_status.is_some() || u.status != "pending").then_some(&at);
+        let answered =
+            (u.http_status.is_some() || u.status != SubmissionStatus::Pending).then_some(&at);
         tx.execute(
             "UPDATE submissions SET status = ?2, attempts = attempts + ?3,
                  http_status = COALESCE(?4, http_status), response_body = COALESCE(?5, response_body),
@@ -416,12 +410,12 @@ impl Ledger {
              WHERE id = ?1",
             params![id, u.status, u.attempts, u.http_status, u.response_body, u.error, answered],
         )?;
-        if u.lines.is_empty() {
+        if let (true, Some(every)) = (u.lines.is_empty(), u.status.of_every_line()) {
             // The whole request shares one fate (pending again, transient, rejected, failed).
             tx.execute(
                 "UPDATE submission_lines SET status = ?2, message = ?3, updated_at = ?4
                  WHERE submission_id = ?1",
-                params![id, u.status, u.error, at],
+                params![id, every, u.error, at],
             )?;
         }
         for l in &u.lines {
@@ -482,10 +476,10 @@ impl Ledger {
             "SELECT dimension FROM submission_lines
              WHERE service_key = ?1 AND contract_id = ?2 AND period_kind = ?3 AND period = ?4
                AND status IN ({})",
-            quoted(&HOLDING_STATUSES)
+            holding_sql_list()
         ))?;
         let rows = stmt.query_map(
-            params![service_key, contract_id, period.kind.as_str(), period.key()],
+            params![service_key, contract_id, period.kind, period.key()],
             |r| r.get(0),
         )?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -561,14 +555,6 @@ fn is_constraint_violation(e: &anyhow::Error) -> bool {
     })
 }
 
-fn quoted(items: &[&str]) -> String {
-    items
-        .iter()
-        .map(|s| format!("'{s}'"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn insert_submission(tx: &Transaction<'_>, run_id: i64, s: &NewSubmission) -> Result<i64> {
     let at = now();
     let (start, end) = s.period.window();
@@ -580,11 +566,11 @@ fn insert_submission(tx: &Transaction<'_>, run_id: i64, s: &NewSubmission) -> Re
             run_id,
             s.service_key,
             s.contract_id,
-            s.period.kind.as_str(),
+            s.period.kind,
             s.period.key(),
             start,
             end,
-            s.cloud,
+            s.cloud.as_str(),
             s.payload,
             s.status,
             s.error,
@@ -603,7 +589,7 @@ fn insert_submission(tx: &Transaction<'_>, run_id: i64, s: &NewSubmission) -> Re
             id,
             s.service_key,
             s.contract_id,
-            s.period.kind.as_str(),
+            s.period.kind,
             s.period.key(),
             l.dimension,
             l.exact_quantity.filter(|x| x.is_finite()),
@@ -622,4 +608,283 @@ fn insert_submission(tx: &Transaction<'_>, run_id: i64, s: &NewSubmission) -> Re
         input.execute(params![id, dimension, sum.value, sum.amount])?;
     }
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ledger::LedgerFile;
+    use crate::period::Month;
+    use crate::predecessor::PredecessorState;
+
+    const KEY: &str = "pg:PROD:pt-1";
+
+    fn ledger(dir: &tempfile::TempDir) -> Ledger {
+        let file = LedgerFile::new(dir.path().join("l.sqlite"), Duration::from_secs(5));
+        Ledger::open_for_writing(&file).unwrap()
+    }
+
+    fn june() -> Period {
+        Period::parse(PeriodKind::Month, "2025-06").unwrap()
+    }
+
+    /// A submission of `contract` for June with a line per dimension, all in `status`.
+    fn planned(contract: &str, dimensions: &[&str], status: LineStatus) -> NewSubmission {
+        let failed = status == LineStatus::Failed;
+        NewSubmission {
+            service_key: KEY.into(),
+            contract_id: contract.into(),
+            period: june(),
+            cloud: Cloud::Aws,
+            payload: (!failed).then(|| format!("{{\"contract\": \"{contract}\"}}")),
+            status: match failed {
+                true => SubmissionStatus::Failed,
+                false => SubmissionStatus::Pending,
+            },
+            error: None,
+            retry_of: None,
+            inputs: dimensions
+                .iter()
+                .map(|d| {
+                    let sum = DimensionSum {
+                        value: Quantity::Int(7),
+                        amount: None,
+                    };
+                    (d.to_string(), sum)
+                })
+                .collect(),
+            lines: dimensions
+                .iter()
+                .map(|d| NewLine {
+                    dimension: d.to_string(),
+                    exact_quantity: Some(7.0),
+                    quantity: (!failed).then_some(7),
+                    status,
+                    message: None,
+                    retry_of: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn count(ledger: &Ledger, sql: &str) -> i64 {
+        ledger.conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// Answers every line of submission `id` with `status`, as Clazar would.
+    fn answer(ledger: &mut Ledger, id: i64, status: LineStatus) {
+        let lines: Vec<i64> = ledger
+            .conn
+            .prepare("SELECT id FROM submission_lines WHERE submission_id = ?1 ORDER BY id")
+            .unwrap()
+            .query_map([id], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let update = SubmissionUpdate {
+            status: SubmissionStatus::Answered,
+            attempts: 1,
+            http_status: Some(200),
+            response_body: Some("{}".into()),
+            error: None,
+            lines: lines
+                .into_iter()
+                .map(|line_id| LineUpdate {
+                    line_id,
+                    status,
+                    clazar_id: None,
+                    result_status: None,
+                    code: None,
+                    message: Some(format!("{status} by the test")),
+                    errors: None,
+                })
+                .collect(),
+        };
+        ledger.record_answer(id, &update).unwrap();
+    }
+
+    /// One single-line June submission per (contract, dimension), planned in one run and then
+    /// left as it is (`Pending`: in flight; `Failed`: not sendable) or answered with the status
+    /// given. Returns their ids.
+    fn lines_that_are(ledger: &mut Ledger, lines: &[(&str, &str, LineStatus)]) -> Vec<i64> {
+        let run = ledger.begin_submission_run("submit", None, "{}").unwrap();
+        let plan: Vec<NewSubmission> = lines
+            .iter()
+            .map(|&(contract, dimension, status)| {
+                let planned_as = match status {
+                    LineStatus::Failed => LineStatus::Failed,
+                    _ => LineStatus::Pending,
+                };
+                planned(contract, &[dimension], planned_as)
+            })
+            .collect();
+        let ids = ledger.insert_submissions(run, &plan).unwrap();
+        for (&id, &(_, _, status)) in ids.iter().zip(lines) {
+            if !matches!(status, LineStatus::Pending | LineStatus::Failed) {
+                answer(ledger, id, status);
+            }
+        }
+        ids
+    }
+
+    #[test]
+    fn a_plan_is_written_whole_with_its_lines_and_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = ledger(&dir);
+        let run = ledger
+            .begin_submission_run("submit", Some(PeriodKind::Month), "{}")
+            .unwrap();
+        let plan = [
+            planned("c-1", &["cpu", "mem"], LineStatus::Pending),
+            planned("c-2", &["cpu"], LineStatus::Failed),
+        ];
+        let ids = ledger.insert_submissions(run, &plan).unwrap();
+        assert_eq!(ids.len(), 2);
+        assert_eq!(
+            count(
+                &ledger,
+                "SELECT COUNT(*) FROM submission_lines WHERE status = 'pending'"
+            ),
+            2
+        );
+        assert_eq!(count(&ledger, "SELECT COUNT(*) FROM submission_inputs"), 3);
+        // The outbox holds what can be sent: the failed one has no body.
+        let outbox = ledger.outbox(None).unwrap();
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(
+            (outbox[0].id, outbox[0].period_kind),
+            (ids[0], PeriodKind::Month)
+        );
+        let dimensions: Vec<&str> = outbox[0].lines.iter().map(|(_, d)| d.as_str()).collect();
+        assert_eq!(dimensions, ["cpu", "mem"]);
+    }
+
+    #[test]
+    fn a_second_holding_line_is_a_conflict_and_nothing_of_that_plan_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = ledger(&dir);
+        let run = ledger.begin_submission_run("submit", None, "{}").unwrap();
+        ledger
+            .insert_submissions(run, &[planned("c-1", &["cpu"], LineStatus::Pending)])
+            .unwrap();
+        let again = [
+            planned("c-2", &["cpu"], LineStatus::Pending),
+            planned("c-1", &["cpu"], LineStatus::Pending),
+        ];
+        let err = ledger.insert_submissions(run, &again).unwrap_err();
+        assert_eq!(
+            crate::error::exit_code_for(&err),
+            crate::error::exit::CONFLICT
+        );
+        assert!(err.to_string().contains("contract c-1"), "{err}");
+        assert_eq!(count(&ledger, "SELECT COUNT(*) FROM submissions"), 1);
+        assert_eq!(count(&ledger, "SELECT COUNT(*) FROM submission_inputs"), 1);
+    }
+
+    #[test]
+    fn retry_candidates_are_failed_rejected_or_warned_lines_not_retried_nor_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = ledger(&dir);
+        let ids = lines_that_are(
+            &mut ledger,
+            &[
+                ("c-1", "cpu", LineStatus::Accepted),
+                ("c-2", "cpu", LineStatus::Rejected),
+                ("c-3", "cpu", LineStatus::Warning),
+                ("c-4", "cpu", LineStatus::Failed),
+            ],
+        );
+        let contracts = |ledger: &Ledger, filter: &SubmissionFilter| -> Vec<String> {
+            ledger
+                .retry_candidates(filter)
+                .unwrap()
+                .into_iter()
+                .map(|c| c.contract_id)
+                .collect()
+        };
+        let all = SubmissionFilter::default();
+        assert_eq!(contracts(&ledger, &all), ["c-2", "c-3", "c-4"]);
+        let one = SubmissionFilter {
+            contract_id: Some("c-3".into()),
+            period: Some("2025-06".into()),
+            ..SubmissionFilter::default()
+        };
+        let found = ledger.retry_candidates(&one).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (
+                found[0].submission_id,
+                found[0].period_kind,
+                found[0].dimension.as_str()
+            ),
+            (ids[2], PeriodKind::Month, "cpu")
+        );
+        let other_month = SubmissionFilter {
+            period: Some("2025-07".into()),
+            ..SubmissionFilter::default()
+        };
+        assert!(contracts(&ledger, &other_month).is_empty());
+
+        // Retried: a new line points at c-2's; it is no longer a candidate.
+        let mut retry = planned("c-2", &["cpu"], LineStatus::Pending);
+        retry.lines[0].retry_of = Some(found_line(&ledger, "c-2"));
+        let run = ledger.begin_submission_run("resubmit", None, "{}").unwrap();
+        ledger.insert_submissions(run, &[retry]).unwrap();
+        assert_eq!(contracts(&ledger, &all), ["c-3", "c-4"]);
+    }
+
+    fn found_line(ledger: &Ledger, contract: &str) -> i64 {
+        ledger
+            .conn
+            .query_row(
+                "SELECT id FROM submission_lines WHERE contract_id = ?1",
+                [contract],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn held_dimensions_are_those_accepted_or_in_flight_and_an_import_holds_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = ledger(&dir);
+        lines_that_are(
+            &mut ledger,
+            &[
+                ("c-1", "cpu", LineStatus::Accepted),
+                ("c-1", "mem", LineStatus::Rejected),
+                ("c-1", "disk", LineStatus::Pending),
+            ],
+        );
+        let held = ledger.held_dimensions(KEY, "c-1", june()).unwrap();
+        assert_eq!(
+            held,
+            BTreeSet::from(["cpu".to_string(), "disk".to_string()])
+        );
+        assert!(ledger
+            .held_dimensions(KEY, "c-2", june())
+            .unwrap()
+            .is_empty());
+        let july = Period::parse(PeriodKind::Month, "2025-07").unwrap();
+        assert!(ledger.held_dimensions(KEY, "c-1", july).unwrap().is_empty());
+
+        // The predecessor's import of a contract-month holds every dimension.
+        let state = PredecessorState {
+            service_key: KEY.into(),
+            last_processed_month: Some(Month::new(2025, 6).unwrap()),
+            last_processed_hour: None,
+            last_updated: None,
+            successes: vec![(Month::new(2025, 6).unwrap(), "c-9".into())],
+            errors: Vec::new(),
+        };
+        ledger
+            .import_predecessor("state.json", &[state], "aws")
+            .unwrap();
+        assert_eq!(
+            ledger.held_dimensions(KEY, "c-9", june()).unwrap(),
+            BTreeSet::from(["*".to_string()])
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! Where usage comes from: the export layout (which keys are usage files, for which service key and
-//! hour), the scope of a run, and the sources themselves (a local folder laid out like the bucket).
+//! hour), the scope of a run, and the sources themselves (a local folder laid out like the bucket,
+//! or the bucket).
 
 pub mod local;
 pub mod marker;
@@ -10,7 +11,9 @@ use std::fmt;
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 
+use crate::config::SourceSpec;
 use crate::period::Month;
+use crate::s3::S3Settings;
 use crate::source::parse::keep_or_count;
 
 /// Every usage file and the completion marker live under this prefix.
@@ -368,6 +371,21 @@ pub enum Source {
 }
 
 impl Source {
+    /// Opens the source a spec names (an S3 source with a client made from `s3`).
+    pub async fn open(spec: &SourceSpec, s3: &S3Settings) -> anyhow::Result<Source> {
+        match spec {
+            SourceSpec::Local(dir) => Ok(Source::Local(std::sync::Arc::new(
+                local::LocalSource::new(dir)?,
+            ))),
+            SourceSpec::S3 { bucket, prefix } => {
+                let client = crate::s3::client(s3).await;
+                Ok(Source::S3(std::sync::Arc::new(s3::S3Source::new(
+                    client, bucket, prefix,
+                ))))
+            }
+        }
+    }
+
     /// Where the files come from, as stored in the ledger's `source` column.
     pub fn describe(&self) -> String {
         match self {

@@ -1,6 +1,6 @@
-//! The export bucket on S3 (or an S3-compatible store): listing only the prefixes in scope,
-//! reading objects, and telling permanent errors (the operator must fix something) from transient
-//! ones (the SDK has already retried them; the next run tries again).
+//! The export bucket on S3 (or an S3-compatible store): listing only the prefixes in scope, and
+//! reading objects. A permanent error (the operator must fix something) stops the run; any other
+//! (the SDK has already retried it) leaves that object for the next run (see [`crate::s3::error`]).
 //!
 //! Listing descends the layout `omnistrate-metering/SERVICE/ENV/PLAN/YYYY/MM/DD/` with delimiter
 //! listings, pruning service keys and months out of scope, and lists each day in full, several
@@ -11,9 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Result;
-use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::Client;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -21,8 +19,8 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use tokio::sync::mpsc::Sender;
 
 use super::{ObjectMeta, Scope, TooLarge, EXPORT_PREFIX, MARKER_KEY};
-use crate::error::Fatal;
 use crate::period::Month;
+use crate::s3::{Op, S3Error, S3ErrorKind};
 
 /// Delimiter listings and day listings in flight at once.
 const LIST_CONCURRENCY: usize = 16;
@@ -131,7 +129,7 @@ impl S3Source {
                 .key(&key)
                 .send()
                 .await
-                .map_err(|e| self.get_error(&key, e))?;
+                .map_err(|e| self.explain(&e, Op::Get, &key))?;
             let fresh = ObjectMeta {
                 key: meta.key.clone(),
                 size: resp.content_length().map_or(meta.size, |n| n.max(0) as u64),
@@ -176,85 +174,22 @@ impl S3Source {
         };
         match self.fetch(&meta, max_bytes).await {
             Ok((_, body)) => Ok(Some(body)),
-            Err(e) if e.chain().any(|c| c.downcast_ref::<NoSuchKey>().is_some()) => Ok(None),
+            Err(e)
+                if e.downcast_ref::<S3Error>()
+                    .is_some_and(|e| e.kind == S3ErrorKind::NotFound) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
 
-    fn get_error(&self, key: &str, e: SdkError<GetObjectError>) -> anyhow::Error {
-        if matches!(&e, SdkError::ServiceError(s) if s.err().is_no_such_key()) {
-            return NoSuchKey(format!("s3://{}/{key}", self.bucket)).into();
-        }
-        self.classify(&format!("s3://{}/{key}", self.bucket), e)
-    }
-
-    /// A permanent error becomes one [`Fatal::Config`] line naming what to check; anything else
-    /// (already retried by the SDK) stays an ordinary error.
-    fn classify<E>(&self, what: &str, e: SdkError<E>) -> anyhow::Error
+    /// A failed request, explained (see [`crate::s3::error`]).
+    fn explain<E>(&self, e: &SdkError<E>, op: Op, key: &str) -> S3Error
     where
-        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        let status = e.raw_response().map(|r| r.status().as_u16());
-        let region = e
-            .raw_response()
-            .and_then(|r| r.headers().get("x-amz-bucket-region"))
-            .map(str::to_string);
-        let code = e.code().map(str::to_string);
-        let check = match (code.as_deref(), status) {
-            (Some("NoSuchBucket"), _) => Some(format!(
-                "bucket '{}' does not exist; check --source (or S3_BUCKET_NAME) and --s3-endpoint-url",
-                self.bucket
-            )),
-            (Some("AccessDenied" | "AllAccessDisabled"), _) | (None, Some(403)) => Some(
-                "access denied; check that the AWS credentials in use (AWS_PROFILE, \
-                 AWS_ACCESS_KEY_ID, or the instance role) may s3:ListBucket and s3:GetObject here"
-                    .to_string(),
-            ),
-            (Some("InvalidAccessKeyId"), _) => Some(
-                "the AWS access key id is not known to this endpoint; check AWS_ACCESS_KEY_ID or \
-                 AWS_PROFILE, and --s3-endpoint-url"
-                    .to_string(),
-            ),
-            (Some("SignatureDoesNotMatch"), _) => Some(
-                "the request signature does not match; check AWS_SECRET_ACCESS_KEY (or the \
-                 profile's secret) and --s3-region"
-                    .to_string(),
-            ),
-            (Some("ExpiredToken" | "InvalidToken" | "TokenRefreshRequired"), _) => Some(
-                "the AWS session credentials are expired or invalid; refresh them (aws sso \
-                 login, new AWS_SESSION_TOKEN)"
-                    .to_string(),
-            ),
-            (
-                Some(
-                    "PermanentRedirect"
-                    | "AuthorizationHeaderMalformed"
-                    | "IllegalLocationConstraintException",
-                ),
-                _,
-            )
-            | (None, Some(301)) => Some(format!(
-                "the bucket is in another region{}; set --s3-region (or AWS_REGION)",
-                region.map(|r| format!(" ({r})")).unwrap_or_default()
-            )),
-            _ if credentials_failed(&e) => Some(
-                "no usable AWS credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
-                 AWS_PROFILE (run `aws sso login` for SSO), or run with an instance or container role"
-                    .to_string(),
-            ),
-            _ => None,
-        };
-        match check {
-            Some(check) => Fatal::Config(format!("{what}: {check}")).into(),
-            None => {
-                let detail = match (code, status) {
-                    (Some(c), Some(s)) => format!("{c} (HTTP {s})"),
-                    (None, Some(s)) => format!("HTTP {s}"),
-                    _ => format!("{}", aws_sdk_s3::error::DisplayErrorContext(&e)),
-                };
-                anyhow::anyhow!("{what}: {detail}, after retries")
-            }
-        }
+        crate::s3::explain(e, op, &self.bucket, key, "--source (or S3_BUCKET_NAME)")
     }
 }
 
@@ -276,24 +211,6 @@ async fn read_body(
         out.extend_from_slice(&chunk);
     }
     Ok(out)
-}
-
-/// The object does not exist (the marker is optional; a usage file may vanish after listing).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}: no such key")]
-struct NoSuchKey(String);
-
-/// Did the request fail because no credentials could be loaded (the default chain found none, or
-/// a profile is broken)?
-fn credentials_failed(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(e);
-    while let Some(err) = cause {
-        if err.downcast_ref::<CredentialsError>().is_some() {
-            return true;
-        }
-        cause = err.source();
-    }
-    false
 }
 
 fn unquote(etag: &str) -> String {
@@ -429,9 +346,7 @@ impl Lister {
                     .set_continuation_token(token.take())
                     .send()
                     .await
-                    .map_err(|e| {
-                        source.classify(&format!("listing s3://{}/{full_prefix}", source.bucket), e)
-                    })?
+                    .map_err(|e| source.explain(&e, Op::List, &full_prefix))?
             };
             let objects = resp
                 .contents()

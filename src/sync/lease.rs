@@ -21,6 +21,7 @@ use super::remote::{self, Condition, Refused};
 use super::StateLocation;
 use crate::error::{exit, exit_code_for, Fatal};
 use crate::period::format_utc;
+use crate::s3::{Op, S3ErrorKind};
 
 /// What the lease object holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,13 +164,11 @@ pub async fn read(client: &Client, loc: &StateLocation) -> Result<Option<Current
         .await
     {
         Ok(out) => out,
-        Err(e) if remote::status_of(&e) == Some(404) => return Ok(None),
         Err(e) => {
-            return Err(anyhow::anyhow!(
-                "reading the lease s3://{}/{key}: {}",
-                loc.bucket,
-                remote::describe(&e)
-            ))
+            return match remote::explain(&e, Op::Get, &loc.bucket, &key) {
+                e if e.kind == S3ErrorKind::NotFound => Ok(None),
+                e => Err(e.into()),
+            }
         }
     };
     let etag = out.e_tag().unwrap_or_default().to_string();

@@ -12,7 +12,9 @@
 //!
 //! Without a state URL the state lives in the export bucket: one per plan when the run is scoped
 //! to one (`SERVICE_NAME`, `ENVIRONMENT_TYPE`, `PLAN_ID`), so that deployments of different plans
-//! on one bucket never wait for each other's lease; one for everything otherwise ([`locate`]).
+//! on one bucket never wait for each other's lease; one for everything otherwise (the settings are
+//! resolved in [`crate::config::StateSettings`]; [`locate`] falls back on a state made before
+//! per-plan states).
 
 pub mod lease;
 pub mod local;
@@ -24,7 +26,7 @@ use std::fmt;
 
 use anyhow::Result;
 
-use crate::error::Fatal;
+use crate::config::StateSettings;
 use crate::source::ServiceKey;
 
 /// The state key under the export bucket when no state URL is given and the run is not scoped to
@@ -47,36 +49,6 @@ pub struct StateLocation {
 }
 
 impl StateLocation {
-    /// From `--state-url`/`METERBOOK_STATE_URL`, else the export bucket (`S3_BUCKET_NAME`,
-    /// `AWS_S3_BUCKET_NAME`) under [`plan_state_key`] for a run scoped to one plan, or
-    /// [`DEFAULT_STATE_KEY`]. [`locate`] adds the fallback for states made before per-plan states.
-    pub fn resolve(url: Option<&str>, plan: Option<&ServiceKey>) -> Result<StateLocation> {
-        let url = url.map(str::trim).filter(|u| !u.is_empty());
-        if let Some(url) = url {
-            return match crate::s3::parse_url(url) {
-                Some((bucket, key)) if !key.is_empty() && !key.ends_with('/') => {
-                    Ok(StateLocation { bucket, key })
-                }
-                _ => Err(Fatal::Config(format!(
-                    "state URL '{url}' must look like s3://BUCKET/KEY (an object key, not a folder)"
-                ))
-                .into()),
-            };
-        }
-        match crate::config::export_bucket() {
-            Some(bucket) => Ok(StateLocation {
-                bucket,
-                key: plan.map_or_else(|| DEFAULT_STATE_KEY.to_string(), plan_state_key),
-            }),
-            None => Err(Fatal::Config(
-                "no state location: pass --state-url s3://BUCKET/KEY, or set METERBOOK_STATE_URL \
-                 or S3_BUCKET_NAME"
-                    .into(),
-            )
-            .into()),
-        }
-    }
-
     /// The key of the kept copy of generation `n`.
     pub fn generation_key(&self, n: u64) -> String {
         format!("{}{n:020}", self.generations_prefix())
@@ -99,29 +71,24 @@ impl fmt::Display for StateLocation {
     }
 }
 
-/// Where the state is: [`StateLocation::resolve`], except for a run scoped to one plan whose own
-/// default has no state yet while the shared default of earlier versions has one. That state holds
-/// the plan's history (what was sent), so the run keeps using it, and says how to give the plan its
-/// own; starting an empty ledger instead would plan every month again.
+/// Where the state is: the settings' location, except for a run scoped to one plan whose own
+/// state does not exist yet while the state shared by every plan (of earlier versions) does. That
+/// state holds the plan's history (what was sent), so the run keeps using it, and says how to give
+/// the plan its own; starting an empty ledger instead would plan every month again.
 pub async fn locate(
     client: &aws_sdk_s3::Client,
-    url: Option<&str>,
-    plan: Option<&ServiceKey>,
+    settings: &StateSettings,
 ) -> Result<StateLocation> {
-    let loc = StateLocation::resolve(url, plan)?;
-    let explicit = url.is_some_and(|u| !u.trim().is_empty());
-    if explicit || plan.is_none() || remote::head(client, &loc.bucket, &loc.key).await?.is_some() {
-        return Ok(loc);
-    }
-    let shared = StateLocation {
-        bucket: loc.bucket.clone(),
-        key: DEFAULT_STATE_KEY.to_string(),
+    let loc = &settings.location;
+    let Some(shared) = &settings.shared else {
+        return Ok(loc.clone());
     };
-    if remote::head(client, &shared.bucket, &shared.key)
-        .await?
-        .is_none()
+    if remote::head(client, &loc.bucket, &loc.key).await?.is_some()
+        || remote::head(client, &shared.bucket, &shared.key)
+            .await?
+            .is_none()
     {
-        return Ok(loc);
+        return Ok(loc.clone());
     }
     tracing::warn!(
         "using the state at {shared}, which every deployment on this bucket shares (made before \
@@ -130,7 +97,7 @@ pub async fn locate(
          {shared}; rm move.sqlite.sync.json; meterbook --ledger move.sqlite sync push --state-url \
          {loc}. To keep the shared one and silence this, set METERBOOK_STATE_URL={shared}"
     );
-    Ok(shared)
+    Ok(shared.clone())
 }
 
 /// This host's name, for holder ids and `pushed-by` metadata.
@@ -158,23 +125,18 @@ mod tests {
             plan_state_key(&plan),
             "meterbook/state/pg/PROD/pt-1/ledger.sqlite"
         );
-        // A state URL wins over the plan's default.
-        let loc = StateLocation::resolve(Some("s3://b/k"), Some(&plan)).unwrap();
-        assert_eq!(loc.key, "k");
     }
 
     #[test]
-    fn state_urls_name_an_object() {
-        let loc = StateLocation::resolve(Some("s3://b/state/ledger.sqlite"), None).unwrap();
-        assert_eq!(loc.bucket, "b");
-        assert_eq!(loc.key, "state/ledger.sqlite");
+    fn generations_and_the_lease_live_beside_the_state() {
+        let loc = StateLocation {
+            bucket: "b".into(),
+            key: "state/ledger.sqlite".into(),
+        };
         assert_eq!(
             loc.generation_key(7),
             "state/ledger.sqlite.generations/00000000000000000007"
         );
         assert_eq!(loc.lease_key(), "state/ledger.sqlite.lease");
-        for bad in ["s3://b", "s3://b/", "s3://b/folder/", "/tmp/x", "s3:///k"] {
-            assert!(StateLocation::resolve(Some(bad), None).is_err(), "{bad}");
-        }
     }
 }

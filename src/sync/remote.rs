@@ -15,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::snapshot::io_error;
 use super::StateLocation;
+use crate::s3::{Op, S3Error, S3ErrorKind};
 
 /// What the state object's metadata records (S3 user metadata, `x-amz-meta-meterbook-*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,33 +116,15 @@ pub enum Refused {
     Gone,
 }
 
-/// The HTTP status of a failed S3 call, if it got that far.
-pub fn status_of<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
-    err.raw_response().map(|r| r.status().as_u16())
-}
+/// Where the state's bucket comes from, for messages.
+const NAMED_BY: &str = "--state-url (or METERBOOK_STATE_URL, S3_BUCKET_NAME)";
 
-/// An S3 error as one readable line: status, code and message from the store, or the chain of
-/// causes for a request that got no answer.
-pub fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
+/// A failed request on the state's bucket, explained (see [`crate::s3::error`]).
+pub fn explain<E>(err: &SdkError<E, HttpResponse>, op: Op, bucket: &str, key: &str) -> S3Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    if let SdkError::ServiceError(e) = err {
-        let meta = e.err().meta();
-        return format!(
-            "HTTP {} {}{}",
-            e.raw().status().as_u16(),
-            meta.code().unwrap_or("error"),
-            meta.message().map(|m| format!(": {m}")).unwrap_or_default()
-        );
-    }
-    let mut line = err.to_string();
-    let mut cause = std::error::Error::source(err);
-    while let Some(c) = cause {
-        line.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    line
+    crate::s3::explain(err, op, bucket, key, NAMED_BY)
 }
 
 /// HEAD; `None` when there is no such object.
@@ -152,11 +135,10 @@ pub async fn head(client: &Client, bucket: &str, key: &str) -> Result<Option<Obj
             metadata: out.metadata().cloned().unwrap_or_default(),
             size: out.content_length().unwrap_or(0),
         })),
-        Err(e) if status_of(&e) == Some(404) => Ok(None),
-        Err(e) => Err(anyhow::anyhow!(
-            "reading s3://{bucket}/{key}: {}",
-            describe(&e)
-        )),
+        Err(e) => match explain(&e, Op::Head, bucket, key) {
+            e if e.kind == S3ErrorKind::NotFound => Ok(None),
+            e => Err(e.into()),
+        },
     }
 }
 
@@ -169,12 +151,11 @@ pub async fn download(
 ) -> Result<Option<ObjectInfo>> {
     let out = match client.get_object().bucket(bucket).key(key).send().await {
         Ok(out) => out,
-        Err(e) if status_of(&e) == Some(404) => return Ok(None),
         Err(e) => {
-            return Err(anyhow::anyhow!(
-                "downloading s3://{bucket}/{key}: {}",
-                describe(&e)
-            ))
+            return match explain(&e, Op::Get, bucket, key) {
+                e if e.kind == S3ErrorKind::NotFound => Ok(None),
+                e => Err(e.into()),
+            }
         }
     };
     let info = ObjectInfo {
@@ -219,13 +200,12 @@ pub async fn upload(
     };
     match request.send().await {
         Ok(out) => Ok(Ok(out.e_tag().unwrap_or_default().to_string())),
-        Err(e) => match status_of(&e) {
-            Some(412 | 409) => Ok(Err(Refused::Changed)),
-            Some(404) if matches!(condition, Condition::Replace(_)) => Ok(Err(Refused::Gone)),
-            _ => Err(anyhow::anyhow!(
-                "uploading s3://{bucket}/{key}: {}",
-                describe(&e)
-            )),
+        Err(e) => match explain(&e, Op::Put, bucket, key) {
+            e if e.kind == S3ErrorKind::Conflict => Ok(Err(Refused::Changed)),
+            e if e.kind == S3ErrorKind::NotFound && matches!(condition, Condition::Replace(_)) => {
+                Ok(Err(Refused::Gone))
+            }
+            e => Err(e.into()),
         },
     }
 }
@@ -248,9 +228,7 @@ pub async fn list_generations(client: &Client, loc: &StateLocation) -> Result<Ve
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| {
-            anyhow::anyhow!("listing s3://{}/{prefix}: {}", loc.bucket, describe(&e))
-        })?;
+        let page = page.map_err(|e| explain(&e, Op::List, &loc.bucket, &prefix))?;
         for object in page.contents() {
             if let Some(n) = object
                 .key()
@@ -273,7 +251,7 @@ pub async fn delete(client: &Client, bucket: &str, key: &str) -> Result<()> {
         .key(key)
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("deleting s3://{bucket}/{key}: {}", describe(&e)))?;
+        .map_err(|e| explain(&e, Op::Delete, bucket, key))?;
     Ok(())
 }
 

@@ -327,9 +327,10 @@ async fn keep_generation(
         .send()
         .await;
     if let Err(e) = copied {
+        let key = loc.generation_key(generation);
         tracing::warn!(
             "could not keep a copy of generation {generation}: {}",
-            remote::describe(&e)
+            remote::explain(&e, crate::s3::Op::Copy, &loc.bucket, &key)
         );
         return;
     }
@@ -472,7 +473,7 @@ fn report_carried(c: &Carried) {
             "{} contract {} {} {}",
             l.service_key, l.contract_id, l.period_kind, l.period
         );
-        if l.status == "pending" {
+        if l.status == crate::ledger::SubmissionStatus::Pending {
             tracing::info!(
                 "dropped the submission of {what} planned here and never sent: the state already \
                  holds that period"

@@ -1,6 +1,9 @@
 //! One S3 client for everything meterbook reads and writes on S3 (the export bucket, the state,
 //! billing files): aws-config's default credential chain, region from the usual settings, and
 //! options for S3-compatible stores (endpoint, path-style addressing, checksums only when required).
+//! [`error`] explains every failed request the same way.
+
+pub mod error;
 
 use std::time::Duration;
 
@@ -9,6 +12,8 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+
+pub use error::{explain, Op, S3Error, S3ErrorKind};
 
 /// Resolved S3 settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,19 +34,6 @@ pub struct S3Settings {
 
 /// Connecting takes a few milliseconds on a working network; anything long is a dead endpoint.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-impl Default for S3Settings {
-    fn default() -> S3Settings {
-        S3Settings {
-            endpoint_url: None,
-            region: None,
-            force_path_style: false,
-            checksums_when_required: false,
-            max_attempts: 8,
-            attempt_timeout: Duration::from_secs(30),
-        }
-    }
-}
 
 /// Builds a client. Region falls back to us-east-1 when nothing else names one. Transient errors
 /// (500, 503 SlowDown, timeouts, dropped connections) are retried with exponential backoff; a

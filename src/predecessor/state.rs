@@ -1,5 +1,4 @@
-//! The Python exporter's state file (the predecessor), so that an operator can switch to meterbook
-//! without re-sending anything. Pure parsing; `commands/import_state.rs` records the result.
+//! The Python exporter's state file (the predecessor): what it records, parsed. Pure.
 //!
 //! Forms accepted: one object per service key (`{"Postgres:PROD:pt-1": {...}}`) or the newest
 //! version's flat inner object (the service key then comes from the file name or the settings);
