@@ -85,16 +85,6 @@ fn shorten(s: &str, fit: Fit) -> Cow<'_, str> {
     }
 }
 
-fn text(v: &SqlValue) -> String {
-    match v {
-        SqlValue::Null => String::new(),
-        SqlValue::Integer(i) => i.to_string(),
-        SqlValue::Real(r) => r.to_string(),
-        SqlValue::Text(t) => t.clone(),
-        SqlValue::Blob(b) => hex::encode(b),
-    }
-}
-
 fn json(v: &SqlValue) -> serde_json::Value {
     match v {
         SqlValue::Null => serde_json::Value::Null,
@@ -143,7 +133,7 @@ impl<W: Write> QueryResult for TableSink<W> {
     fn row(&mut self, values: &[SqlValue]) -> Result<()> {
         let fits = &self.fits;
         self.table.add_row(values.iter().enumerate().map(|(i, v)| {
-            let shown = for_terminal(&text(v)).into_owned();
+            let shown = for_terminal(&v.to_string()).into_owned();
             let fit = fits.get(i).copied().unwrap_or(Fit::Keep);
             shorten(&shown, fit).into_owned()
         }));
@@ -165,7 +155,8 @@ impl<W: Write> QueryResult for CsvSink<W> {
         Ok(())
     }
     fn row(&mut self, values: &[SqlValue]) -> Result<()> {
-        self.out.write_record(values.iter().map(text))?;
+        self.out
+            .write_record(values.iter().map(SqlValue::to_string))?;
         Ok(())
     }
     fn finish(&mut self) -> Result<()> {

@@ -277,29 +277,22 @@ impl Browser {
         }
     }
 
+    /// The element `css` finds.
+    fn find(&self, css: &str) -> fantoccini::elements::Element {
+        self.runtime
+            .block_on(self.c().find(Locator::Css(css)))
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+    }
+
     fn text(&self, css: &str) -> String {
-        self.runtime.block_on(async {
-            let e = self
-                .c()
-                .find(Locator::Css(css))
-                .await
-                .unwrap_or_else(|e| panic!("{css}: {e}"));
-            e.text().await.unwrap()
-        })
+        self.runtime.block_on(self.find(css).text()).unwrap()
     }
 
     /// Clicks what `css` finds and waits until the page it leads to has loaded (a new document,
     /// complete).
     fn click(&self, css: &str) {
         self.js("window.meterbookTestOldPage = true;");
-        self.runtime.block_on(async {
-            let e = self
-                .c()
-                .find(Locator::Css(css))
-                .await
-                .unwrap_or_else(|e| panic!("{css}: {e}"));
-            e.click().await.unwrap();
-        });
+        self.runtime.block_on(self.find(css).click()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.js(
             "return window.meterbookTestOldPage === undefined && document.readyState === 'complete';",
@@ -491,14 +484,10 @@ fn every_page_shows_the_ledgers_numbers_in_a_real_browser() {
     assert_eq!(history.len() as f64, num(&lines[0][0]));
     assert_eq!(history[0].0, "flag", "needing attention first: {history:?}");
     assert_eq!(history[0].1[1], "contract-a");
-    b.runtime.block_on(async {
-        let select = b
-            .c()
-            .find(Locator::Css("select[name=status]"))
-            .await
-            .unwrap();
-        select.select_by_value("rejected").await.unwrap();
-    });
+    let select = b.find("select[name=status]");
+    b.runtime
+        .block_on(select.select_by_value("rejected"))
+        .unwrap();
     b.click("form.filters button[type=submit]");
     assert!(b.path().contains("status=rejected"), "{}", b.path());
     let rejected = b.table("main");
@@ -732,11 +721,9 @@ fn with_a_token_every_request_needs_it_and_the_token_is_never_shown() {
     assert_eq!(b.path(), "/login?next=%2Fusage");
     b.screenshot("login");
     let sign_in = |token: &str| {
-        b.runtime.block_on(async {
-            let input = b.c().find(Locator::Css("input[name=token]")).await.unwrap();
-            input.clear().await.unwrap();
-            input.send_keys(token).await.unwrap();
-        });
+        let input = b.find("input[name=token]");
+        b.runtime.block_on(input.clear()).unwrap();
+        b.runtime.block_on(input.send_keys(token)).unwrap();
         b.click("form button[type=submit]");
     };
     sign_in("not-the-token-at-all");

@@ -119,6 +119,9 @@ pub enum Kind {
 /// Builds a cell's link from its row (`None`: no link).
 pub type LinkFn<'a> = &'a dyn Fn(&Rows, usize) -> Option<String>;
 
+/// The class that marks a row (`None`: not marked).
+pub type FlagFn<'a> = &'a dyn Fn(&Rows, usize) -> Option<&'static str>;
+
 /// One column of a table: its header, the query's column it shows, and how.
 pub struct Col<'a> {
     pub header: &'a str,
@@ -145,11 +148,7 @@ impl<'a> Col<'a> {
 }
 
 /// A table of `rows`; `flag` marks rows to highlight (with a class).
-pub fn table(
-    rows: &Rows,
-    cols: &[Col<'_>],
-    flag: &dyn Fn(&Rows, usize) -> Option<&'static str>,
-) -> Markup {
+pub fn table(rows: &Rows, cols: &[Col<'_>], flag: FlagFn<'_>) -> Markup {
     if rows.rows.is_empty() {
         return html! { div.panel { p.empty { "Nothing here." } } };
     }
@@ -187,7 +186,7 @@ fn cell(c: &Col<'_>, rows: &Rows, i: usize, v: &SqlValue) -> Markup {
     let content = match c.kind {
         Kind::Num => html! { (number(v)) },
         Kind::Status => statuses(v),
-        _ => html! { (plain(v)) },
+        _ => html! { (v.to_string()) },
     };
     let href = c.link.and_then(|to| to(rows, i));
     html! {
@@ -197,24 +196,13 @@ fn cell(c: &Col<'_>, rows: &Rows, i: usize, v: &SqlValue) -> Markup {
     }
 }
 
-/// A value as text; NULL is empty.
-pub fn plain(v: &SqlValue) -> String {
-    match v {
-        SqlValue::Null => String::new(),
-        SqlValue::Integer(i) => i.to_string(),
-        SqlValue::Real(r) => r.to_string(),
-        SqlValue::Text(t) => t.clone(),
-        SqlValue::Blob(b) => hex::encode(b),
-    }
-}
-
 /// A number with thousands separators, every digit SQLite holds kept (a real is written as the
 /// shortest decimal that reads back as the same double).
 pub fn number(v: &SqlValue) -> String {
     let raw = match v {
         SqlValue::Integer(i) => i.to_string(),
         SqlValue::Real(r) => r.to_string(),
-        other => return plain(other),
+        other => return other.to_string(),
     };
     group_thousands(&raw)
 }
@@ -263,7 +251,7 @@ pub fn badge(status: &str) -> Markup {
 
 /// One badge per status of a comma-separated list (as `group_concat` gives).
 fn statuses(v: &SqlValue) -> Markup {
-    let text = plain(v);
+    let text = v.to_string();
     html! {
         @for (i, s) in text.split(',').filter(|s| !s.is_empty()).enumerate() {
             @if i > 0 { " " }

@@ -9,7 +9,7 @@ use chrono_tz::Tz;
 use maud::{html, Markup};
 
 use super::html::{
-    badge, count, duration, number, pager, plain, pretty_json, query_string, table, Col, Kind,
+    badge, count, duration, number, pager, pretty_json, query_string, table, Col, FlagFn, Kind,
     Section,
 };
 use super::reader::Snapshot;
@@ -94,15 +94,44 @@ fn facts(items: &[(&str, Markup)]) -> Markup {
     }
 }
 
+/// A page of one long table: its heading (and tabs), the query, its columns, which rows to mark,
+/// and the link to another page of it (given the first row).
+struct Listing<'a> {
+    title: String,
+    section: Section,
+    head: Markup,
+    label: &'static str,
+    query: Query,
+    cols: &'a [Col<'a>],
+    flag: FlagFn<'a>,
+    href: &'a dyn Fn(u64) -> String,
+}
+
+/// The page of `l`'s table that `?offset=` asks for, with its pager.
+fn listing(s: &mut Snapshot<'_>, p: &Params, l: Listing<'_>) -> Result<View> {
+    let page = s.page(&l.query, offset(p)?, PAGE_SIZE)?;
+    let content = html! {
+        (l.head)
+        (table(&page.rows, l.cols, l.flag))
+        (pager(&page, l.href))
+    };
+    Ok(View {
+        title: l.title,
+        section: l.section,
+        content,
+        queries: vec![(l.label, page.query)],
+    })
+}
+
 fn contract_link(rows: &Rows, i: usize, month: &str) -> Option<String> {
-    let contract = plain(rows.get(i, "contract_id"));
+    let contract = rows.get(i, "contract_id").to_string();
     if contract.is_empty() || month.is_empty() {
         return None;
     }
     Some(format!(
         "/usage/contract{}",
         query_string(&[
-            ("service_key", &plain(rows.get(i, "service_key"))),
+            ("service_key", &rows.get(i, "service_key").to_string()),
             ("contract", &contract),
             ("month", month),
         ])
@@ -180,7 +209,7 @@ pub fn overview(s: &mut Snapshot<'_>, _p: &Params) -> Result<View> {
     let a = Attention::read(s)?;
     let now = Utc::now();
     let lag = |rows: &Rows, i: usize| -> Markup {
-        match crate::period::parse_timestamp(&plain(rows.get(i, "last_processed_to"))) {
+        match crate::period::parse_timestamp(&rows.get(i, "last_processed_to").to_string()) {
             Some(to) => html! { (duration(now - to)) },
             None => html! { span.badge.warn { "no marker" } },
         }
@@ -219,12 +248,12 @@ pub fn overview(s: &mut Snapshot<'_>, _p: &Params) -> Result<View> {
                 tbody {
                     @for i in 0..keys.rows.len() {
                         tr {
-                            td.id { (plain(keys.get(i, "service_key"))) }
+                            td.id { (keys.get(i, "service_key").to_string()) }
                             td.num { (number(keys.get(i, "files"))) }
-                            td { (plain(keys.get(i, "newest_hour"))) }
-                            td { (plain(keys.get(i, "last_processed_to"))) }
+                            td { (keys.get(i, "newest_hour").to_string()) }
+                            td { (keys.get(i, "last_processed_to").to_string()) }
                             td { (lag(&keys, i)) }
-                            td { (plain(keys.get(i, "marker_seen_at"))) }
+                            td { (keys.get(i, "marker_seen_at").to_string()) }
                         }
                     }
                 }
@@ -236,12 +265,12 @@ pub fn overview(s: &mut Snapshot<'_>, _p: &Params) -> Result<View> {
                 div.panel {
                     @if let Some(i) = first_row(&ingest) {
                         (facts(&[
-                            ("Run", html! { (plain(ingest.get(i, "id"))) " · " (plain(ingest.get(i, "scope"))) }),
-                            ("Source", html! { code { (plain(ingest.get(i, "source"))) } }),
-                            ("Started", html! { (plain(ingest.get(i, "started_at"))) }),
+                            ("Run", html! { (ingest.get(i, "id").to_string()) " · " (ingest.get(i, "scope").to_string()) }),
+                            ("Source", html! { code { (ingest.get(i, "source").to_string()) } }),
+                            ("Started", html! { (ingest.get(i, "started_at").to_string()) }),
                             ("Finished", match ingest.get(i, "finished_at") {
                                 SqlValue::Null => html! { span.badge.warn { "not finished" } },
-                                v => html! { (plain(v)) },
+                                v => html! { (v.to_string()) },
                             }),
                             ("Files", html! {
                                 (number(ingest.get(i, "files_seen"))) " seen: "
@@ -257,8 +286,8 @@ pub fn overview(s: &mut Snapshot<'_>, _p: &Params) -> Result<View> {
                             }),
                             ("Completion marker", match first_row(&marker) {
                                 Some(m) => html! {
-                                    (badge(&plain(marker.get(m, "status")))) " "
-                                    (plain(marker.get(m, "detail"))) " · read " (plain(marker.get(m, "read_at")))
+                                    (badge(&marker.get(m, "status").to_string())) " "
+                                    (marker.get(m, "detail").to_string()) " · read " (marker.get(m, "read_at").to_string())
                                 },
                                 None => html! { "never read" },
                             }),
@@ -273,11 +302,11 @@ pub fn overview(s: &mut Snapshot<'_>, _p: &Params) -> Result<View> {
                 div.panel {
                     @if let Some(i) = first_row(&run) {
                         (facts(&[
-                            ("Run", html! { (plain(run.get(i, "id"))) " · " code { (plain(run.get(i, "command"))) } " · per " (plain(run.get(i, "period_kind"))) }),
-                            ("Started", html! { (plain(run.get(i, "started_at"))) }),
+                            ("Run", html! { (run.get(i, "id").to_string()) " · " code { (run.get(i, "command").to_string()) } " · per " (run.get(i, "period_kind").to_string()) }),
+                            ("Started", html! { (run.get(i, "started_at").to_string()) }),
                             ("Finished", match run.get(i, "finished_at") {
                                 SqlValue::Null => html! { span.badge.warn { "not finished" } },
-                                v => html! { (plain(v)) },
+                                v => html! { (v.to_string()) },
                             }),
                             ("Submissions", html! { (number(run.get(i, "planned"))) " planned, " (number(run.get(i, "sent"))) " requests answered" }),
                             ("Lines", html! {
@@ -333,7 +362,7 @@ fn usage_tabs(active: &str) -> Markup {
 pub fn usage(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
     let months_q = Query::cheap(q::MONTHS, vec![]);
     let months = s.rows(&months_q)?;
-    let newest = months.rows.first().map(|r| plain(&r[0]));
+    let newest = months.rows.first().map(|r| r[0].to_string());
     let month = match month_param(p)? {
         Some(m) => m.to_string(),
         None => newest.unwrap_or_default(),
@@ -347,7 +376,7 @@ pub fn usage(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
         queries.push(("Usage and what was sent (this page)", page.query.clone()));
         let to_contract = |rows: &Rows, i: usize| contract_link(rows, i, &month);
         let flag = |rows: &Rows, i: usize| {
-            let st = plain(rows.get(i, "sent_status"));
+            let st = rows.get(i, "sent_status").to_string();
             (st.contains("rejected") || st.contains("failed")).then_some("flag")
         };
         html! {
@@ -374,7 +403,7 @@ pub fn usage(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
             label { "Month"
                 select name="month" {
                     @for r in &months.rows {
-                        @let m = plain(&r[0]);
+                        @let m = r[0].to_string();
                         option value=(m) selected[m == month] { (m) }
                     }
                 }
@@ -393,30 +422,34 @@ pub fn usage(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
 
 /// Usage not yet planned for submission.
 pub fn pending(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
-    let pending_q = Query::expensive(q::PENDING, vec![]);
-    let page = s.page(&pending_q, offset(p)?, PAGE_SIZE)?;
-    let to_contract = |rows: &Rows, i: usize| contract_link(rows, i, &plain(rows.get(i, "month")));
-    let content = html! {
-        h1 { "Usage" }
-        p.subtitle { "Contract-months with usage and no submission yet (the " code { "pending_periods" } " view). " em { "complete" } " ones are covered by Omnistrate's marker and are sent by the next " code { "meterbook submit" } " or " code { "run" } "; the others wait for the export." }
-        (usage_tabs("pending"))
-        (table(&page.rows, &[
-            Col::new("Service key", "service_key", Kind::Id),
-            Col::new("Month", "month", Kind::Text),
-            Col::new("Contract", "contract_id", Kind::Id).link(&to_contract),
-            Col::new("Dimensions", "dimensions", Kind::Num),
-            Col::new("Usage", "value", Kind::Num),
-            Col::new("Export complete to", "last_processed_to", Kind::Time),
-            Col::new("Complete", "complete", Kind::Num),
-        ], &|_, _| None))
-        (pager(&page, &|o| format!("/usage/pending?offset={o}")))
-    };
-    Ok(View {
-        title: "Usage not yet submitted".into(),
-        section: Section::Usage,
-        content,
-        queries: vec![("Pending periods (this page)", page.query)],
-    })
+    let to_contract =
+        |rows: &Rows, i: usize| contract_link(rows, i, &rows.get(i, "month").to_string());
+    listing(
+        s,
+        p,
+        Listing {
+            title: "Usage not yet submitted".into(),
+            section: Section::Usage,
+            head: html! {
+                h1 { "Usage" }
+                p.subtitle { "Contract-months with usage and no submission yet (the " code { "pending_periods" } " view). " em { "complete" } " ones are covered by Omnistrate's marker and are sent by the next " code { "meterbook submit" } " or " code { "run" } "; the others wait for the export." }
+                (usage_tabs("pending"))
+            },
+            label: "Pending periods (this page)",
+            query: Query::expensive(q::PENDING, vec![]),
+            cols: &[
+                Col::new("Service key", "service_key", Kind::Id),
+                Col::new("Month", "month", Kind::Text),
+                Col::new("Contract", "contract_id", Kind::Id).link(&to_contract),
+                Col::new("Dimensions", "dimensions", Kind::Num),
+                Col::new("Usage", "value", Kind::Num),
+                Col::new("Export complete to", "last_processed_to", Kind::Time),
+                Col::new("Complete", "complete", Kind::Num),
+            ],
+            flag: &|_, _| None,
+            href: &|o| format!("/usage/pending?offset={o}"),
+        },
+    )
 }
 
 /// The contract, service key and month of a drill-down, and its hour range.
@@ -483,53 +516,54 @@ impl ContractScope {
 /// One contract's hours in a month.
 pub fn contract_hours(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
     let scope = ContractScope::from(p)?;
-    let hours_q = Query::cheap(q::CONTRACT_HOURS, scope.params());
-    let page = s.page(&hours_q, offset(p)?, PAGE_SIZE)?;
-    let content = html! {
-        (scope.header("hours"))
-        (table(&page.rows, &[
-            Col::new("Hour", "hour", Kind::Time),
-            Col::new("Dimension", "dimension", Kind::Text),
-            Col::new("Usage", "value", Kind::Num),
-            Col::new("Amount", "amount", Kind::Num),
-            Col::new("Records", "records", Kind::Num),
-            Col::new("Files", "files", Kind::Num),
-        ], &|_, _| None))
-        (pager(&page, &|o| scope.href("/usage/contract", o)))
-    };
-    Ok(View {
-        title: format!("Contract {} hours", scope.contract),
-        section: Section::Usage,
-        content,
-        queries: vec![("The contract's hours (this page)", page.query)],
-    })
+    listing(
+        s,
+        p,
+        Listing {
+            title: format!("Contract {} hours", scope.contract),
+            section: Section::Usage,
+            head: scope.header("hours"),
+            label: "The contract's hours (this page)",
+            query: Query::cheap(q::CONTRACT_HOURS, scope.params()),
+            cols: &[
+                Col::new("Hour", "hour", Kind::Time),
+                Col::new("Dimension", "dimension", Kind::Text),
+                Col::new("Usage", "value", Kind::Num),
+                Col::new("Amount", "amount", Kind::Num),
+                Col::new("Records", "records", Kind::Num),
+                Col::new("Files", "files", Kind::Num),
+            ],
+            flag: &|_, _| None,
+            href: &|o| scope.href("/usage/contract", o),
+        },
+    )
 }
 
 /// The files holding one contract's records in a month.
 pub fn contract_files(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
     let scope = ContractScope::from(p)?;
-    let files_q = Query::cheap(q::CONTRACT_FILES, scope.params());
-    let page = s.page(&files_q, offset(p)?, PAGE_SIZE)?;
-    let flag = |rows: &Rows, i: usize| (plain(rows.get(i, "status")) != "ok").then_some("flag");
-    let content = html! {
-        (scope.header("files"))
-        (table(&page.rows, &[
-            Col::new("File", "key", Kind::Id),
-            Col::new("Hour", "hour", Kind::Time),
-            Col::new("Status", "status", Kind::Status),
-            Col::new("Records", "record_count", Kind::Num),
-            Col::new("Problems", "problem_count", Kind::Num),
-            Col::new("Version", "version", Kind::Num),
-            Col::new("Ingested", "ingested_at", Kind::Time),
-        ], &flag))
-        (pager(&page, &|o| scope.href("/usage/files", o)))
-    };
-    Ok(View {
-        title: format!("Contract {} files", scope.contract),
-        section: Section::Usage,
-        content,
-        queries: vec![("The contract's files (this page)", page.query)],
-    })
+    listing(
+        s,
+        p,
+        Listing {
+            title: format!("Contract {} files", scope.contract),
+            section: Section::Usage,
+            head: scope.header("files"),
+            label: "The contract's files (this page)",
+            query: Query::cheap(q::CONTRACT_FILES, scope.params()),
+            cols: &[
+                Col::new("File", "key", Kind::Id),
+                Col::new("Hour", "hour", Kind::Time),
+                Col::new("Status", "status", Kind::Status),
+                Col::new("Records", "record_count", Kind::Num),
+                Col::new("Problems", "problem_count", Kind::Num),
+                Col::new("Version", "version", Kind::Num),
+                Col::new("Ingested", "ingested_at", Kind::Time),
+            ],
+            flag: &|rows, i| (rows.get(i, "status").to_string() != "ok").then_some("flag"),
+            href: &|o| scope.href("/usage/files", o),
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -580,14 +614,10 @@ pub fn submissions(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
             ])
         )
     };
-    let to_line = |rows: &Rows, i: usize| {
-        Some(format!(
-            "/submissions/line?id={}",
-            plain(rows.get(i, "line_id"))
-        ))
-    };
+    let to_line =
+        |rows: &Rows, i: usize| Some(format!("/submissions/line?id={}", rows.get(i, "line_id")));
     let to_contract = |rows: &Rows, i: usize| {
-        let period = plain(rows.get(i, "period"));
+        let period = rows.get(i, "period").to_string();
         contract_link(rows, i, period.get(..7).unwrap_or_default())
     };
     let flag = |rows: &Rows, i: usize| (int(rows.get(i, "needs_attention")) == 1).then_some("flag");
@@ -654,45 +684,43 @@ pub fn line(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
         vec![Param::Int(int(v("submission_id")))],
     );
     let siblings = s.rows(&siblings_q)?;
-    let to_line = |rows: &Rows, i: usize| {
-        Some(format!(
-            "/submissions/line?id={}",
-            plain(rows.get(i, "line_id"))
-        ))
-    };
+    let to_line =
+        |rows: &Rows, i: usize| Some(format!("/submissions/line?id={}", rows.get(i, "line_id")));
     let link_line = |v: &SqlValue| match v {
         SqlValue::Null => html! { "—" },
-        v => html! { a href=(format!("/submissions/line?id={}", plain(v))) { "line " (plain(v)) } },
+        v => {
+            html! { a href=(format!("/submissions/line?id={}", v.to_string())) { "line " (v.to_string()) } }
+        }
     };
-    let status = plain(v("status"));
+    let status = v("status").to_string();
     let content = html! {
         h1 { "Line " (id) " " (badge(&status)) }
         p.subtitle {
-            "Contract " code { (plain(v("contract_id"))) } " · " (plain(v("period"))) " · " (plain(v("dimension")))
+            "Contract " code { (v("contract_id").to_string()) } " · " (v("period").to_string()) " · " (v("dimension").to_string())
             @if int(v("needs_attention")) == 1 { " · " span.badge.bad { "needs attention" } }
         }
         div.grid2 {
             div.panel {
                 (facts(&[
-                    ("Service key", html! { code { (plain(v("service_key"))) } }),
+                    ("Service key", html! { code { (v("service_key").to_string()) } }),
                     ("Quantity sent", html! { (number(v("quantity"))) }),
                     ("Before rounding", html! { (number(v("exact_quantity"))) }),
-                    ("Window", html! { (plain(v("start_time"))) " – " (plain(v("end_time"))) }),
-                    ("Marketplace", html! { (plain(v("cloud"))) }),
-                    ("Submission", html! { (plain(v("submission_id"))) " (" (plain(v("submission_status"))) "), run " (plain(v("run_id"))) }),
+                    ("Window", html! { (v("start_time").to_string()) " – " (v("end_time").to_string()) }),
+                    ("Marketplace", html! { (v("cloud").to_string()) }),
+                    ("Submission", html! { (v("submission_id").to_string()) " (" (v("submission_status").to_string()) "), run " (v("run_id").to_string()) }),
                     ("Retries", html! { "of " (link_line(v("retry_of"))) " · retried by " (link_line(v("retried_by"))) }),
                 ]))
             }
             div.panel {
                 (facts(&[
-                    ("Clazar's status", html! { (plain(v("result_status"))) }),
-                    ("HTTP status", html! { (plain(v("http_status"))) }),
-                    ("Code", html! { (plain(v("code"))) }),
-                    ("Message", html! { (plain(v("message"))) }),
-                    ("Error", html! { (plain(v("error"))) }),
-                    ("Clazar id", html! { code { (plain(v("clazar_id"))) } }),
-                    ("Attempts", html! { (plain(v("attempts"))) }),
-                    ("Created · sent · answered", html! { (plain(v("created_at"))) " · " (plain(v("sent_at"))) " · " (plain(v("answered_at"))) }),
+                    ("Clazar's status", html! { (v("result_status").to_string()) }),
+                    ("HTTP status", html! { (v("http_status").to_string()) }),
+                    ("Code", html! { (v("code").to_string()) }),
+                    ("Message", html! { (v("message").to_string()) }),
+                    ("Error", html! { (v("error").to_string()) }),
+                    ("Clazar id", html! { code { (v("clazar_id").to_string()) } }),
+                    ("Attempts", html! { (v("attempts").to_string()) }),
+                    ("Created · sent · answered", html! { (v("created_at").to_string()) " · " (v("sent_at").to_string()) " · " (v("answered_at").to_string()) }),
                 ]))
             }
         }
@@ -723,7 +751,7 @@ pub fn line(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
             Col::new("Quantity", "quantity", Kind::Num),
             Col::new("Status", "status", Kind::Status),
             Col::new("Detail", "detail", Kind::Wrap),
-        ], &|rows, i| (plain(rows.get(i, "line_id")) == id.to_string()).then_some("flag-drift")))
+        ], &|rows, i| (rows.get(i, "line_id").to_string() == id.to_string()).then_some("flag-drift")))
     };
     Ok(View {
         title: format!("Line {id}"),
@@ -735,34 +763,37 @@ pub fn line(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
 
 /// Delivered periods whose usage changed since.
 pub fn drift(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
-    let drift_q = Query::expensive(q::DRIFT, vec![]);
-    let page = s.page(&drift_q, offset(p)?, PAGE_SIZE)?;
     let to_contract = |rows: &Rows, i: usize| {
-        let period = plain(rows.get(i, "period"));
+        let period = rows.get(i, "period").to_string();
         contract_link(rows, i, period.get(..7).unwrap_or_default())
     };
-    let content = html! {
-        h1 { "Submissions" }
-        p.subtitle { "Periods Clazar accepted whose usage in the ledger has changed since (the " code { "submission_drift" } " view): the base usage sent, the usage now, and the difference. Drift is never re-sent by itself; it needs an operator." }
-        (submission_tabs("drift"))
-        (table(&page.rows, &[
-            Col::new("Service key", "service_key", Kind::Id),
-            Col::new("Contract", "contract_id", Kind::Id).link(&to_contract),
-            Col::new("Period", "period", Kind::Text),
-            Col::new("Dimension", "dimension", Kind::Text),
-            Col::new("Submission", "submission_id", Kind::Num),
-            Col::new("Usage sent", "submitted_value", Kind::Num),
-            Col::new("Usage now", "current_value", Kind::Num),
-            Col::new("Difference", "difference", Kind::Num),
-        ], &|_, _| Some("flag-drift")))
-        (pager(&page, &|o| format!("/submissions/drift?offset={o}")))
-    };
-    Ok(View {
-        title: "Drift".into(),
-        section: Section::Submissions,
-        content,
-        queries: vec![("Drift (this page)", page.query)],
-    })
+    listing(
+        s,
+        p,
+        Listing {
+            title: "Drift".into(),
+            section: Section::Submissions,
+            head: html! {
+                h1 { "Submissions" }
+                p.subtitle { "Periods Clazar accepted whose usage in the ledger has changed since (the " code { "submission_drift" } " view): the base usage sent, the usage now, and the difference. Drift is never re-sent by itself; it needs an operator." }
+                (submission_tabs("drift"))
+            },
+            label: "Drift (this page)",
+            query: Query::expensive(q::DRIFT, vec![]),
+            cols: &[
+                Col::new("Service key", "service_key", Kind::Id),
+                Col::new("Contract", "contract_id", Kind::Id).link(&to_contract),
+                Col::new("Period", "period", Kind::Text),
+                Col::new("Dimension", "dimension", Kind::Text),
+                Col::new("Submission", "submission_id", Kind::Num),
+                Col::new("Usage sent", "submitted_value", Kind::Num),
+                Col::new("Usage now", "current_value", Kind::Num),
+                Col::new("Difference", "difference", Kind::Num),
+            ],
+            flag: &|_, _| Some("flag-drift"),
+            href: &|o| format!("/submissions/drift?offset={o}"),
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -779,84 +810,93 @@ fn problem_tabs(active: &str) -> Markup {
 
 /// Problems with usage files and their records.
 pub fn problems(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
-    let problems_q = Query::cheap(q::FILE_PROBLEMS, vec![]);
-    let page = s.page(&problems_q, offset(p)?, PAGE_SIZE)?;
-    let content = html! {
-        h1 { "Problems" }
-        p.subtitle { "What was wrong with the export, naming the file and the record (the " code { "usage_problems" } " view). Everything else in those files was ingested." }
-        (problem_tabs("files"))
-        (table(&page.rows, &[
-            Col::new("File", "key", Kind::Id),
-            Col::new("Hour", "hour", Kind::Time),
-            Col::new("Record", "record_index", Kind::Num),
-            Col::new("Problem", "reason", Kind::Wrap),
-            Col::new("Record kept", "record_kept", Kind::Num),
-            Col::new("File status", "file_status", Kind::Status),
-            Col::new("Found", "detected_at", Kind::Time),
-        ], &|_, _| None))
-        (pager(&page, &|o| format!("/problems?offset={o}")))
-    };
-    Ok(View {
-        title: "Problems".into(),
-        section: Section::Problems,
-        content,
-        queries: vec![("Problems with files and records (this page)", page.query)],
-    })
+    listing(
+        s,
+        p,
+        Listing {
+            title: "Problems".into(),
+            section: Section::Problems,
+            head: html! {
+                h1 { "Problems" }
+                p.subtitle { "What was wrong with the export, naming the file and the record (the " code { "usage_problems" } " view). Everything else in those files was ingested." }
+                (problem_tabs("files"))
+            },
+            label: "Problems with files and records (this page)",
+            query: Query::cheap(q::FILE_PROBLEMS, vec![]),
+            cols: &[
+                Col::new("File", "key", Kind::Id),
+                Col::new("Hour", "hour", Kind::Time),
+                Col::new("Record", "record_index", Kind::Num),
+                Col::new("Problem", "reason", Kind::Wrap),
+                Col::new("Record kept", "record_kept", Kind::Num),
+                Col::new("File status", "file_status", Kind::Status),
+                Col::new("Found", "detected_at", Kind::Time),
+            ],
+            flag: &|_, _| None,
+            href: &|o| format!("/problems?offset={o}"),
+        },
+    )
 }
 
 /// Paths that could not be taken as usage files.
 pub fn path_problems(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
-    let paths_q = Query::cheap(q::PATH_PROBLEMS, vec![]);
-    let page = s.page(&paths_q, offset(p)?, PAGE_SIZE)?;
-    let content = html! {
-        h1 { "Problems" }
-        p.subtitle { "Paths of a source that ingest could not take as usage files (the " code { "source_problems" } " table): tried again by every run." }
-        (problem_tabs("paths"))
-        (table(&page.rows, &[
-            Col::new("Source", "source", Kind::Id),
-            Col::new("Path", "path", Kind::Id),
-            Col::new("Problem", "reason", Kind::Wrap),
-            Col::new("First seen", "first_seen_at", Kind::Time),
-            Col::new("Last seen", "last_seen_at", Kind::Time),
-        ], &|_, _| None))
-        (pager(&page, &|o| format!("/problems/paths?offset={o}")))
-    };
-    Ok(View {
-        title: "Path problems".into(),
-        section: Section::Problems,
-        content,
-        queries: vec![("Problems with paths (this page)", page.query)],
-    })
+    listing(
+        s,
+        p,
+        Listing {
+            title: "Path problems".into(),
+            section: Section::Problems,
+            head: html! {
+                h1 { "Problems" }
+                p.subtitle { "Paths of a source that ingest could not take as usage files (the " code { "source_problems" } " table): tried again by every run." }
+                (problem_tabs("paths"))
+            },
+            label: "Problems with paths (this page)",
+            query: Query::cheap(q::PATH_PROBLEMS, vec![]),
+            cols: &[
+                Col::new("Source", "source", Kind::Id),
+                Col::new("Path", "path", Kind::Id),
+                Col::new("Problem", "reason", Kind::Wrap),
+                Col::new("First seen", "first_seen_at", Kind::Time),
+                Col::new("Last seen", "last_seen_at", Kind::Time),
+            ],
+            flag: &|_, _| None,
+            href: &|o| format!("/problems/paths?offset={o}"),
+        },
+    )
 }
 
 /// Usage without a contract id.
 pub fn unattributed(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
-    let q = Query::expensive(q::UNATTRIBUTED, vec![]);
-    let page = s.page(&q, offset(p)?, PAGE_SIZE)?;
-    let content = html! {
-        h1 { "Problems" }
-        p.subtitle { "Usage records without an " code { "externalPayerId" } " (the " code { "unattributed_usage" } " view): kept, never billed. Fix the tenant's External Payer ID in Omnistrate." }
-        (problem_tabs("unattributed"))
-        (table(&page.rows, &[
-            Col::new("Service key", "service_key", Kind::Id),
-            Col::new("Month", "month", Kind::Text),
-            Col::new("Subscription", "subscription_id", Kind::Id),
-            Col::new("Customer", "customer_id", Kind::Id),
-            Col::new("Dimension", "dimension", Kind::Text),
-            Col::new("Usage", "value", Kind::Num),
-            Col::new("Records", "records", Kind::Num),
-            Col::new("Files", "files", Kind::Num),
-            Col::new("Hours", "first_hour", Kind::Text),
-            Col::new("Example file", "example_key", Kind::Id),
-        ], &|_, _| None))
-        (pager(&page, &|o| format!("/problems/unattributed?offset={o}")))
-    };
-    Ok(View {
-        title: "Unattributed usage".into(),
-        section: Section::Problems,
-        content,
-        queries: vec![("Unattributed usage (this page)", page.query)],
-    })
+    listing(
+        s,
+        p,
+        Listing {
+            title: "Unattributed usage".into(),
+            section: Section::Problems,
+            head: html! {
+                h1 { "Problems" }
+                p.subtitle { "Usage records without an " code { "externalPayerId" } " (the " code { "unattributed_usage" } " view): kept, never billed. Fix the tenant's External Payer ID in Omnistrate." }
+                (problem_tabs("unattributed"))
+            },
+            label: "Unattributed usage (this page)",
+            query: Query::expensive(q::UNATTRIBUTED, vec![]),
+            cols: &[
+                Col::new("Service key", "service_key", Kind::Id),
+                Col::new("Month", "month", Kind::Text),
+                Col::new("Subscription", "subscription_id", Kind::Id),
+                Col::new("Customer", "customer_id", Kind::Id),
+                Col::new("Dimension", "dimension", Kind::Text),
+                Col::new("Usage", "value", Kind::Num),
+                Col::new("Records", "records", Kind::Num),
+                Col::new("Files", "files", Kind::Num),
+                Col::new("Hours", "first_hour", Kind::Time),
+                Col::new("Example file", "example_key", Kind::Id),
+            ],
+            flag: &|_, _| None,
+            href: &|o| format!("/problems/unattributed?offset={o}"),
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -890,7 +930,7 @@ impl CostWindow {
                 .map_err(|_| BadRequest(format!("to {t:?} is not YYYY-MM-DD")))?,
             None => {
                 let rows = s.rows(&Query::cheap(q::LAST_COST_DAY, vec![]))?;
-                match rows.rows.first().map(|r| plain(&r[0])) {
+                match rows.rows.first().map(|r| r[0].to_string()) {
                     Some(day) if !day.is_empty() => day.parse()?,
                     _ => return Ok(None),
                 }
