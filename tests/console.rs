@@ -902,11 +902,19 @@ fn a_short_token_is_refused_and_help_never_shows_the_token() {
         .meterbook(["serve", "--listen", "127.0.0.1:0"])
         .env("METERBOOK_SERVE_TOKEN", "short")
         .expect_code(2);
-    assert!(out.stderr.contains("at least 16 characters"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("at least 16 characters"),
+        "{}",
+        out.stderr
+    );
     let help = env
         .meterbook(["serve", "--help"])
         .env("METERBOOK_SERVE_TOKEN", TOKEN)
         .expect_code(0);
-    assert!(help.stdout.contains("METERBOOK_SERVE_TOKEN"), "{}", help.stdout);
+    assert!(
+        help.stdout.contains("METERBOOK_SERVE_TOKEN"),
+        "{}",
+        help.stdout
+    );
     assert!(!help.stdout.contains(TOKEN) && !help.stderr.contains(TOKEN));
 }
