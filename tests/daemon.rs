@@ -169,7 +169,11 @@ fn the_predecessors_container_environment_loops_and_answers_health_checks() {
         let (code, body) = http(port, "HEAD", path, None).unwrap();
         assert_eq!((code, body.as_str()), (200, ""), "HEAD {path}");
     }
-    assert_eq!(http(port, "GET", "/metrics", None).unwrap().0, 404);
+    // The health port serves the health check and the run's metrics, nothing else.
+    let (code, body) = http(port, "GET", "/metrics", None).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("meterbook_cycles_total"), "{body}");
+    assert_eq!(http(port, "GET", "/ledger", None).unwrap().0, 404);
     sigterm(run, 0);
     // DIMENSION1 only (formulas replace the base dimensions), each contract's month once.
     emu.assert_exactly_once();
