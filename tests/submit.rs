@@ -20,7 +20,7 @@ fn with_fast_emulator(args: &[&str]) -> TestEnv {
 }
 
 /// Two contracts in June 2025, a marker covering June, ingested.
-fn june(env: &TestEnv) {
+pub(crate) fn june(env: &TestEnv) {
     let (cpu, replicas) = ("cpu_core_hours", "replica_hours");
     env.write_hour(
         "2025/06/01/00",

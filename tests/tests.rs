@@ -5,6 +5,7 @@ mod emulator;
 mod s3;
 mod util;
 
+mod console;
 mod costs;
 mod daemon;
 mod deploy;

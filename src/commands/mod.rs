@@ -9,6 +9,7 @@ pub mod import_state;
 pub mod ingest;
 pub mod resubmit;
 pub mod run;
+pub mod serve;
 pub mod sql;
 pub mod submit;
 pub mod sync;
@@ -35,5 +36,6 @@ pub async fn dispatch(cli: Cli) -> Result<Outcome> {
         Command::Resubmit(args) => resubmit::run(global, args, &env).await,
         Command::Costs(args) => costs::run(global, args, &env).await,
         Command::Health(args) => health::run(args).await,
+        Command::Serve(args) => serve::run(global, args).await,
     }
 }

@@ -2,6 +2,7 @@
 //! migrates it (refinery, migrations embedded from `migrations/`); opening it for reading changes
 //! nothing. Both refuse a file that is not a meterbook ledger, or a ledger from a newer meterbook.
 
+pub mod console;
 mod costs;
 mod markers;
 mod merge;
@@ -20,7 +21,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use crate::error::Fatal;
 
-pub use costs::{CostFile, HourlyCost, MonthCheck, StoredCostFile};
+pub use costs::{
+    CostFile, HourlyCost, MonthCheck, StoredCostFile, COST_GRANTS_SQL, HOURLY_COSTS_SQL,
+    USER_SPEND_SQL,
+};
 pub use markers::MarkerRead;
 pub use merge::{carry_over, empty_cost_tables, Carried, DroppedCosts, LeftOut};
 pub use open::LedgerFile;
