@@ -48,7 +48,7 @@ pub enum Rounding {
 /// Whether an amount within float noise of a whole number is taken as that number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Noise {
-    /// Within 64 ULPs of a whole number is that number.
+    /// Within 64 ULPs (and less than 1/1024) of a whole number is that number.
     Snapped,
     /// Taken as it is (a formula's value under floor rounding: Python's `int()`).
     Kept,
@@ -61,7 +61,9 @@ pub fn to_quantity(exact: f64, rounding: Rounding, noise: Noise) -> Result<i64, 
         return Err(format!("{exact} is not a finite number"));
     }
     let whole = exact.round();
-    let ulps = 64.0 * f64::EPSILON * exact.abs().max(1.0);
+    // Noise is a few ULPs, but never as much as 1/1024 of a unit: above 2^44 a ULP is that large,
+    // and snapping would turn floor into nearest.
+    let ulps = (64.0 * f64::EPSILON * exact.abs().max(1.0)).min(1.0 / 1024.0);
     let rounded = if noise == Noise::Snapped && (exact - whole).abs() <= ulps {
         whole
     } else {
@@ -427,6 +429,11 @@ mod tests {
         assert_eq!(snapped(28.5, Rounding::Nearest), Ok(29));
         assert_eq!(snapped(28.2, Rounding::Ceiling), Ok(29));
         assert_eq!(snapped(1e12 + 0.5, Rounding::Floor), Ok(1_000_000_000_000));
+        // Where 64 ULPs are more than a unit, floor stays floor.
+        assert_eq!(
+            snapped(589_911_926_487_544.875, Rounding::Floor),
+            Ok(589_911_926_487_544)
+        );
         assert!(snapped(-0.5, Rounding::Floor).is_err());
         assert!(snapped(f64::NAN, Rounding::Floor).is_err());
         assert!(snapped(f64::INFINITY, Rounding::Floor).is_err());
