@@ -196,6 +196,8 @@ pub enum Command {
     /// Ask a running `meterbook run`'s health check whether it is healthy (exit 0) or not (exit 1):
     /// the container image's HEALTHCHECK.
     Health(HealthArgs),
+    /// Serve a read-only web console over the ledger, and Prometheus metrics at /metrics.
+    Serve(ServeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -228,6 +230,23 @@ pub struct HealthArgs {
     /// Seconds to wait for the answer.
     #[arg(long, default_value_t = 5)]
     pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address to listen on; other than a loopback address, set a token.
+    #[arg(
+        long,
+        env = "METERBOOK_LISTEN",
+        default_value = "127.0.0.1:8787",
+        value_name = "ADDR"
+    )]
+    pub listen: std::net::SocketAddr,
+
+    /// Require this token on every request (Authorization: Bearer, or the sign-in form). Prefer
+    /// the environment variable: a flag shows in the process list.
+    #[arg(long, env = "METERBOOK_SERVE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -770,6 +789,12 @@ pub struct HistoryArgs {
     /// Only what needs attention (the submission_failures view).
     #[arg(long)]
     pub failures: bool,
+
+    /// Every column (ids, exact amounts, HTTP status, times) in full; by default a table shows
+    /// contract, period, dimension, quantity, status, attempts and a short detail within 120
+    /// columns. CSV and JSON always carry every column.
+    #[arg(long)]
+    pub wide: bool,
 
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]

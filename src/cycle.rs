@@ -1,13 +1,15 @@
 //! One cycle of `meterbook run`, the whole job under the lease, safe from any host: take the lease,
 //! pull the ledger from S3, ingest what is new, plan what is due, push (so the planned submissions
 //! are durable on S3 before the first request leaves), send, push again, give the lease back. A
-//! crash at any step loses nothing and sends nothing twice (see the README's `meterbook run`).
+//! crash at any step loses nothing and sends nothing twice (see the README's `meterbook run`). Each
+//! sync's duration and size is recorded for `/metrics`.
 
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 
 use crate::config::RunSettings;
+use crate::console::metrics::{Direction, RunMetrics};
 use crate::error::{FailureKind, Outcome, Step};
 use crate::failpoint;
 use crate::submit::Prepared;
@@ -16,7 +18,7 @@ use crate::sync::push::{self, Pushed};
 use crate::sync::{lease, StateLocation};
 
 /// One run under the lease. The lease is given back whatever happens in between.
-pub async fn run(settings: &RunSettings) -> Result<Outcome> {
+pub async fn run(settings: &RunSettings, metrics: &RunMetrics) -> Result<Outcome> {
     let started = Instant::now();
     let client = crate::s3::client(&settings.s3).await;
     let loc = crate::sync::locate(&client, &settings.state)
@@ -33,7 +35,7 @@ pub async fn run(settings: &RunSettings) -> Result<Outcome> {
     .context(Step::new(FailureKind::State, "taking the lease"))?;
     tracing::info!("holding the lease as {}", taken.record().holder);
     let held = taken.keep_alive();
-    let result = steps(settings, &client, &loc).await;
+    let result = steps(settings, &client, &loc, metrics).await;
     if let Err(e) = held.release().await {
         tracing::warn!("could not give back the lease (it expires by itself): {e:#}");
     }
@@ -53,13 +55,22 @@ async fn steps(
     settings: &RunSettings,
     client: &aws_sdk_s3::Client,
     loc: &StateLocation,
+    metrics: &RunMetrics,
 ) -> Result<Outcome> {
     let ledger_file = &settings.ledger;
     let mut pulled = Outcome::Success;
-    match pull::pull(client, loc, ledger_file, &settings.state, false)
+    let started = Instant::now();
+    let result = pull::pull(client, loc, ledger_file, &settings.state, false)
         .await
-        .context(Step::new(FailureKind::State, "pulling the ledger from S3"))?
-    {
+        .context(Step::new(FailureKind::State, "pulling the ledger from S3"))?;
+    let bytes = match &result {
+        Pulled::Generation { downloaded, .. } | Pulled::Merged { downloaded, .. } => {
+            downloaded.bytes
+        }
+        _ => 0,
+    };
+    metrics.sync(Direction::Pull, started.elapsed(), bytes);
+    match result {
         Pulled::Generation { generation, .. } => tracing::info!("pulled generation {generation}"),
         Pulled::Merged {
             generation,
@@ -96,9 +107,9 @@ async fn steps(
 
     // The outbox must be on S3 before any request leaves: a host that dies after sending is then
     // reconciled by whichever host runs next.
-    push(client, loc, settings).await?;
+    push(client, loc, settings, metrics).await?;
     let submitted = planned.send(&settings.ledger).await?;
-    push(client, loc, settings).await?;
+    push(client, loc, settings, metrics).await?;
     Ok(ingested.and(submitted))
 }
 
@@ -106,11 +117,18 @@ async fn push(
     client: &aws_sdk_s3::Client,
     loc: &StateLocation,
     settings: &RunSettings,
+    metrics: &RunMetrics,
 ) -> Result<()> {
-    match push::push(client, loc, &settings.ledger, &settings.state)
+    let started = Instant::now();
+    let pushed = push::push(client, loc, &settings.ledger, &settings.state)
         .await
-        .context(Step::new(FailureKind::State, "pushing the ledger to S3"))?
-    {
+        .context(Step::new(FailureKind::State, "pushing the ledger to S3"))?;
+    let bytes = match &pushed {
+        Pushed::Generation { uploaded_bytes, .. } => *uploaded_bytes,
+        Pushed::UpToDate { .. } => 0,
+    };
+    metrics.sync(Direction::Push, started.elapsed(), bytes);
+    match pushed {
         Pushed::Generation { generation, .. } => tracing::info!("pushed generation {generation}"),
         Pushed::UpToDate { generation } => {
             tracing::info!("S3 already holds this ledger as generation {generation}")

@@ -2,7 +2,8 @@
 //! the predecessor's older `CRON_MODE`: the first day of each month at 00:10 UTC), survive a failed
 //! cycle, stop on SIGTERM/SIGINT with the last cycle's exit code, and serve the health check
 //! (`GET`/`HEAD` on `/health` and `/health/`: 200 while healthy, 503 after repeated failures; the
-//! body names the kind of failure, never its text).
+//! body names the kind of failure, never its text) and the run's metrics (`GET /metrics`, see
+//! [`crate::console::metrics`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 
+use crate::console::metrics::{RunTelemetry, CONTENT_TYPE};
 use crate::error::{FailureKind, Fatal, Outcome};
 
 /// When cycles run.
@@ -159,13 +161,27 @@ impl Health {
 
 type SharedHealth = Arc<Mutex<Health>>;
 
-async fn health(State(h): State<SharedHealth>) -> (StatusCode, String) {
-    h.lock().expect("health lock").answer()
+/// What the health port serves.
+#[derive(Clone)]
+struct Served {
+    health: SharedHealth,
+    telemetry: Arc<RunTelemetry>,
 }
 
-/// Binds the health check on `addr` and serves it in the background until the process ends.
-/// Axum answers `HEAD` on a `GET` route, without the body.
-async fn start_health(addr: SocketAddr, state: SharedHealth) -> Result<()> {
+async fn health(State(s): State<Served>) -> (StatusCode, String) {
+    s.health.lock().expect("health lock").answer()
+}
+
+async fn metrics(State(s): State<Served>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
+        s.telemetry.render().await,
+    )
+}
+
+/// Binds the health check on `addr` and serves it (and `/metrics`) in the background until the
+/// process ends. Axum answers `HEAD` on a `GET` route, without the body.
+async fn start_health(addr: SocketAddr, state: Served) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         Fatal::Config(format!(
             "cannot serve the health check on {addr} (HEALTHCHECK_PORT): {e}"
@@ -175,6 +191,7 @@ async fn start_health(addr: SocketAddr, state: SharedHealth) -> Result<()> {
     let app = Router::new()
         .route("/health", get(health))
         .route("/health/", get(health))
+        .route("/metrics", get(metrics))
         .with_state(state);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -211,6 +228,7 @@ pub async fn shutdown_signal() {
 pub async fn run_forever<F, Fut>(
     schedule: Schedule,
     health_addr: Option<SocketAddr>,
+    telemetry: Arc<RunTelemetry>,
     mut cycle: F,
 ) -> Result<Outcome>
 where
@@ -219,10 +237,15 @@ where
 {
     let state: SharedHealth = Arc::default();
     if let Some(addr) = health_addr {
-        start_health(addr, state.clone()).await?;
+        let served = Served {
+            health: state.clone(),
+            telemetry: telemetry.clone(),
+        };
+        start_health(addr, served).await?;
     }
     loop {
         let started = Utc::now();
+        telemetry.cycle_started();
         let running = cycle();
         tokio::pin!(running);
         let mut stopping = false;
@@ -246,6 +269,7 @@ where
             );
         }
         state.lock().expect("health lock").record(&result);
+        telemetry.cycle_finished(&result);
         if stopping {
             return stopped(result);
         }

@@ -7,6 +7,7 @@ pub mod clazar;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod costs;
 pub mod cycle;
 pub mod daemon;

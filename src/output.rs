@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::io::Write;
 
 use anyhow::Result;
-use comfy_table::{presets, Table};
+use comfy_table::{presets, ContentArrangement, Table};
 
 use crate::ledger::{QueryResult, SqlValue};
 
@@ -22,12 +22,24 @@ pub enum Format {
     Json,
 }
 
+/// How a column of a fitted table is shortened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// Shown in full.
+    Keep,
+    /// At most this many characters, keeping both ends (ids: both ends tell them apart).
+    Middle(usize),
+    /// At most this many characters, keeping the start (names, messages).
+    End(usize),
+}
+
 /// A [`QueryResult`] sink that prints in the chosen format.
 pub fn sink<'a, W: Write + 'a>(format: Format, out: W) -> Box<dyn QueryResult + 'a> {
     match format {
         Format::Table => Box::new(TableSink {
             out,
             table: Table::new(),
+            fits: Vec::new(),
         }),
         Format::Csv => Box::new(CsvSink {
             out: csv::Writer::from_writer(out),
@@ -40,13 +52,36 @@ pub fn sink<'a, W: Write + 'a>(format: Format, out: W) -> Box<dyn QueryResult + 
     }
 }
 
-fn text(v: &SqlValue) -> String {
-    match v {
-        SqlValue::Null => String::new(),
-        SqlValue::Integer(i) => i.to_string(),
-        SqlValue::Real(r) => r.to_string(),
-        SqlValue::Text(t) => t.clone(),
-        SqlValue::Blob(b) => hex::encode(b),
+/// A table no wider than `width` characters: each column shortened as `fits` says (an ellipsis
+/// marks what was left out), and wrapped if that is not enough.
+pub fn fitted_table<'a, W: Write + 'a>(
+    out: W,
+    width: u16,
+    fits: Vec<Fit>,
+) -> Box<dyn QueryResult + 'a> {
+    let mut table = Table::new();
+    table
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_width(width);
+    Box::new(TableSink { out, table, fits })
+}
+
+/// `s` shortened as `fit` says.
+fn shorten(s: &str, fit: Fit) -> Cow<'_, str> {
+    let len = s.chars().count();
+    match fit {
+        Fit::Middle(max) if len > max && max > 1 => {
+            let tail = (max - 1) / 2;
+            let head = max - 1 - tail;
+            let start: String = s.chars().take(head).collect();
+            let end: String = s.chars().skip(len - tail).collect();
+            Cow::Owned(format!("{start}…{end}"))
+        }
+        Fit::End(max) if len > max && max > 1 => {
+            let start: String = s.chars().take(max - 1).collect();
+            Cow::Owned(format!("{start}…"))
+        }
+        _ => Cow::Borrowed(s),
     }
 }
 
@@ -85,6 +120,8 @@ fn for_terminal(s: &str) -> Cow<'_, str> {
 struct TableSink<W: Write> {
     out: W,
     table: Table,
+    /// How to shorten each column (none: every value in full).
+    fits: Vec<Fit>,
 }
 
 impl<W: Write> QueryResult for TableSink<W> {
@@ -94,8 +131,12 @@ impl<W: Write> QueryResult for TableSink<W> {
         Ok(())
     }
     fn row(&mut self, values: &[SqlValue]) -> Result<()> {
-        self.table
-            .add_row(values.iter().map(|v| for_terminal(&text(v)).into_owned()));
+        let fits = &self.fits;
+        self.table.add_row(values.iter().enumerate().map(|(i, v)| {
+            let shown = for_terminal(&v.to_string()).into_owned();
+            let fit = fits.get(i).copied().unwrap_or(Fit::Keep);
+            shorten(&shown, fit).into_owned()
+        }));
         Ok(())
     }
     fn finish(&mut self) -> Result<()> {
@@ -114,7 +155,8 @@ impl<W: Write> QueryResult for CsvSink<W> {
         Ok(())
     }
     fn row(&mut self, values: &[SqlValue]) -> Result<()> {
-        self.out.write_record(values.iter().map(text))?;
+        self.out
+            .write_record(values.iter().map(SqlValue::to_string))?;
         Ok(())
     }
     fn finish(&mut self) -> Result<()> {
@@ -155,6 +197,19 @@ impl<W: Write> QueryResult for JsonSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_values_are_shortened_keeping_the_end_that_tells_them_apart() {
+        let id = "0675295f-8812-2e14-0fc0-55310b43b6dd";
+        assert_eq!(shorten(id, Fit::Middle(19)), "0675295f-…10b43b6dd");
+        assert_eq!(shorten(id, Fit::Middle(19)).chars().count(), 19);
+        assert_eq!(shorten("short", Fit::Middle(19)), "short");
+        assert_eq!(
+            shorten("Invalid contract_id: contract not found", Fit::End(20)),
+            "Invalid contract_id…"
+        );
+        assert_eq!(shorten(id, Fit::Keep), id);
+    }
 
     #[test]
     fn a_table_shows_control_characters_escaped_and_leaves_other_text_alone() {

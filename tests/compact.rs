@@ -2,6 +2,7 @@
 //! usage views give the same numbers, drift is still seen, and a rewritten file of a compacted
 //! month replaces exactly its own contribution.
 
+use crate::console::{crate_encode, get, Server};
 use crate::util::TestEnv;
 
 /// Every row of `sql` on the ledger, as text, sorted.
@@ -88,6 +89,27 @@ fn a_compacted_month_gives_the_same_numbers_and_a_rewritten_file_replaces_its_ow
     );
     let again = compact(&env, &["--before", "2025-07", "--keep-months", "0"]);
     assert!(again.contains("nothing to compact"), "{again}");
+    // The console still lists a contract's files in the compacted month.
+    let (contract, its_key): (String, String) = env.rows(
+        "SELECT c.contract_id, f.key FROM compacted_usage c JOIN usage_files f ON f.id = c.file_id
+         WHERE c.contract_id IS NOT NULL ORDER BY c.contract_id, f.hour, f.key LIMIT 1",
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )[0]
+    .clone();
+    let server = Server::start(&env, None);
+    let (status, _, page) = get(
+        &format!(
+            "{}/usage/files?service_key={}&contract={}&month=2025-06",
+            server.url,
+            crate_encode("pg:PROD:pt-HJSv20iWX0"),
+            crate_encode(&contract)
+        ),
+        &[],
+    )
+    .expect("the console answers");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(&its_key), "{its_key} not in {page}");
+    server.stop();
 
     // A new file in the compacted month: kept as totals too.
     let late = "omnistrate-metering/pg/PROD/pt-HJSv20iWX0/2025/06/01/00/sub-late.json";

@@ -19,7 +19,7 @@ fn billing_name(month: &str) -> String {
 }
 
 /// Runs `scripts/gen-billing.py` into `out` and returns its expected sums, one object per month.
-fn generate(out: &Path, args: &[&str]) -> Vec<Value> {
+pub(crate) fn generate(out: &Path, args: &[&str]) -> Vec<Value> {
     let expect = out.with_extension("expect.json");
     python_script("scripts/gen-billing.py")
         .arg("--out")
@@ -56,7 +56,7 @@ fn query_nanos(env: &TestEnv, sql: &str) -> BTreeMap<String, i64> {
         .collect()
 }
 
-fn billing_dir(env: &TestEnv) -> PathBuf {
+pub(crate) fn billing_dir(env: &TestEnv) -> PathBuf {
     env.path("billing")
 }
 
@@ -576,7 +576,7 @@ fn the_report_is_not_sent_in_the_clear_when_the_server_offers_no_starttls() {
 }
 
 /// Writes a grants CSV into the test folder.
-fn grants_file(env: &TestEnv, name: &str, body: &str) -> PathBuf {
+pub(crate) fn grants_file(env: &TestEnv, name: &str, body: &str) -> PathBuf {
     let path = env.path(name);
     std::fs::write(&path, body).unwrap();
     path

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::emulator::CLIENT_ID;
 use crate::util::{compose_vars, http, usage_sums, Running, TestCommand, TestEnv};
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -18,7 +18,7 @@ fn free_port() -> u16 {
 }
 
 /// Polls GET /health until `want` holds, up to a deadline.
-fn wait_for(port: u16, what: &str, want: impl Fn(u16, &str) -> bool) -> (u16, String) {
+pub(crate) fn wait_for(port: u16, what: &str, want: impl Fn(u16, &str) -> bool) -> (u16, String) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok((code, body)) = http(port, "GET", "/health", None) {
@@ -32,7 +32,7 @@ fn wait_for(port: u16, what: &str, want: impl Fn(u16, &str) -> bool) -> (u16, St
 }
 
 /// The number of cycles a healthy answer reports ("ok: N cycles run, ...").
-fn cycles(body: &str) -> u64 {
+pub(crate) fn cycles(body: &str) -> u64 {
     body.strip_prefix("ok: ")
         .and_then(|b| b.split_whitespace().next())
         .and_then(|n| n.parse().ok())
@@ -40,7 +40,7 @@ fn cycles(body: &str) -> u64 {
 }
 
 /// `meterbook run --every 1s` against `source_bucket`, its health check on 127.0.0.1:`port`.
-fn run_every_second(env: &TestEnv, source_bucket: &str, port: u16) -> TestCommand {
+pub(crate) fn run_every_second(env: &TestEnv, source_bucket: &str, port: u16) -> TestCommand {
     env.meterbook(["--s3-max-attempts", "2", "run", "--every", "1s"])
         .args(["--healthcheck-port", &port.to_string()])
         .args(["--healthcheck-bind", "127.0.0.1", "--lease-seconds", "5"])
@@ -48,13 +48,13 @@ fn run_every_second(env: &TestEnv, source_bucket: &str, port: u16) -> TestComman
 }
 
 /// Stops `run` with SIGTERM; it must exit with `code` within 30 s.
-fn sigterm(run: Running, code: i32) {
+pub(crate) fn sigterm(run: Running, code: i32) {
     run.sigterm(Duration::from_secs(30)).expect_code(code);
 }
 
 /// One month of usage (1 subscription, 2 hours of June 2025, marked complete) in the test's
 /// bucket.
-fn june_in_bucket(env: &TestEnv, plan: &str) {
+pub(crate) fn june_in_bucket(env: &TestEnv, plan: &str) {
     env.generate(&[
         "--subscriptions",
         "1",
@@ -169,7 +169,11 @@ fn the_predecessors_container_environment_loops_and_answers_health_checks() {
         let (code, body) = http(port, "HEAD", path, None).unwrap();
         assert_eq!((code, body.as_str()), (200, ""), "HEAD {path}");
     }
-    assert_eq!(http(port, "GET", "/metrics", None).unwrap().0, 404);
+    // The health port serves the health check and the run's metrics, nothing else.
+    let (code, body) = http(port, "GET", "/metrics", None).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("meterbook_cycles_total"), "{body}");
+    assert_eq!(http(port, "GET", "/ledger", None).unwrap().0, 404);
     sigterm(run, 0);
     // DIMENSION1 only (formulas replace the base dimensions), each contract's month once.
     emu.assert_exactly_once();

@@ -20,7 +20,7 @@ fn with_fast_emulator(args: &[&str]) -> TestEnv {
 }
 
 /// Two contracts in June 2025, a marker covering June, ingested.
-fn june(env: &TestEnv) {
+pub(crate) fn june(env: &TestEnv) {
     let (cpu, replicas) = ("cpu_core_hours", "replica_hours");
     env.write_hour(
         "2025/06/01/00",
@@ -607,8 +607,16 @@ fn a_dry_run_prints_the_payloads_changes_nothing_and_calls_nothing() {
 
 #[test]
 fn formulas_give_exact_quantities_and_the_amount_before_rounding_is_kept() {
-    let env = with_fast_emulator(&["--dimension", "cents", "--dimension", "half_replicas"]);
-    // 0.58 x 0.5 = 0.29 of cpu price: 0.29 / 0.01 is 28.999999999999996 in floating point.
+    let env = with_fast_emulator(&[
+        "--dimension",
+        "cents",
+        "--dimension",
+        "whole_cents",
+        "--dimension",
+        "half_replicas",
+    ]);
+    // 0.58 x 0.5 = 0.29 of cpu price: 0.29 / 0.01 is 28.999999999999996 in floating point, of
+    // which the predecessor sent Python's int(), 28; round() in the formula makes it 29.
     env.write_hour(
         "2025/06/01/00",
         "sub-a",
@@ -620,14 +628,19 @@ fn formulas_give_exact_quantities_and_the_amount_before_rounding_is_kept() {
     let emu = env.emulator();
     env.meterbook(["submit"])
         .env("DIMENSION_cents", "cpu_core_hours_total_price / 0.01")
+        .env(
+            "DIMENSION_whole_cents",
+            "round(cpu_core_hours_total_price / 0.01)",
+        )
         .env("DIMENSION1_NAME", "half_replicas")
         .env("DIMENSION1_FORMULA", "replica_hours / 2")
         .expect_code(0);
     assert_eq!(
         emu.accepted_quantities(),
         [
-            triple("contract-a", "cents", "29"),
+            triple("contract-a", "cents", "28"),
             triple("contract-a", "half_replicas", "3"),
+            triple("contract-a", "whole_cents", "29"),
         ]
     );
     let exact: f64 =

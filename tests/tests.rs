@@ -6,6 +6,7 @@ mod s3;
 mod util;
 
 mod compact;
+mod console;
 mod costs;
 mod daemon;
 mod deploy;

@@ -10,6 +10,7 @@ pub mod import_state;
 pub mod ingest;
 pub mod resubmit;
 pub mod run;
+pub mod serve;
 pub mod sql;
 pub mod submit;
 pub mod sync;
@@ -37,5 +38,6 @@ pub async fn dispatch(cli: Cli) -> Result<Outcome> {
         Command::Costs(args) => costs::run(global, args, &env).await,
         Command::Health(args) => health::run(args).await,
         Command::Compact(args) => compact::run(global, args),
+        Command::Serve(args) => serve::run(global, args).await,
     }
 }

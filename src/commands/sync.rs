@@ -57,15 +57,18 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs, env: &Environment) -> Res
                     segments,
                 } => writeln!(
                     out,
-                    "pulled generation {generation} from {loc} into {} ({}; {downloaded} of \
-                     {segments} segments downloaded)",
+                    "pulled generation {generation} from {loc} into {} ({}; {} of {segments} \
+                     segments downloaded: {})",
                     ledger.display(),
-                    mb(size)
+                    mb(size),
+                    downloaded.segments,
+                    mb(downloaded.bytes)
                 )?,
                 Pulled::Merged {
                     generation,
                     size,
                     carried,
+                    ..
                 } => {
                     outcome = match carried.needs_attention() {
                         true => Outcome::NeedsAttention,

@@ -43,6 +43,20 @@ pub fn write_plots(report: &CostReport, png: &Path, svg: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The plot of `report`'s window as SVG text (for the console).
+pub fn svg(report: &CostReport) -> Result<String> {
+    register_font()?;
+    let lines = lines(report);
+    let mut out = String::new();
+    draw(
+        SVGBackend::with_string(&mut out, SIZE).into_drawing_area(),
+        report,
+        &lines,
+    )
+    .context("drawing the plot")?;
+    Ok(out)
+}
+
 fn register_font() -> Result<()> {
     static REGISTER: Once = Once::new();
     let mut result = Ok(());

@@ -129,7 +129,12 @@ impl GrantSpend {
 impl CostReport {
     /// The report of the window, from the ledger (opened for reading).
     pub fn from_ledger(ledger: &LedgerFile, window: &Window) -> Result<CostReport> {
-        let ledger = Ledger::open_for_reading(ledger)?;
+        CostReport::read(&Ledger::open_for_reading(ledger)?, window)
+    }
+
+    /// The report of `window` from an open ledger: hourly spend, the invoice check of
+    /// yesterday's month, and every grant against its user's spend.
+    pub fn read(ledger: &Ledger, window: &Window) -> Result<CostReport> {
         let (from, to) = window.utc_range();
         let hours = ledger.hourly_costs(from, to)?;
         let month = window.yesterday().format("%Y-%m").to_string();

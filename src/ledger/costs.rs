@@ -80,6 +80,21 @@ impl MonthCheck {
 
 const USER_TAGS: &str = "user_tags";
 
+/// The line items of a window in `usage_start` order, read by [`Ledger::hourly_costs`].
+pub const HOURLY_COSTS_SQL: &str = "SELECT usage_start, user, product_name, blended_nanos
+FROM cost_line_items INDEXED BY cost_line_items_by_start
+WHERE usage_start >= ?1 AND usage_start < ?2
+ORDER BY usage_start";
+
+/// Every grant, by user and start ([`Ledger::cost_grants`]).
+pub const COST_GRANTS_SQL: &str = "SELECT user, amount_nanos, starts_on, ends_on, note, line
+FROM cost_grants
+ORDER BY user, starts_on, id";
+
+/// A user's spend over `[?2, ?3)` (open-ended when `?3` is NULL) ([`Ledger::user_spend`]).
+pub const USER_SPEND_SQL: &str = "SELECT COALESCE(SUM(blended_nanos), 0) FROM cost_line_items
+WHERE user = ?1 AND usage_start >= ?2 AND (?3 IS NULL OR usage_start < ?3)";
+
 impl Ledger {
     /// What the ledger holds for an account's month: the key and the version it was read from.
     pub fn known_cost_file(
@@ -282,12 +297,7 @@ impl Ledger {
     /// items are read in `usage_start` order straight from the index that covers them and summed
     /// an hour at a time here: a GROUP BY on the hour would sort every line item of the window.
     pub fn hourly_costs(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Vec<HourlyCost>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT usage_start, user, product_name, blended_nanos
-             FROM cost_line_items INDEXED BY cost_line_items_by_start
-             WHERE usage_start >= ?1 AND usage_start < ?2
-             ORDER BY usage_start",
-        )?;
+        let mut stmt = self.conn.prepare(HOURLY_COSTS_SQL)?;
         let mut rows = stmt.query(params![format_utc(from), format_utc(to)])?;
         let mut out = Vec::new();
         let mut names = Names::default();
@@ -343,10 +353,7 @@ impl Ledger {
 
     /// Every grant, by user and start.
     pub fn cost_grants(&self) -> Result<Vec<Grant>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT user, amount_nanos, starts_on, ends_on, note, line FROM cost_grants
-             ORDER BY user, starts_on, id",
-        )?;
+        let mut stmt = self.conn.prepare(COST_GRANTS_SQL)?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -385,10 +392,7 @@ impl Ledger {
     ) -> Result<i64> {
         Ok(self
             .conn
-            .prepare_cached(
-                "SELECT COALESCE(SUM(blended_nanos), 0) FROM cost_line_items
-             WHERE user = ?1 AND usage_start >= ?2 AND (?3 IS NULL OR usage_start < ?3)",
-            )?
+            .prepare_cached(USER_SPEND_SQL)?
             .query_row(params![user, format_utc(from), to.map(format_utc)], |r| {
                 r.get(0)
             })?)

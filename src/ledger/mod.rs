@@ -3,6 +3,7 @@
 //! nothing. Both refuse a file that is not a meterbook ledger, or a ledger from a newer meterbook.
 
 mod compact;
+pub mod console;
 mod costs;
 mod markers;
 mod merge;
@@ -22,7 +23,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use crate::error::Fatal;
 
 pub use compact::MonthCompaction;
-pub use costs::{CostFile, HourlyCost, MonthCheck, StoredCostFile};
+pub use costs::{
+    CostFile, HourlyCost, MonthCheck, StoredCostFile, COST_GRANTS_SQL, HOURLY_COSTS_SQL,
+    USER_SPEND_SQL,
+};
 pub use markers::MarkerRead;
 pub use merge::{carry_over, empty_cost_tables, Carried, DroppedCosts, LeftOut};
 pub use open::LedgerFile;

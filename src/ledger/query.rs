@@ -21,6 +21,20 @@ pub enum SqlValue {
     Blob(Vec<u8>),
 }
 
+/// The value as text: NULL as nothing, a blob in hex, a real as the shortest decimal that reads
+/// back as the same double.
+impl std::fmt::Display for SqlValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SqlValue::Null => Ok(()),
+            SqlValue::Integer(i) => write!(f, "{i}"),
+            SqlValue::Real(r) => write!(f, "{r}"),
+            SqlValue::Text(t) => f.write_str(t),
+            SqlValue::Blob(b) => f.write_str(&hex::encode(b)),
+        }
+    }
+}
+
 impl From<ValueRef<'_>> for SqlValue {
     fn from(v: ValueRef<'_>) -> SqlValue {
         match v {

@@ -122,7 +122,7 @@ pub struct SubmissionFilter {
 
 impl SubmissionFilter {
     /// `WHERE` terms over a view with `contract_id`, `period` and `status` columns.
-    fn sql(&self) -> (String, Vec<String>) {
+    pub(super) fn sql(&self) -> (String, Vec<String>) {
         let status = self.status.map(|s| s.as_str().to_string());
         let mut terms = vec!["1 = 1".to_string()];
         let mut values = Vec::new();
@@ -514,11 +514,13 @@ impl Ledger {
             .query_row("SELECT COUNT(*) FROM submission_failures", [], |r| r.get(0))?)
     }
 
-    /// Streams `submission_history` (or `submission_failures` when `failures_only`) to `sink`.
+    /// Streams `submission_history` (or `submission_failures` when `failures_only`) to `sink`:
+    /// every column when `wide`, else the ones a terminal has room for.
     pub fn history(
         &self,
         filter: &SubmissionFilter,
         failures_only: bool,
+        wide: bool,
         sink: &mut dyn QueryResult,
     ) -> Result<()> {
         let (terms, values) = filter.sql();
@@ -527,10 +529,15 @@ impl Ledger {
         } else {
             "submission_history"
         };
+        let columns = if wide {
+            "submission_id, line_id, service_key, contract_id, period_kind, period, dimension,
+             exact_quantity, quantity, status, attempts, http_status, code, detail, retry_of,
+             sent_at, answered_at"
+        } else {
+            "contract_id AS contract, period, dimension, quantity, status, attempts, detail"
+        };
         let sql = format!(
-            "SELECT submission_id, line_id, service_key, contract_id, period_kind, period, dimension,
-                    exact_quantity, quantity, status, attempts, http_status, code, detail, retry_of,
-                    sent_at, answered_at
+            "SELECT {columns}
              FROM {view} WHERE {terms}
              ORDER BY period, service_key, contract_id, dimension, line_id"
         );

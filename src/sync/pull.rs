@@ -38,8 +38,8 @@ pub enum Pulled {
     Generation {
         generation: u64,
         size: u64,
-        /// Segments downloaded, of the generation's segments (format 2).
-        downloaded: usize,
+        downloaded: Downloaded,
+        /// The generation's segments (format 1: one object).
         segments: usize,
     },
     /// The local ledger had changes the state did not have: it is now this generation, plus
@@ -47,6 +47,7 @@ pub enum Pulled {
     Merged {
         generation: u64,
         size: u64,
+        downloaded: Downloaded,
         carried: Carried,
     },
     /// The local ledger already is the current generation.
@@ -55,6 +56,24 @@ pub enum Pulled {
     LocalAhead { generation: u64 },
     /// There is no state yet (a first run); the local ledger was not touched.
     NoState,
+}
+
+/// What a pull downloaded: segments (format 1: the one object), and their stored (compressed)
+/// bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Downloaded {
+    pub segments: usize,
+    pub bytes: u64,
+}
+
+impl Downloaded {
+    /// Segments `indexes` of `m`.
+    pub(super) fn of(m: &Manifest, indexes: &[usize]) -> Downloaded {
+        Downloaded {
+            segments: indexes.len(),
+            bytes: indexes.iter().map(|&i| m.segments[i].1).sum(),
+        }
+    }
 }
 
 /// Makes the local ledger the current state: downloads what it does not have, verifies it and
@@ -170,10 +189,13 @@ async fn pull_manifest(
             InPlace::Done { downloaded } => {
                 local::write(ledger, &pulled_record)?;
                 tracing::info!(
-                    "generation {} written into ledger {}: {downloaded} of {} segments downloaded",
+                    "generation {} written into ledger {}: {} of {} segments downloaded ({} \
+                     bytes)",
                     m.generation,
                     ledger.display(),
-                    m.segments.len()
+                    downloaded.segments,
+                    m.segments.len(),
+                    downloaded.bytes
                 );
                 return Ok(Pulled::Generation {
                     generation: m.generation,
@@ -189,21 +211,18 @@ async fn pull_manifest(
         true => Some(copy_ledger(ledger_file).await?),
         false => None,
     };
-    let (assembled, reused) =
+    let (assembled, downloaded) =
         assemble(client, loc, ledger_file, &m, true, settings.concurrency).await?;
-    check_assembled(loc, &assembled, &m, reused == 0).await?;
+    let whole = downloaded.segments == m.segments.len();
+    check_assembled(loc, &assembled, &m, whole).await?;
     tracing::info!(
-        "generation {} assembled and verified: {} of {} segments downloaded{}",
+        "generation {} assembled and verified: {} of {} segments downloaded ({} bytes){}",
         m.generation,
-        m.segments.len() - reused,
+        downloaded.segments,
         m.segments.len(),
-        if reused == 0 {
-            ", integrity checked"
-        } else {
-            ""
-        }
+        downloaded.bytes,
+        if whole { ", integrity checked" } else { "" }
     );
-    let downloaded = m.segments.len() - reused;
     let (assembled, carried) = match local {
         None => (assembled, None),
         Some(local) => {
@@ -226,6 +245,7 @@ async fn pull_manifest(
         Some(carried) => Pulled::Merged {
             generation: m.generation,
             size: m.size,
+            downloaded,
             carried,
         },
     })
@@ -272,6 +292,10 @@ async fn pull_snapshot(
     });
     let generation = meta.generation;
     let size = snapshot.fingerprints.size;
+    let downloaded = Downloaded {
+        segments: 1,
+        bytes: info.size.max(0) as u64,
+    };
     let (path, segment_size) = (snapshot.path.path().to_path_buf(), settings.segment_size);
     let scan = blocking(move || segments::scan_file(&path, segment_size, |_, _, _| Ok(()))).await?;
     let pulled = record_for(
@@ -297,12 +321,13 @@ async fn pull_snapshot(
         None => Pulled::Generation {
             generation,
             size,
-            downloaded: 1,
+            downloaded,
             segments: 1,
         },
         Some(carried) => Pulled::Merged {
             generation,
             size,
+            downloaded,
             carried,
         },
     })
@@ -310,8 +335,8 @@ async fn pull_snapshot(
 
 /// How a pull in place ended.
 enum InPlace {
-    /// The ledger is the state now, having downloaded this many segments.
-    Done { downloaded: usize },
+    /// The ledger is the state now, having downloaded these segments.
+    Done { downloaded: Downloaded },
     /// The state goes into a new file instead; `local_changes` when the ledger has changes of its
     /// own to carry over.
     NotHere { local_changes: bool },
@@ -356,7 +381,9 @@ async fn in_place(
         .collect();
     let pages = (m.size / u64::from(m.page_size)) as u32;
     if missing.is_empty() && write.page_count() == pages {
-        return Ok(InPlace::Done { downloaded: 0 });
+        return Ok(InPlace::Done {
+            downloaded: Downloaded::default(),
+        });
     }
     if missing.len() * 2 > wanted.len() {
         return Ok(InPlace::NotHere {
@@ -365,9 +392,9 @@ async fn in_place(
     }
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Vec<u8>)>(settings.concurrency);
-    let (expected, count) = (
+    let (expected, downloaded) = (
         missing.iter().copied().collect::<HashSet<usize>>(),
-        missing.len(),
+        Downloaded::of(m, &missing),
     );
     let (m2, what) = (m.clone(), format!("generation {} of {loc}", m.generation));
     let readable = write.page_count();
@@ -424,7 +451,7 @@ async fn in_place(
     let written = writer.await.context("a background task")?;
     sent?;
     written?;
-    Ok(InPlace::Done { downloaded: count })
+    Ok(InPlace::Done { downloaded })
 }
 
 /// Says what a pull kept of the local ledger and what it dropped.

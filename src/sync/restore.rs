@@ -93,9 +93,10 @@ pub async fn restore(
             let old = Arc::new(old);
             let incoming = (old.content.as_str(), old.segment_size);
             guard_local(ledger_file, record.as_ref(), incoming, discard_local).await?;
-            let (file, reused) =
+            let (file, downloaded) =
                 assemble(client, loc, ledger_file, &old, true, settings.concurrency).await?;
-            check_assembled(loc, &file, &old, reused == 0).await?;
+            let whole = downloaded.segments == old.segments.len();
+            check_assembled(loc, &file, &old, whole).await?;
             (file, (*old).clone(), None)
         }
         Fetched::Snapshot(snapshot) => {

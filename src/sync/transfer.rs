@@ -10,6 +10,7 @@ use aws_sdk_s3::Client;
 use futures::{StreamExt, TryStreamExt};
 
 use super::manifest::{Manifest, Segment};
+use super::pull::Downloaded;
 use super::remote::{self, Condition, Refused, StateMeta};
 use super::segments::{self, Assembled, Hash, Scan, Scanner, Spool};
 use super::snapshot;
@@ -43,8 +44,8 @@ pub(super) async fn fetch_segment(
 
 /// Assembles generation `m` in a new file beside the ledger: the segments the local ledger has
 /// (when `reuse`) are copied from it, the others downloaded, `concurrency` at a time; then the
-/// file is read back and checked against the manifest's checksum. Returns it with the number of
-/// segments reused.
+/// file is read back and checked against the manifest's checksum. Returns it with what was
+/// downloaded.
 pub(super) async fn assemble(
     client: &Client,
     loc: &StateLocation,
@@ -52,7 +53,7 @@ pub(super) async fn assemble(
     m: &Arc<Manifest>,
     reuse: bool,
     concurrency: usize,
-) -> Result<(snapshot::TempDb, usize)> {
+) -> Result<(snapshot::TempDb, Downloaded)> {
     let temp = snapshot::temp_db_beside(&ledger.path, "pulled")?;
     let out = Arc::new(Assembled::create(temp.path())?);
     let wanted = m.hashes().map_err(anyhow::Error::msg)?;
@@ -83,8 +84,8 @@ pub(super) async fn assemble(
         })
         .await?;
     }
-    let reused = have.iter().filter(|h| **h).count();
     let missing: Vec<usize> = (0..have.len()).filter(|i| !have[*i]).collect();
+    let downloaded = Downloaded::of(m, &missing);
     futures::stream::iter(missing)
         .map(|i| {
             let out = out.clone();
@@ -106,7 +107,7 @@ pub(super) async fn assemble(
             false,
         ));
     }
-    Ok((temp, reused))
+    Ok((temp, downloaded))
 }
 
 /// Checks an assembled file: `PRAGMA integrity_check` when it was downloaded whole, its schema
