@@ -2,9 +2,13 @@
 //! contract's sums, and the rounding rule that turns an amount into the whole number Clazar is
 //! sent. Pure functions.
 //!
-//! An int result is sent exactly. A float result is first snapped to a whole number when it is
-//! within a few ULPs of one, so that float noise never changes a quantity (`0.29 / 0.01` is
-//! 28.999999999999996 in floating point, and 29 here), then rounded by the `--rounding` rule.
+//! An int result is sent exactly. A formula's float result under `--rounding floor` (the
+//! predecessor's rule) is sent as the predecessor sent it, Python's `int(float(value))`: the
+//! formula is Python, and its author rounds in it (`0.29 / 0.01` is 28.999999999999996 in floating
+//! point, and 28 is sent, as before; `round(0.29 / 0.01)` sends 29). Every other amount (a base
+//! dimension's sum, which meterbook adds up itself, or a formula under `nearest` or `ceiling`,
+//! which the predecessor did not have) is first snapped to a whole number when it is within a few
+//! ULPs of one, so that float noise never changes a quantity, then rounded by the rule.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -41,15 +45,26 @@ pub enum Rounding {
     Ceiling,
 }
 
-/// Turns an exact amount into the quantity sent. Values within 64 ULPs of a whole number are that
-/// number (float noise); a negative or non-finite amount, or one too large, is an error.
-pub fn to_quantity(exact: f64, rounding: Rounding) -> Result<i64, String> {
+/// Whether an amount within float noise of a whole number is taken as that number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Noise {
+    /// Within 64 ULPs (and less than 1/1024) of a whole number is that number.
+    Snapped,
+    /// Taken as it is (a formula's value under floor rounding: Python's `int()`).
+    Kept,
+}
+
+/// Turns an exact amount into the quantity sent, treating float noise as `noise` says; a negative
+/// or non-finite amount, or one too large, is an error.
+pub fn to_quantity(exact: f64, rounding: Rounding, noise: Noise) -> Result<i64, String> {
     if !exact.is_finite() {
         return Err(format!("{exact} is not a finite number"));
     }
     let whole = exact.round();
-    let noise = 64.0 * f64::EPSILON * exact.abs().max(1.0);
-    let rounded = if (exact - whole).abs() <= noise {
+    // Noise is a few ULPs, but never as much as 1/1024 of a unit: above 2^44 a ULP is that large,
+    // and snapping would turn floor into nearest.
+    let ulps = (64.0 * f64::EPSILON * exact.abs().max(1.0)).min(1.0 / 1024.0);
+    let rounded = if noise == Noise::Snapped && (exact - whole).abs() <= ulps {
         whole
     } else {
         match rounding {
@@ -69,14 +84,24 @@ pub fn to_quantity(exact: f64, rounding: Rounding) -> Result<i64, String> {
 }
 
 /// The quantity sent for a value: an int exactly, a float by [`to_quantity`].
-pub fn quantity_of(value: &Value, rounding: Rounding) -> Result<i64, String> {
+pub fn quantity_of(value: &Value, rounding: Rounding, noise: Noise) -> Result<i64, String> {
     match value {
         Value::Int(i) if i.is_negative() => Err(format!("{value} is negative")),
         Value::Int(i) => i
             .to_i64()
             .ok_or_else(|| format!("{value} is too large for a quantity")),
-        Value::Float(x) => to_quantity(*x, rounding),
+        Value::Float(x) => to_quantity(*x, rounding, noise),
     }
+}
+
+/// The quantity sent for a formula's value: under floor rounding exactly what the predecessor
+/// sent, Python's `int(float(value))` (an int above 2^53 exactly, where `float()` rounded it).
+pub fn formula_quantity(value: &Value, rounding: Rounding) -> Result<i64, String> {
+    let noise = match rounding {
+        Rounding::Floor => Noise::Kept,
+        Rounding::Nearest | Rounding::Ceiling => Noise::Snapped,
+    };
+    quantity_of(value, rounding, noise)
 }
 
 /// One custom dimension: its name and its compiled formula.
@@ -278,12 +303,16 @@ impl Dimensions {
     /// The lines for one contract and period, in a stable order: base dimensions (when sent),
     /// then formulas by name.
     pub fn compute(&self, usage: &BaseUsage) -> Vec<ComputedLine> {
-        let line = |dimension: &str, value: Result<Value, String>| {
+        let line = |dimension: &str, value: Result<Value, String>, formula: bool| {
             let (exact, quantity) = match value {
                 // An int too large for a float has no amount to show; its quantity says why.
                 Ok(v) => (
                     v.to_f64().unwrap_or(f64::NAN),
-                    quantity_of(&v, self.rounding),
+                    if formula {
+                        formula_quantity(&v, self.rounding)
+                    } else {
+                        quantity_of(&v, self.rounding, Noise::Snapped)
+                    },
                 ),
                 Err(why) => (f64::NAN, Err(why)),
             };
@@ -296,7 +325,7 @@ impl Dimensions {
         let mut lines = Vec::new();
         if self.send_base || self.formulas.is_empty() {
             for (dimension, sum) in usage {
-                lines.push(line(dimension, Ok(sum.value())));
+                lines.push(line(dimension, Ok(sum.value()), false));
             }
         }
         if self.formulas.is_empty() {
@@ -308,7 +337,7 @@ impl Dimensions {
                 .expression
                 .eval(&values)
                 .map_err(|e| format!("'{}': {e}", f.source));
-            let mut l = line(&f.name, value);
+            let mut l = line(&f.name, value, true);
             l.quantity = l
                 .quantity
                 .map_err(|why| format!("{} ({}): {why}", f.name, f.origin));
@@ -390,22 +419,52 @@ mod tests {
     }
 
     #[test]
-    fn float_noise_never_changes_a_quantity() {
+    // 589_911_926_487_544.875 is exact (a ULP is 1/8 there); clippy would shorten it to .9.
+    #[allow(clippy::excessive_precision)]
+    fn float_noise_never_changes_a_summed_quantity() {
+        let snapped = |x: f64, r: Rounding| to_quantity(x, r, Noise::Snapped);
         assert_eq!(0.29_f64 / 0.01, 28.999999999999996);
-        assert_eq!(to_quantity(0.29 / 0.01, Rounding::Floor), Ok(29));
-        assert_eq!(to_quantity((0.1 + 0.2) * 10.0, Rounding::Ceiling), Ok(3));
-        assert_eq!(to_quantity(-1e-15, Rounding::Floor), Ok(0));
-        assert_eq!(to_quantity(28.5, Rounding::Floor), Ok(28));
-        assert_eq!(to_quantity(28.5, Rounding::Nearest), Ok(29));
-        assert_eq!(to_quantity(28.2, Rounding::Ceiling), Ok(29));
+        assert_eq!(snapped(0.29 / 0.01, Rounding::Floor), Ok(29));
+        assert_eq!(snapped((0.1 + 0.2) * 10.0, Rounding::Ceiling), Ok(3));
+        assert_eq!(snapped(-1e-15, Rounding::Floor), Ok(0));
+        assert_eq!(snapped(28.5, Rounding::Floor), Ok(28));
+        assert_eq!(snapped(28.5, Rounding::Nearest), Ok(29));
+        assert_eq!(snapped(28.2, Rounding::Ceiling), Ok(29));
+        assert_eq!(snapped(1e12 + 0.5, Rounding::Floor), Ok(1_000_000_000_000));
+        // Where 64 ULPs are more than a unit, floor stays floor.
         assert_eq!(
-            to_quantity(1e12 + 0.5, Rounding::Floor),
-            Ok(1_000_000_000_000)
+            snapped(589_911_926_487_544.875, Rounding::Floor),
+            Ok(589_911_926_487_544)
         );
-        assert!(to_quantity(-0.5, Rounding::Floor).is_err());
-        assert!(to_quantity(f64::NAN, Rounding::Floor).is_err());
-        assert!(to_quantity(f64::INFINITY, Rounding::Floor).is_err());
-        assert!(to_quantity(1e19, Rounding::Floor).is_err());
+        assert!(snapped(-0.5, Rounding::Floor).is_err());
+        assert!(snapped(f64::NAN, Rounding::Floor).is_err());
+        assert!(snapped(f64::INFINITY, Rounding::Floor).is_err());
+        assert!(snapped(1e19, Rounding::Floor).is_err());
+    }
+
+    #[test]
+    fn a_formula_under_floor_sends_what_pythons_int_gives() {
+        let u = usage(&[("cpu_core_hours", Quantity::Int(29), None)]);
+        // 29 * 0.01 / 0.01 is 28.999999999999996: the predecessor sent int() of it, 28.
+        assert_eq!(quantity("cpu_core_hours * 0.01 / 0.01", &u), Ok(28));
+        assert_eq!(quantity("round(cpu_core_hours * 0.01 / 0.01)", &u), Ok(29));
+        let f = dims(&[("x", "cpu_core_hours * 0.01 / 0.01")], false).unwrap();
+        let under = |rounding| {
+            Dimensions {
+                rounding,
+                ..f.clone()
+            }
+            .compute(&u)[0]
+                .quantity
+                .clone()
+        };
+        assert_eq!(under(Rounding::Nearest), Ok(29));
+        assert_eq!(under(Rounding::Ceiling), Ok(29));
+        // A negative value is refused as the predecessor refused it, however small.
+        assert!(quantity("cpu_core_hours * 0.01 - 0.29", &u).is_ok());
+        assert!(quantity("0.29 - cpu_core_hours * 0.01 - 1e-15", &u)
+            .unwrap_err()
+            .contains("is negative"));
     }
 
     #[test]
@@ -425,7 +484,7 @@ mod tests {
             .unwrap_err()
             .contains("too large for a quantity"));
         assert_eq!(
-            quantity_of(&Value::int(i64::MAX), Rounding::Ceiling),
+            formula_quantity(&Value::int(i64::MAX), Rounding::Ceiling),
             Ok(i64::MAX)
         );
     }
@@ -605,7 +664,8 @@ mod tests {
                 ("gb".to_string(), 3.0, Ok(3)),
                 ("price".to_string(), 29.0, Ok(29)),
                 ("f".to_string(), 10.0, Ok(10)),
-                ("centi".to_string(), 0.29 / 0.01, Ok(29)),
+                // 28.999999999999996: the predecessor sent int() of it, 28.
+                ("centi".to_string(), 0.29 / 0.01, Ok(28)),
                 ("floor".to_string(), 2.0, Ok(2)),
             ]
         );
