@@ -431,7 +431,7 @@ mod tests {
         assert_eq!(snapped(1e12 + 0.5, Rounding::Floor), Ok(1_000_000_000_000));
         // Where 64 ULPs are more than a unit, floor stays floor.
         assert_eq!(
-            snapped(589_911_926_487_544.875, Rounding::Floor),
+            snapped(589_911_926_487_544.0 + 0.875, Rounding::Floor),
             Ok(589_911_926_487_544)
         );
         assert!(snapped(-0.5, Rounding::Floor).is_err());
