@@ -673,7 +673,8 @@ pub struct ClazarArgs {
         id = "clazar_concurrency",
         long = "clazar-concurrency",
         env = "METERBOOK_CLAZAR_CONCURRENCY",
-        default_value_t = 8
+        default_value_t = 8,
+        value_name = "N"
     )]
     pub concurrency: usize,
 }

@@ -419,8 +419,6 @@ mod tests {
     }
 
     #[test]
-    // 589_911_926_487_544.875 is exact (a ULP is 1/8 there); clippy would shorten it to .9.
-    #[allow(clippy::excessive_precision)]
     fn float_noise_never_changes_a_summed_quantity() {
         let snapped = |x: f64, r: Rounding| to_quantity(x, r, Noise::Snapped);
         assert_eq!(0.29_f64 / 0.01, 28.999999999999996);
@@ -433,7 +431,7 @@ mod tests {
         assert_eq!(snapped(1e12 + 0.5, Rounding::Floor), Ok(1_000_000_000_000));
         // Where 64 ULPs are more than a unit, floor stays floor.
         assert_eq!(
-            snapped(589_911_926_487_544.875, Rounding::Floor),
+            snapped(589_911_926_487_544.0 + 0.875, Rounding::Floor),
             Ok(589_911_926_487_544)
         );
         assert!(snapped(-0.5, Rounding::Floor).is_err());
