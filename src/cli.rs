@@ -191,11 +191,34 @@ pub enum Command {
     History(HistoryArgs),
     /// Re-send failed, rejected or warned submissions, recomputed with the current formulas.
     Resubmit(ResubmitArgs),
+    /// Replace the records of old, fully submitted months by each file's totals.
+    Compact(CompactArgs),
     /// Ask a running `meterbook run`'s health check whether it is healthy (exit 0) or not (exit 1):
     /// the container image's HEALTHCHECK.
     Health(HealthArgs),
     /// Serve a read-only web console over the ledger, and Prometheus metrics at /metrics.
     Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// Compact the months before this one (YYYY-MM) that are fully submitted.
+    #[arg(long, env = "METERBOOK_COMPACT_BEFORE", value_name = "YYYY-MM")]
+    pub before: Month,
+
+    /// The drift window: this many months before the current one are never compacted.
+    #[arg(
+        long,
+        env = "METERBOOK_COMPACT_KEEP_MONTHS",
+        default_value_t = 3,
+        value_name = "N"
+    )]
+    pub keep_months: u32,
+
+    /// Rewrite the ledger file without its free pages afterwards (SQLite's VACUUM): the file
+    /// shrinks, and the next push uploads every segment once.
+    #[arg(long)]
+    pub vacuum: bool,
 }
 
 #[derive(Debug, Args)]
@@ -469,6 +492,56 @@ pub struct StateArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub lease_seconds: u64,
+
+    /// The size of the segments a new state is cut into (a power of two from 64KiB to 64MiB; a
+    /// state pushed with another size is cut again, once).
+    #[arg(
+        long,
+        global = true,
+        env = "METERBOOK_SEGMENT_SIZE",
+        default_value = "512KiB",
+        value_name = "SIZE",
+        value_parser = parse_segment_size
+    )]
+    pub segment_size: u64,
+
+    /// Every how many generations a push runs PRAGMA integrity_check on the ledger (and deletes
+    /// segments no kept generation names); a new state is always checked.
+    #[arg(
+        long,
+        global = true,
+        env = "METERBOOK_INTEGRITY_CHECK_EVERY",
+        default_value_t = 24,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub integrity_check_every: u64,
+
+    /// How many segments sync uploads or downloads at once.
+    #[arg(
+        long,
+        global = true,
+        env = "METERBOOK_SYNC_CONCURRENCY",
+        default_value_t = 16,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..=256)
+    )]
+    pub sync_concurrency: u64,
+
+    /// Segments younger than this are never deleted (a push under way may have just uploaded
+    /// them); default: 1 hour, or twice the lease if that is longer.
+    #[arg(
+        long,
+        global = true,
+        env = "METERBOOK_GC_GRACE_SECONDS",
+        value_name = "SECONDS"
+    )]
+    pub gc_grace_seconds: Option<u64>,
+}
+
+/// A segment size: a size (see [`parse_bytes`]) that sync can cut states into.
+fn parse_segment_size(s: &str) -> Result<u64, String> {
+    crate::sync::segments::check_segment_size(parse_bytes(s)?)
 }
 
 #[derive(Debug, Args)]
@@ -489,10 +562,18 @@ pub enum SyncAction {
         #[arg(long)]
         discard_local: bool,
     },
-    /// Upload a checked snapshot of the ledger as the next generation (conditional write).
+    /// Upload the ledger's new segments and then the next generation's manifest (conditional
+    /// write).
     Push,
     /// Show the local and the remote generation, and whether the ledger has unpushed changes.
     Status,
+    /// Download the current state (or a kept generation) into a temporary file, check every
+    /// segment, the whole file and PRAGMA integrity_check, and report; the ledger is not touched.
+    Verify {
+        /// A kept generation instead of the current state (see `sync status`).
+        #[arg(long)]
+        generation: Option<u64>,
+    },
     /// Make a kept generation the current state again (as a new generation), and pull it.
     Restore {
         /// The generation to bring back (see `sync status`).
@@ -875,6 +956,25 @@ pub struct CostsPlotArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segment_sizes_are_read_with_their_unit_and_checked() {
+        assert_eq!(parse_segment_size("256KiB"), Ok(256 << 10));
+        assert_eq!(parse_segment_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_segment_size("1m"), Ok(1 << 20));
+        assert_eq!(parse_segment_size("65536"), Ok(64 << 10));
+        for bad in [
+            "",
+            "1GiB",
+            "100KiB",
+            "32KiB",
+            "256 KB",
+            "-1MiB",
+            "99999999999999999999MiB",
+        ] {
+            assert!(parse_segment_size(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn durations_parse() {

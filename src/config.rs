@@ -479,6 +479,16 @@ pub struct StateSettings {
     pub keep_generations: u64,
     /// How long a lease lasts without renewal.
     pub lease: Duration,
+    /// The segment size of the states this meterbook writes.
+    pub segment_size: u64,
+    /// Every how many generations a push runs `PRAGMA integrity_check` (and looks for segments
+    /// no kept generation names).
+    pub integrity_check_every: u64,
+    /// Segment uploads or downloads at once.
+    pub concurrency: usize,
+    /// Segments younger than this are never deleted: a push under way may have just uploaded them
+    /// (`--gc-grace-seconds`, else 1 hour or twice the lease, whichever is longer).
+    pub gc_grace: Duration,
 }
 
 impl StateSettings {
@@ -513,11 +523,19 @@ impl StateSettings {
                 }
             }
         };
+        let lease = Duration::from_secs(args.lease_seconds);
         Ok(StateSettings {
             location,
             shared,
             keep_generations: args.keep_generations,
-            lease: Duration::from_secs(args.lease_seconds),
+            lease,
+            segment_size: args.segment_size,
+            integrity_check_every: args.integrity_check_every,
+            concurrency: args.sync_concurrency as usize,
+            gc_grace: args
+                .gc_grace_seconds
+                .map(Duration::from_secs)
+                .unwrap_or((2 * lease).max(Duration::from_secs(3600))),
         })
     }
 }
@@ -867,7 +885,27 @@ mod tests {
             state_url: url.map(str::to_string),
             keep_generations: 10,
             lease_seconds: 300,
+            segment_size: 512 << 10,
+            integrity_check_every: 24,
+            sync_concurrency: 16,
+            gc_grace_seconds: None,
         }
+    }
+
+    #[test]
+    fn segments_stay_an_hour_or_two_leases_unless_the_grace_is_set() {
+        let env = Environment::default();
+        let grace = |lease_seconds, gc_grace_seconds| {
+            let args = StateArgs {
+                lease_seconds,
+                gc_grace_seconds,
+                ..state_args(Some("s3://b/k"))
+            };
+            StateSettings::resolve(&args, None, &env).unwrap().gc_grace
+        };
+        assert_eq!(grace(300, None), Duration::from_secs(3600));
+        assert_eq!(grace(2400, None), Duration::from_secs(4800));
+        assert_eq!(grace(2400, Some(60)), Duration::from_secs(60));
     }
 
     #[test]

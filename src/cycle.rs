@@ -13,7 +13,8 @@ use crate::console::metrics::{Direction, RunMetrics};
 use crate::error::{FailureKind, Outcome, Step};
 use crate::failpoint;
 use crate::submit::Prepared;
-use crate::sync::state::{self, Pulled, Pushed};
+use crate::sync::pull::{self, Pulled};
+use crate::sync::push::{self, Pushed};
 use crate::sync::{lease, StateLocation};
 
 /// One run under the lease. The lease is given back whatever happens in between.
@@ -59,11 +60,13 @@ async fn steps(
     let ledger_file = &settings.ledger;
     let mut pulled = Outcome::Success;
     let started = Instant::now();
-    let result = state::pull(client, loc, ledger_file, false)
+    let result = pull::pull(client, loc, ledger_file, &settings.state, false)
         .await
         .context(Step::new(FailureKind::State, "pulling the ledger from S3"))?;
     let bytes = match &result {
-        Pulled::Generation { size, .. } | Pulled::Merged { size, .. } => *size,
+        Pulled::Generation { downloaded, .. } | Pulled::Merged { downloaded, .. } => {
+            downloaded.bytes
+        }
         _ => 0,
     };
     metrics.sync(Direction::Pull, started.elapsed(), bytes);
@@ -117,16 +120,11 @@ async fn push(
     metrics: &RunMetrics,
 ) -> Result<()> {
     let started = Instant::now();
-    let pushed = state::push(
-        client,
-        loc,
-        &settings.ledger,
-        settings.state.keep_generations,
-    )
-    .await
-    .context(Step::new(FailureKind::State, "pushing the ledger to S3"))?;
+    let pushed = push::push(client, loc, &settings.ledger, &settings.state)
+        .await
+        .context(Step::new(FailureKind::State, "pushing the ledger to S3"))?;
     let bytes = match &pushed {
-        Pushed::Generation { size, .. } => *size,
+        Pushed::Generation { uploaded_bytes, .. } => *uploaded_bytes,
         Pushed::UpToDate { .. } => 0,
     };
     metrics.sync(Direction::Push, started.elapsed(), bytes);

@@ -4,9 +4,11 @@
 //! production) it does nothing.
 //!
 //! Steps: `during-ingest` (after a batch of files is committed), `after-plan` (outbox rows
-//! committed, not yet on S3), `before-upload` (a snapshot is made, the conditional PUT not sent),
-//! `after-upload` (the PUT succeeded, the local sync record not yet written), and `after-send`
-//! (an answer from Clazar arrived, not yet recorded).
+//! committed, not yet on S3), `before-upload` (the ledger is read and its new segments spooled,
+//! nothing uploaded), `after-segments` (the segments are uploaded, the manifest not written),
+//! `after-upload` (the manifest's conditional PUT succeeded, the local sync record not yet
+//! written), `during-gc` (after the first segment deleted by the clean-up that follows a push),
+//! and `after-send` (an answer from Clazar arrived, not yet recorded).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -145,13 +145,13 @@ fn nanos_to_cents(nanos: i64) -> i64 {
 // The server and the browser
 
 /// `meterbook serve` on a free port (killed when dropped, unless stopped).
-struct Server {
+pub(crate) struct Server {
     running: Running,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Server {
-    fn start(env: &TestEnv, token: Option<&str>) -> Server {
+    pub(crate) fn start(env: &TestEnv, token: Option<&str>) -> Server {
         Server::listening(env, "127.0.0.1:0", token)
     }
 
@@ -179,7 +179,7 @@ impl Server {
     }
 
     /// Stops it with SIGTERM; it ends with exit code 0.
-    fn stop(self) -> Output {
+    pub(crate) fn stop(self) -> Output {
         self.running.sigterm(Duration::from_secs(30)).expect_code(0)
     }
 }
@@ -658,7 +658,7 @@ fn usage_data_is_shown_as_text_and_never_runs_as_script() {
 }
 
 /// Percent-encodes a query value (the test's own, not the console's).
-fn crate_encode(s: &str) -> String {
+pub(crate) fn crate_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
@@ -669,7 +669,10 @@ fn crate_encode(s: &str) -> String {
 
 /// GET `url` with `headers`, redirects not followed: (status, headers, body), or `None` when
 /// nothing answers.
-fn get(url: &str, headers: &[(&str, &str)]) -> Option<(u16, reqwest::header::HeaderMap, String)> {
+pub(crate) fn get(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, reqwest::header::HeaderMap, String)> {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let client = reqwest::Client::builder()

@@ -1,5 +1,6 @@
 //! `meterbook run` end to end against the S3 server and the Clazar emulator: the process is killed
-//! at every step, and the next run (on the same host, or first on another host and then on the
+//! at every step (between a push's segments and its manifest, and while it deletes old segments,
+//! too), and the next run (on the same host, or first on another host and then on the
 //! crashed one) still ends with every amount accepted exactly once and every record in the
 //! ledger, without an operator; a dead run's lease is taken over at once on its host; what a
 //! host recorded by hand and never pushed is kept; two runs started at once.
@@ -167,6 +168,19 @@ fn killed_before_the_upload_that_precedes_sending() {
 #[test]
 fn killed_after_the_upload_that_precedes_sending() {
     crash_then_recover("after-upload:1", &[]);
+}
+
+#[test]
+fn killed_between_the_segments_and_the_manifest() {
+    crash_then_recover("after-segments:1", &[]);
+}
+
+#[test]
+fn killed_while_deleting_segments_no_kept_generation_names() {
+    crash_then_recover(
+        "during-gc:1",
+        &["--keep-generations", "1", "--gc-grace-seconds", "0"],
+    );
 }
 
 #[test]

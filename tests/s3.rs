@@ -133,15 +133,48 @@ impl Bucket {
             .unwrap_or_else(|e| panic!("deleting {key}: {e:?}"));
     }
 
-    /// Every key in the bucket (up to the 1,000 of one listing page).
+    /// The body of `key`.
+    pub fn get(&self, key: &str) -> Vec<u8> {
+        self.rt.block_on(async {
+            let out = self
+                .client
+                .get_object()
+                .bucket(&self.name)
+                .key(key)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("get {key}: {e:?}"));
+            out.body.collect().await.unwrap().to_vec()
+        })
+    }
+
+    /// Every key in the bucket.
     pub fn keys(&self) -> Vec<String> {
-        let out = self
-            .rt
-            .block_on(self.client.list_objects_v2().bucket(&self.name).send())
-            .expect("listing the bucket");
-        out.contents()
-            .iter()
-            .filter_map(|o| o.key().map(str::to_string))
-            .collect()
+        self.keys_under("")
+    }
+
+    /// Every key under `prefix`, sorted (all listing pages).
+    pub fn keys_under(&self, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self.rt.block_on(async {
+            let mut pages = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.name)
+                .prefix(prefix)
+                .into_paginator()
+                .send();
+            let mut keys = Vec::new();
+            while let Some(page) = pages.next().await {
+                let page = page.unwrap_or_else(|e| panic!("listing {prefix}: {e:?}"));
+                keys.extend(
+                    page.contents()
+                        .iter()
+                        .filter_map(|o| o.key().map(str::to_string)),
+                );
+            }
+            keys
+        });
+        keys.sort();
+        keys
     }
 }

@@ -2,14 +2,16 @@
 //! round-trip between hosts, conditional writes that refuse lost updates, refused bad states,
 //! generations and restore, the lease, and a full disk.
 
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
 use crate::s3::Bucket;
-use crate::util::{file_digests, TestCommand, TestEnv, MARKER_KEY};
+use crate::util::{file_digests, python_script, TestCommand, TestEnv, MARKER_KEY};
 
 const STATE_KEY: &str = "state/ledger.sqlite";
 
@@ -730,4 +732,416 @@ fn a_file_that_is_not_a_ledger_is_never_replaced_by_a_pull() {
         );
         assert_eq!(file_digests(b.dir.path()), before, "{args:?}");
     }
+}
+
+/// The keys of the state's segments on S3, sorted.
+fn segment_keys(bucket: &Bucket) -> Vec<String> {
+    bucket.keys_under(&format!("{STATE_KEY}.segments/"))
+}
+
+/// The hashes of the state's segments on S3.
+fn segment_hashes(bucket: &Bucket) -> BTreeSet<String> {
+    segment_keys(bucket)
+        .iter()
+        .map(|k| k.rsplit('/').next().unwrap().to_string())
+        .collect()
+}
+
+/// The current manifest, as JSON.
+fn manifest(bucket: &Bucket) -> serde_json::Value {
+    serde_json::from_slice(&bucket.get(STATE_KEY)).expect("the state is a JSON manifest")
+}
+
+/// The hashes a manifest names: its segments and the ones it retains for kept generations.
+fn named_in(manifest: &serde_json::Value) -> BTreeSet<String> {
+    ["segments", "retained"]
+        .iter()
+        .flat_map(|list| manifest[list].as_array().unwrap().iter())
+        .map(|entry| entry[0].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `N` in a line "... (N new segments, ...)" or "... (N of M segments downloaded)".
+fn count_before(text: &str, marker: &str) -> usize {
+    let at = text
+        .find(marker)
+        .unwrap_or_else(|| panic!("no '{marker}' in {text}"));
+    text[..at]
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .find(|w| !w.is_empty())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_push_uploads_only_new_segments_and_a_pull_downloads_only_missing_ones() {
+    let a = first_host("incremental");
+    a.generate(&["--subscriptions", "20", "--hours", "96"]);
+    a.ingest().expect_code(0);
+    let push = ["sync", "push", "--segment-size", "64KiB"];
+    let first = a.meterbook(push).expect_code(0).stdout;
+    let all = count_before(&first, " new segments");
+    assert_eq!(segment_keys(a.bucket()).len(), all);
+    assert!(all > 10, "{first}");
+    let state = manifest(a.bucket());
+    assert_eq!(state["format"], 2);
+    assert_eq!(state["segment_size"], 64 << 10);
+    assert_eq!(a.bucket().metadata(STATE_KEY)["meterbook-format"], "2");
+
+    let b = a.another_host();
+    let out = b.meterbook(["sync", "pull"]).expect_code(0).stdout;
+    assert!(
+        out.contains(&format!("{all} of {all} segments downloaded")),
+        "{out}"
+    );
+    assert_eq!(dump(&a), dump(&b));
+
+    // One more hour (of July, in an export of its own): a few segments change; the rest are
+    // shared with generation 1.
+    let july = a.path("july");
+    python_script("scripts/gen-export.py")
+        .args([
+            "--subscriptions",
+            "20",
+            "--month",
+            "2025-07",
+            "--hours",
+            "1",
+            "--out",
+        ])
+        .arg(&july)
+        .expect_code(0);
+    a.meterbook(["ingest", "--all-months", "--source"])
+        .arg(&july)
+        .expect_code(0);
+    let second = a.meterbook(push).expect_code(0).stdout;
+    let new = count_before(&second, " new segments");
+    // A new hour changes the end of the file and the right-most pages of each b-tree: about a
+    // dozen segments, whatever the ledger's size.
+    assert!(new >= 1 && new * 4 < all, "{new} of {all}");
+    let hashes = |m: &serde_json::Value| -> BTreeSet<String> {
+        m["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s[0].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        hashes(&manifest(a.bucket()))
+            .difference(&hashes(&state))
+            .count(),
+        new,
+        "uploaded exactly the segments generation 1 did not have"
+    );
+    assert_eq!(
+        segment_keys(a.bucket()).len(),
+        all + new,
+        "generations share segments"
+    );
+
+    // B is one generation behind: it downloads only what changed, into its ledger.
+    let out = b.meterbook(["sync", "pull"]).expect_code(0).stdout;
+    let downloaded = count_before(&out, " of ");
+    assert!(downloaded <= new, "{out}");
+    assert_eq!(dump(&a), dump(&b));
+    assert_eq!(
+        b.count("SELECT COUNT(*) FROM pragma_integrity_check WHERE integrity_check = 'ok'"),
+        1
+    );
+    let status = b.meterbook(["sync", "status"]).expect_code(0).stdout;
+    assert!(status.contains("remote format: 2"), "{status}");
+    assert!(status.contains("unpushed changes: no"), "{status}");
+}
+
+/// A state as meterbook before segments wrote it (format 1): the whole ledger of `env`,
+/// zstd-compressed, with its metadata, at generation `generation`, and its kept copy.
+fn put_format_1(env: &TestEnv, generation: u64) {
+    let bytes = changed_copy(env, "SELECT 1");
+    let meta: HashMap<String, String> = [
+        ("generation", generation.to_string()),
+        ("sha256", hex::encode(Sha256::digest(&bytes))),
+        ("content", "format-1 content".to_string()),
+        ("schema-version", "9".to_string()),
+        ("compression", "zstd".to_string()),
+        ("size", bytes.len().to_string()),
+        ("pushed-at", "2025-07-01T00:00:00Z".to_string()),
+        ("pushed-by", "old-host".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("meterbook-{k}"), v))
+    .collect();
+    let body = zstd::encode_all(&bytes[..], 3).unwrap();
+    let bucket = env.bucket();
+    bucket.put_with_metadata(STATE_KEY, &body, meta.clone());
+    bucket.put_with_metadata(
+        &format!("{STATE_KEY}.generations/{generation:020}"),
+        &body,
+        meta,
+    );
+}
+
+#[test]
+fn a_state_of_format_1_is_read_restored_and_converted_by_the_next_push() {
+    let old = first_host_with_usage("format-1", "3");
+    put_format_1(&old, 7);
+
+    let b = old.another_host();
+    let out = b.meterbook(["sync", "pull"]).expect_code(0).stdout;
+    assert!(out.contains("pulled generation 7"), "{out}");
+    assert_eq!(dump(&b), dump(&old));
+    let again = b.meterbook(["sync", "pull"]).expect_code(0).stdout;
+    assert!(again.contains("up to date: generation 7"), "{again}");
+
+    // The next push converts it: a manifest, segments, generation 8.
+    ingest_more(&b, "5");
+    b.meterbook(["sync", "push"]).expect_code(0);
+    assert_eq!(manifest(b.bucket())["generation"], 8);
+    assert_eq!(b.bucket().metadata(STATE_KEY)["meterbook-format"], "2");
+    let c = old.another_host();
+    c.meterbook(["sync", "pull"]).expect_code(0);
+    assert_eq!(dump(&c), dump(&b));
+
+    // The kept copy of generation 7 is still format 1, and restores.
+    let out = c
+        .meterbook(["sync", "restore", "--generation", "7"])
+        .expect_code(0)
+        .stdout;
+    assert!(out.contains("as generation 9"), "{out}");
+    assert_eq!(dump(&c), dump(&old));
+    assert_eq!(manifest(c.bucket())["restored_from"], 7);
+    let d = old.another_host();
+    d.meterbook(["sync", "pull"]).expect_code(0);
+    assert_eq!(dump(&d), dump(&old));
+}
+
+#[test]
+fn a_state_of_a_newer_format_is_refused_naming_both_versions() {
+    let a = first_host_with_usage("newer-format", "2");
+    a.meterbook(["sync", "push"]).expect_code(0);
+    let b = a.another_host();
+    b.meterbook(["sync", "pull"]).expect_code(0);
+    let before = file_sha(&b.ledger);
+    let mut meta = a.bucket().metadata(STATE_KEY);
+    meta.insert("meterbook-format".into(), "3".into());
+    meta.insert("meterbook-generation".into(), "2".into());
+    a.bucket()
+        .put_with_metadata(STATE_KEY, br#"{"format": 3, "generation": 2}"#, meta);
+    for action in ["pull", "push", "status"] {
+        let err = b.meterbook(["sync", action]).expect_code(2).stderr;
+        assert!(
+            err.contains("format 3, but this meterbook reads formats 1 to 2"),
+            "{action}: {err}"
+        );
+    }
+    assert_eq!(file_sha(&b.ledger), before);
+}
+
+#[test]
+fn a_damaged_or_missing_segment_is_refused_by_pull_and_verify_and_the_ledger_is_kept() {
+    let a = first_host_with_usage("bad-segment", "6");
+    a.meterbook(["sync", "push"]).expect_code(0);
+    let out = a.meterbook(["sync", "verify"]).expect_code(0).stdout;
+    assert!(out.contains("verified generation 1"), "{out}");
+    let b = a.another_host();
+    b.meterbook(["sync", "pull"]).expect_code(0);
+    let bucket = a.bucket();
+    let first = named_in(&manifest(bucket));
+    ingest_more(&a, "9");
+    a.meterbook(["sync", "push"]).expect_code(0);
+    let before = file_sha(&b.ledger);
+
+    // The last segment of generation 2, which generation 1 did not have (usage grows at the end).
+    let state = manifest(bucket);
+    let changed = state["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[0].as_str().unwrap().to_string())
+        .next_back()
+        .unwrap();
+    assert!(!first.contains(&changed));
+    let key = format!("{STATE_KEY}.segments/{changed}");
+    let good = bucket.get(&key);
+    let (size, segment) = (
+        state["size"].as_u64().unwrap(),
+        state["segment_size"].as_u64().unwrap(),
+    );
+    let last_len = size - (size - 1) / segment * segment;
+    let other = zstd::encode_all(&vec![7u8; last_len as usize][..], 3).unwrap();
+    for (name, body, says) in [
+        ("damaged", Some(other), "its BLAKE3 is"),
+        ("missing", None, "it is missing"),
+    ] {
+        match body {
+            Some(body) => bucket.put(&key, &body),
+            None => bucket.delete(&key),
+        }
+        for action in [&["sync", "pull"][..], &["sync", "verify"]] {
+            let err = b.meterbook(action).expect_code(1).stderr;
+            assert!(
+                err.contains(&changed) && err.contains(says),
+                "{name} {action:?}: {err}"
+            );
+            assert_eq!(file_sha(&b.ledger), before, "{name} {action:?}");
+            assert_eq!(leftovers(b.dir.path()), Vec::<String>::new());
+        }
+    }
+    bucket.put(&key, &good);
+    b.meterbook(["sync", "pull"]).expect_code(0);
+    assert_eq!(dump(&b), dump(&a));
+}
+
+#[test]
+fn segments_no_kept_generation_names_are_deleted_once_older_than_the_grace_period() {
+    let a = first_host_with_usage("gc", "24");
+    let push = |grace: &str| {
+        a.meterbook(["sync", "push", "--keep-generations", "2"])
+            .args(["--segment-size", "64KiB", "--integrity-check-every", "1"])
+            .args(["--gc-grace-seconds", grace])
+            .expect_code(0);
+    };
+    push("3600");
+    // A segment nothing names (as a push that died before its manifest leaves one).
+    let stray = format!("{STATE_KEY}.segments/{}", "0".repeat(64));
+    a.bucket().put(&stray, b"stray");
+    for hours in ["25", "26", "27"] {
+        ingest_more(&a, hours);
+        push("3600");
+    }
+    // Within the grace period nothing is deleted, named or not.
+    let kept = segment_keys(a.bucket());
+    assert!(kept.contains(&stray));
+    assert!(
+        kept.len() > named_in(&manifest(a.bucket())).len() + 1,
+        "generations 1 and 2 left segments"
+    );
+
+    ingest_more(&a, "28");
+    push("0");
+    assert_eq!(
+        segment_hashes(a.bucket()),
+        named_in(&manifest(a.bucket())),
+        "exactly the segments the kept generations name"
+    );
+    // Both kept generations restore.
+    for generation in ["4", "5"] {
+        a.meterbook(["sync", "verify", "--generation", generation])
+            .expect_code(0);
+    }
+}
+
+#[test]
+fn every_generation_pushed_while_another_process_writes_is_a_consistent_prefix() {
+    let a = first_host_with_usage("writer", "2");
+    a.meterbook(["sync", "push"]).expect_code(0);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let db = a.db();
+            db.busy_timeout(Duration::from_secs(30)).unwrap();
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                db.execute(
+                    "INSERT INTO ingest_runs (source, scope, started_at) VALUES (?1, 'writer', 'now')",
+                    [format!("w{n}")],
+                )
+                .unwrap();
+            }
+            n
+        });
+        let mut last = 0;
+        for round in 0..4 {
+            a.meterbook(["sync", "push", "--integrity-check-every", "1"])
+                .expect_code(0);
+            let b = a.another_host();
+            b.meterbook(["sync", "pull"]).expect_code(0);
+            let ok =
+                b.count("SELECT COUNT(*) FROM pragma_integrity_check WHERE integrity_check = 'ok'");
+            assert_eq!(ok, 1, "round {round}");
+            // The rows of the writer are w1..wN with no gap: a prefix of what it wrote.
+            let (count, max) = (
+                b.count("SELECT COUNT(*) FROM ingest_runs WHERE scope = 'writer'"),
+                b.count(
+                    "SELECT COALESCE(MAX(CAST(substr(source, 2) AS INTEGER)), 0)
+                     FROM ingest_runs WHERE scope = 'writer'",
+                ),
+            );
+            assert_eq!(count, max, "round {round}");
+            assert!(count >= last, "round {round}: {count} after {last}");
+            last = count;
+        }
+        stop.store(true, Ordering::SeqCst);
+        let written = writer.join().unwrap();
+        assert!(
+            written as i64 > last,
+            "the writer kept writing during the pushes"
+        );
+    });
+}
+
+#[test]
+fn a_push_killed_between_its_segments_and_its_manifest_leaves_only_unnamed_segments() {
+    let a = first_host_with_usage("killed-push", "3");
+    a.meterbook(["sync", "push"]).expect_code(0);
+    let before = manifest(a.bucket());
+    ingest_more(&a, "7");
+    a.meterbook(["sync", "push"])
+        .env("METERBOOK_FAILPOINT", "after-segments")
+        .expect_killed();
+    assert_eq!(
+        manifest(a.bucket()),
+        before,
+        "the state is still generation 1"
+    );
+    let stored = segment_hashes(a.bucket());
+    let named = named_in(&before);
+    assert!(
+        stored.iter().any(|k| !named.contains(k)),
+        "segments were uploaded"
+    );
+    assert!(named.is_subset(&stored));
+
+    // Another host gets generation 1 whole, and the next push goes on.
+    let b = a.another_host();
+    b.meterbook(["sync", "pull"]).expect_code(0);
+    b.meterbook(["sync", "verify"]).expect_code(0);
+    a.meterbook(["sync", "push"]).expect_code(0);
+    assert_eq!(manifest(a.bucket())["generation"], 2);
+    b.meterbook(["sync", "pull"]).expect_code(0);
+    assert_eq!(dump(&b), dump(&a));
+}
+
+#[test]
+fn a_state_is_assembled_by_hand_with_boto3_and_zstd() {
+    if !TestCommand::new("zstd").arg("--version").succeeds() {
+        eprintln!("SKIPPED: no zstd command");
+        return;
+    }
+    let a = first_host_with_usage("by-hand", "30");
+    let push = ["sync", "push", "--segment-size", "64KiB"];
+    a.meterbook(push).expect_code(0);
+    ingest_more(&a, "31");
+    a.meterbook(push).expect_code(0);
+    let by_hand = a.another_host();
+    // The Python of scripts/s3-server's virtualenv, which has boto3.
+    let venv = std::env::var("METERBOOK_VENV")
+        .unwrap_or_else(|_| format!("{}/.cache/meterbook/venv", std::env::var("HOME").unwrap()));
+    let out = TestCommand::new(format!("{venv}/bin/python"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/assemble-state"))
+        .arg(state_url(&a))
+        .arg(&by_hand.ledger)
+        .args(["--endpoint-url", &crate::s3::endpoint()])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .expect_code(0);
+    assert!(
+        out.stderr.contains("PRAGMA integrity_check ok"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(dump(&by_hand), dump(&a));
 }

@@ -5,6 +5,7 @@ mod emulator;
 mod s3;
 mod util;
 
+mod compact;
 mod console;
 mod costs;
 mod daemon;

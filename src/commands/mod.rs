@@ -1,6 +1,7 @@
 //! One module per subcommand, each a short story: resolve the settings (`config`), call the
 //! library, print the result.
 
+pub mod compact;
 pub mod costs;
 pub mod doctor;
 pub mod health;
@@ -36,6 +37,7 @@ pub async fn dispatch(cli: Cli) -> Result<Outcome> {
         Command::Resubmit(args) => resubmit::run(global, args, &env).await,
         Command::Costs(args) => costs::run(global, args, &env).await,
         Command::Health(args) => health::run(args).await,
+        Command::Compact(args) => compact::run(global, args),
         Command::Serve(args) => serve::run(global, args).await,
     }
 }

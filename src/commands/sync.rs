@@ -1,5 +1,5 @@
-//! `meterbook sync`: pull, push, status and restore of the ledger's state on S3, and the lease.
-//! Results go to stdout, one line each (`status`: one `name: value` line per fact).
+//! `meterbook sync`: pull, push, status, verify and restore of the ledger's state on S3, and the
+//! lease. Results go to stdout, one line each (`status`: one `name: value` line per fact).
 
 use std::io::Write;
 use std::time::Duration;
@@ -11,7 +11,10 @@ use crate::cli::{GlobalArgs, LeaseAction, SyncAction, SyncArgs};
 use crate::config::{Environment, SyncSettings};
 use crate::error::Outcome;
 use crate::period::format_utc;
-use crate::sync::state::{self, Pulled, Pushed};
+use crate::sync::pull::{pull, Pulled};
+use crate::sync::push::{push, Pushed};
+use crate::sync::restore::{restore, verify};
+use crate::sync::state;
 use crate::sync::{lease, StateLocation};
 
 pub async fn run(global: &GlobalArgs, args: &SyncArgs, env: &Environment) -> Result<Outcome> {
@@ -20,18 +23,23 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs, env: &Environment) -> Res
     let loc = crate::sync::locate(&client, &settings.state).await?;
     let ledger_file = &settings.ledger;
     let ledger = &ledger_file.path;
-    let keep = settings.state.keep_generations;
+    let state_settings = &settings.state;
     let mut out = std::io::stdout().lock();
     let mut outcome = Outcome::Success;
     match &args.action {
-        SyncAction::Push => match state::push(&client, &loc, ledger_file, keep).await? {
+        SyncAction::Push => match push(&client, &loc, ledger_file, state_settings).await? {
             Pushed::Generation {
                 generation,
                 size,
+                uploaded,
+                uploaded_bytes,
+                segments,
                 stored,
             } => writeln!(
                 out,
-                "pushed generation {generation} to {loc} ({} stored, {} uncompressed)",
+                "pushed generation {generation} to {loc} ({uploaded} new segments, {} uploaded; \
+                 {segments} segments, {} stored, {} uncompressed)",
+                mb(uploaded_bytes),
                 mb(stored),
                 mb(size)
             )?,
@@ -41,17 +49,26 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs, env: &Environment) -> Res
             )?,
         },
         SyncAction::Pull { discard_local } => {
-            match state::pull(&client, &loc, ledger_file, *discard_local).await? {
-                Pulled::Generation { generation, size } => writeln!(
+            match pull(&client, &loc, ledger_file, state_settings, *discard_local).await? {
+                Pulled::Generation {
+                    generation,
+                    size,
+                    downloaded,
+                    segments,
+                } => writeln!(
                     out,
-                    "pulled generation {generation} from {loc} into {} ({})",
+                    "pulled generation {generation} from {loc} into {} ({}; {} of {segments} \
+                     segments downloaded: {})",
                     ledger.display(),
-                    mb(size)
+                    mb(size),
+                    downloaded.segments,
+                    mb(downloaded.bytes)
                 )?,
                 Pulled::Merged {
                     generation,
                     size,
                     carried,
+                    ..
                 } => {
                     outcome = match carried.needs_attention() {
                         true => Outcome::NeedsAttention,
@@ -97,12 +114,12 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs, env: &Environment) -> Res
             generation,
             discard_local,
         } => {
-            let new = state::restore(
+            let new = restore(
                 &client,
                 &loc,
                 ledger_file,
+                state_settings,
                 *generation,
-                keep,
                 *discard_local,
             )
             .await?;
@@ -110,6 +127,21 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs, env: &Environment) -> Res
                 out,
                 "restored generation {generation} of {loc} as generation {new}, and pulled it into {}",
                 ledger.display()
+            )?
+        }
+        SyncAction::Verify { generation } => {
+            let v = verify(&client, &loc, ledger_file, state_settings, *generation).await?;
+            writeln!(
+                out,
+                "verified generation {} of {loc}: format {}, {} segments ({} stored), {} \
+                 uncompressed, schema version {}; every segment's hash, the whole file's \
+                 checksum and PRAGMA integrity_check are ok",
+                v.generation,
+                v.format,
+                v.segments,
+                mb(v.stored),
+                mb(v.size),
+                v.schema_version
             )?
         }
         SyncAction::Status => print_status(
@@ -152,13 +184,38 @@ fn print_status(
             if let Some(n) = m.restored_from {
                 writeln!(out, "remote restored from generation: {n}")?;
             }
-            writeln!(
-                out,
-                "remote size: {} stored ({}), {} uncompressed",
-                mb(r.info.size.max(0) as u64),
-                m.compression,
-                mb(m.size)
-            )?;
+            writeln!(out, "remote format: {}", m.format)?;
+            match &status.manifest {
+                Some(manifest) => {
+                    writeln!(
+                        out,
+                        "remote size: {} stored ({}) in {} segments of {} KiB, {} uncompressed",
+                        mb(manifest.stored()),
+                        m.compression,
+                        manifest.segments.len(),
+                        manifest.segment_size >> 10,
+                        mb(m.size)
+                    )?;
+                    writeln!(
+                        out,
+                        "remote retained for kept generations: {} segments, {}",
+                        manifest.retained.len(),
+                        mb(manifest.retained.iter().map(|r| r.1).sum())
+                    )?;
+                    writeln!(
+                        out,
+                        "remote integrity checked: generation {}",
+                        manifest.integrity_checked
+                    )?;
+                }
+                None => writeln!(
+                    out,
+                    "remote size: {} stored ({}), {} uncompressed",
+                    mb(r.info.size.max(0) as u64),
+                    m.compression,
+                    mb(m.size)
+                )?,
+            }
         }
         None => writeln!(out, "remote generation: none (no state yet)")?,
     }
@@ -173,7 +230,7 @@ fn print_status(
         }
         None => writeln!(out, "local generation: none (never pulled or pushed)")?,
     }
-    let unpushed = match status.unpushed_changes() {
+    let unpushed = match status.unpushed {
         None => "no local ledger",
         Some(true) => "yes",
         Some(false) => "no",

@@ -6,7 +6,7 @@
 //!   pending periods, drift lines (the aggregates are kept while the ledger is unchanged, see
 //!   [`super::reader`]);
 //! - from the run itself ([`RunMetrics`]): cycles by outcome, the last finished cycle, sync pull
-//!   and push durations and bytes.
+//!   and push durations and the bytes they moved.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -82,8 +82,9 @@ impl RunMetrics {
         }
     }
 
-    /// Records one sync: how long it took, and the (uncompressed) size of the generation it
-    /// pulled or pushed (0 when there was nothing to move).
+    /// Records one sync: how long it took, and the bytes it moved over the network: the stored
+    /// (compressed) segments a push uploaded or a pull downloaded (0 when there was nothing to
+    /// move).
     pub fn sync(&self, direction: Direction, took: Duration, bytes: u64) {
         let labels = label(
             "direction",
@@ -116,7 +117,7 @@ impl RunMetrics {
         );
         registry.register(
             "meterbook_sync_bytes",
-            "Uncompressed bytes of the ledger generations pulled and pushed by sync",
+            "Stored (compressed) bytes of the segments sync downloaded (pull) and uploaded (push)",
             self.sync_bytes.clone(),
         );
     }

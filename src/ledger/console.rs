@@ -267,11 +267,14 @@ FROM hourly_usage
 WHERE service_key = ?1 AND contract_id = ?2 AND hour >= ?3 AND hour < ?4
 ORDER BY hour, dimension";
 
-/// The files that hold one contract's records in a month.
+/// The files that hold one contract's records in a month (or, in a compacted month, their totals).
 pub const CONTRACT_FILES: &str = "
 SELECT f.key, f.hour, f.status, f.record_count, f.problem_count, f.version, f.ingested_at
 FROM usage_files f
 WHERE f.id IN (SELECT file_id FROM usage_records
+               WHERE service_key = ?1 AND contract_id = ?2 AND hour >= ?3 AND hour < ?4
+               UNION ALL
+               SELECT file_id FROM compacted_usage
                WHERE service_key = ?1 AND contract_id = ?2 AND hour >= ?3 AND hour < ?4)
 ORDER BY f.hour, f.key";
 

@@ -2,8 +2,13 @@
 //! ledger changed after its last sync (a crashed run, a manual command) converges without an
 //! operator. Every table is in one of three classes:
 //!
-//! - **from the export** ([`FROM_THE_EXPORT`]): usage files, records, problems, runs, markers. Any
-//!   ingest rebuilds them from Omnistrate's export, so local changes are dropped (and counted).
+//! - **from the export** ([`FROM_THE_EXPORT`]): usage files, records, problems, runs, markers, and
+//!   the totals of compacted months. Any ingest rebuilds them from Omnistrate's export, so local
+//!   changes are dropped (and counted). Compacted totals are not rebuilt by an ingest, but they
+//!   are the state's own files' records in another form (`compacted_usage` rows point at
+//!   `usage_files` rows), so they must come from the same side as the files: a month compacted
+//!   only here keeps the state's records (the same numbers; `compact` can run again), and a
+//!   month compacted in the state stays compacted.
 //! - **what was sent or imported** ([`SUBMISSION_TABLES`]): submissions, their lines, inputs and
 //!   runs, predecessor imports. A local submission the state does not have (matched by content,
 //!   not by row id: two hosts number their rows independently) is copied in with new ids, its
@@ -28,8 +33,9 @@ use super::open::{inspect, Found};
 use super::{binary_schema_version, embedded, SubmissionStatus};
 use crate::period::PeriodKind;
 
-/// Tables every ingest rebuilds from the export.
-const FROM_THE_EXPORT: [&str; 9] = [
+/// Tables every ingest rebuilds from the export, and the compacted totals of those files (see the
+/// module documentation).
+const FROM_THE_EXPORT: [&str; 11] = [
     "usage_files",
     "usage_records",
     "ingest_problems",
@@ -39,6 +45,8 @@ const FROM_THE_EXPORT: [&str; 9] = [
     "export_markers",
     "export_marker_reads",
     "source_problems",
+    "compacted_usage",
+    "compacted_months",
 ];
 
 /// Tables that record what was sent to Clazar or imported from the predecessor.
@@ -109,6 +117,8 @@ pub struct Carried {
     pub updates_dropped: u64,
     /// Local usage files (or versions of them) the state does not have.
     pub usage_files_dropped: u64,
+    /// Months compacted here and not in the state: the state keeps their records.
+    pub compactions_dropped: u64,
 }
 
 /// Where the dropped local cost tables came from, to load them again.
@@ -246,13 +256,8 @@ pub fn carry_over(state: &Path, local: &Path, base_cost_tables: &str) -> Result<
         false => None,
     };
     let mut carried = Carried {
-        usage_files_dropped: conn.query_row(
-            "SELECT COUNT(*) FROM local.usage_files l
-             WHERE NOT EXISTS (SELECT 1 FROM main.usage_files m
-                               WHERE m.key = l.key AND m.fingerprint = l.fingerprint)",
-            [],
-            |r| r.get(0),
-        )?,
+        usage_files_dropped: only_here(&conn, "usage_files", &["key", "fingerprint"])?,
+        compactions_dropped: only_here(&conn, "compacted_months", &["service_key", "month"])?,
         cost_tables,
         cost_tables_dropped,
         ..Carried::default()
@@ -296,6 +301,20 @@ pub fn carry_over(state: &Path, local: &Path, base_cost_tables: &str) -> Result<
     tx.commit().context("committing the carried-over changes")?;
     conn.execute("DETACH DATABASE local", [])?;
     Ok(carried)
+}
+
+/// How many rows of the local `table` the state has no row with the same `columns` for.
+fn only_here(conn: &Connection, table: &str, columns: &[&str]) -> Result<u64> {
+    let same: Vec<String> = columns.iter().map(|c| format!("m.{c} = l.{c}")).collect();
+    Ok(conn.query_row(
+        &format!(
+            "SELECT COUNT(*) FROM local.{table} l
+             WHERE NOT EXISTS (SELECT 1 FROM main.{table} m WHERE {})",
+            same.join(" AND ")
+        ),
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 fn distinct(conn: &Connection, sql: &str) -> Result<Vec<String>> {
@@ -597,6 +616,35 @@ mod tests {
     fn every_table_of_a_fresh_ledger_is_classified() {
         let dir = tempfile::tempdir().unwrap();
         check_classified(&open(&dir.path().join("l.sqlite")).conn).unwrap();
+    }
+
+    #[test]
+    fn a_month_compacted_only_here_gives_way_to_the_states_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, local) = (
+            dir.path().join("state.sqlite"),
+            dir.path().join("local.sqlite"),
+        );
+        let compacted = |path: &Path, month: &str| {
+            open(path)
+                .conn
+                .execute(
+                    "INSERT INTO compacted_months (service_key, month, files, records, compacted_at)
+                     VALUES ('pg:PROD:pt-1', ?1, 1, 1, '2025-09-01T00:00:00Z')",
+                    [month],
+                )
+                .unwrap();
+        };
+        compacted(&state, "2025-05");
+        compacted(&local, "2025-05");
+        compacted(&local, "2025-06");
+        let carried = carry_over(&state, &local, &empty_cost_tables()).unwrap();
+        assert_eq!(carried.compactions_dropped, 1);
+        assert!(!carried.kept_anything());
+        assert_eq!(
+            rows(&open(&state), "SELECT month FROM compacted_months"),
+            ["Text(\"2025-05\")"]
+        );
     }
 
     #[test]

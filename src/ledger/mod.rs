@@ -2,6 +2,7 @@
 //! migrates it (refinery, migrations embedded from `migrations/`); opening it for reading changes
 //! nothing. Both refuse a file that is not a meterbook ledger, or a ledger from a newer meterbook.
 
+mod compact;
 pub mod console;
 mod costs;
 mod markers;
@@ -21,6 +22,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use crate::error::Fatal;
 
+pub use compact::MonthCompaction;
 pub use costs::{
     CostFile, HourlyCost, MonthCheck, StoredCostFile, COST_GRANTS_SQL, HOURLY_COSTS_SQL,
     USER_SPEND_SQL,
@@ -31,7 +33,9 @@ pub use open::LedgerFile;
 use open::{inspect, migrate, Found, MigrationFailed, MigrationLock, ReaderSidecars};
 pub use predecessor::ImportCounts;
 pub use query::{QueryResult, SqlValue};
-pub use snapshot::{check_snapshot, checkpoint, DiskFull, SnapshotFacts, SnapshotProblem};
+pub use snapshot::{
+    check_snapshot, checkpoint, DiskFull, PageWrite, PagesRead, SnapshotFacts, SnapshotProblem,
+};
 pub use status::{LineStatus, SubmissionStatus};
 pub use submissions::{
     DriftRow, LineUpdate, NewLine, NewSubmission, OutboxItem, RetryCandidate, SubmissionFilter,

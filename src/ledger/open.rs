@@ -355,6 +355,11 @@ mod tests {
             "imported_failures_cleared_by_resubmission",
             "645a6865591775b64c271541b370f3a3f036c748ff5577d3aa6c5d666759dada",
         ),
+        (
+            10,
+            "compacted_usage",
+            "6345980c916715d4eb46392d4dd0b5d01fae57750216b1b0b0fbc48e657aa510",
+        ),
     ];
 
     #[test]

@@ -181,8 +181,13 @@ impl HourTotals {
 /// which would fail on a ledger holding records from before the bound.
 fn load_hour_totals(tx: &Transaction, service_key: &str, hour: &str) -> Result<CachedHour> {
     let mut stmt = tx.prepare_cached(
-        "SELECT contract_id, dimension, TOTAL(value) FROM usage_records
-         WHERE service_key = ?1 AND hour = ?2 GROUP BY contract_id, dimension",
+        "SELECT contract_id, dimension, TOTAL(value) FROM (
+             SELECT contract_id, dimension, value FROM usage_records
+             WHERE service_key = ?1 AND hour = ?2
+             UNION ALL
+             SELECT contract_id, dimension, value FROM compacted_usage
+             WHERE service_key = ?1 AND hour = ?2)
+         GROUP BY contract_id, dimension",
     )?;
     let mut rows = stmt.query([service_key, hour])?;
     let mut hour = CachedHour {
@@ -633,6 +638,7 @@ fn store_file(
                 r.timestamp
             ])?;
         }
+        super::compact::keep_as_totals_if_compacted(tx, file_id, service_key, hour)?;
     }
     let mut problem = tx.prepare_cached(
         "INSERT INTO ingest_problems (file_id, record_index, reason, record_kept, detected_at)
@@ -684,9 +690,9 @@ pub fn more_problems_reason(more: u64) -> String {
 /// not say, which has no records).
 type StoredPeriod = (Option<String>, Option<String>);
 
-/// Moves the current version of a file into history (with its totals) and clears its rows. The
-/// records sit in the file's stored service key and hour (the table is clustered by period), so
-/// both statements read one hour's range.
+/// Moves the current version of a file into history (with its totals) and clears its rows (its
+/// records, or its totals in a compacted month). The records sit in the file's stored service key
+/// and hour (the table is clustered by period), so both statements read one hour's range.
 fn keep_replaced_version(
     tx: &Transaction,
     file_id: i64,
@@ -714,6 +720,7 @@ fn keep_replaced_version(
         )?
         .execute(params![file_id, service_key, hour])?;
     }
+    super::compact::keep_replaced_totals(tx, file_id, version_id)?;
     tx.prepare_cached("DELETE FROM ingest_problems WHERE file_id = ?1")?
         .execute([file_id])?;
     Ok(())

@@ -20,10 +20,15 @@ pub struct SyncRecord {
     pub generation: u64,
     /// The ETag of that generation's state object: the `If-Match` of the next push.
     pub etag: String,
-    /// SHA-256 of the snapshot bytes.
+    /// The state object's `meterbook-sha256` (of the manifest; in format 1, of the snapshot).
     pub sha256: String,
-    /// Content fingerprint (see [`super::snapshot::Fingerprints`]).
+    /// Content fingerprint: the manifest's `content` at `segment_size` (see
+    /// [`super::segments::Scan`]); in records of meterbook before segments, format 1's (see
+    /// [`super::snapshot::Fingerprints`]).
     pub content: String,
+    /// The segment size `content` was computed at; absent in records of meterbook before segments.
+    #[serde(default)]
+    pub segment_size: Option<u64>,
     /// Fingerprint of that generation's cost tables, to tell later which side changed them
     /// (see [`crate::ledger::carry_over`]); absent in records of older meterbooks.
     #[serde(default)]

@@ -1,10 +1,15 @@
-//! The ledger's durable state on S3. The SQLite file is the state: `push` uploads a checked,
-//! compressed snapshot with a conditional write, `pull` downloads, verifies and installs one, and
-//! the lease keeps runs on different hosts from overlapping.
+//! The ledger's durable state on S3. The SQLite file is the state, stored as immutable,
+//! content-addressed segments named by a manifest: `push` uploads the segments S3 does not have
+//! yet and then the manifest, with a conditional write; `pull` downloads the segments the local
+//! ledger does not have, verifies them and the whole file, and installs it; the lease keeps runs
+//! on different hosts from overlapping.
 //!
 //! Layout on S3, for a state URL `s3://BUCKET/KEY`:
-//! - `KEY`: the current state (zstd-compressed SQLite snapshot; metadata in [`remote::StateMeta`]);
-//! - `KEY.generations/NNNNNNNNNNNNNNNNNNNN`: copies of the newest generations, for `sync restore`;
+//! - `KEY`: the current generation's manifest (JSON, see [`manifest::Manifest`]; metadata in
+//!   [`remote::StateMeta`]); a state of meterbook before segments (format 1) is the whole ledger,
+//!   zstd-compressed, and is read as before;
+//! - `KEY.segments/<BLAKE3>`: the segments, zstd-compressed ([`segments`]);
+//! - `KEY.generations/NNNNNNNNNNNNNNNNNNNN`: copies of the newest manifests, for `sync restore`;
 //! - `KEY.lease`: the lease (JSON, see [`lease::LeaseRecord`]).
 //!
 //! Locally, `LEDGER.sync.json` beside the ledger remembers which generation and ETag the ledger
@@ -16,11 +21,18 @@
 //! resolved in [`crate::config::StateSettings`]; [`locate`] falls back on a state made before
 //! per-plan states).
 
+pub mod gc;
 pub mod lease;
 pub mod local;
+pub mod manifest;
+pub mod pull;
+pub mod push;
 pub mod remote;
+pub mod restore;
+pub mod segments;
 pub mod snapshot;
 pub mod state;
+mod transfer;
 
 use std::fmt;
 
@@ -57,6 +69,16 @@ impl StateLocation {
     /// The prefix under which generation copies live.
     pub fn generations_prefix(&self) -> String {
         format!("{}.generations/", self.key)
+    }
+
+    /// The prefix under which segments live.
+    pub fn segments_prefix(&self) -> String {
+        format!("{}.segments/", self.key)
+    }
+
+    /// The key of the segment with this hash (hex).
+    pub fn segment_key(&self, hash: &str) -> String {
+        format!("{}{hash}", self.segments_prefix())
     }
 
     /// The key of the lease object.
@@ -138,5 +160,6 @@ mod tests {
             "state/ledger.sqlite.generations/00000000000000000007"
         );
         assert_eq!(loc.lease_key(), "state/ledger.sqlite.lease");
+        assert_eq!(loc.segment_key("ab"), "state/ledger.sqlite.segments/ab");
     }
 }

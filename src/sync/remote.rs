@@ -1,6 +1,6 @@
-//! The state objects on S3: their metadata, and the few operations sync needs (head, download to a
-//! file, conditional upload, copy, list and delete generations). Every upload of the state is
-//! conditional; what a refused condition means is decided by the caller.
+//! The state objects on S3: their metadata, and the few operations sync needs (head, get, download
+//! to a file, conditional upload of the state, upload of segments, list and delete). Every upload
+//! of the state is conditional; what a refused condition means is decided by the caller.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use chrono::{DateTime, Utc};
@@ -17,13 +18,19 @@ use super::snapshot::io_error;
 use super::StateLocation;
 use crate::s3::{Op, S3Error, S3ErrorKind};
 
-/// What the state object's metadata records (S3 user metadata, `x-amz-meta-meterbook-*`).
+/// What the state object's metadata records (S3 user metadata, `x-amz-meta-meterbook-*`): enough
+/// to decide from a HEAD whether the state moved on and what it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateMeta {
+    /// 1: the object is the whole ledger, zstd-compressed (meterbook before segments; no
+    /// `meterbook-format`); 2: the object is a manifest naming segments (see `manifest`).
+    pub format: u32,
     pub generation: u64,
-    /// SHA-256 of the uncompressed snapshot.
+    /// SHA-256 of what the object holds, uncompressed: the snapshot (format 1) or the manifest
+    /// (format 2).
     pub sha256: String,
-    /// Content fingerprint of the uncompressed snapshot (see `snapshot::Fingerprints`).
+    /// Content fingerprint of the ledger (format 1: see `snapshot::Fingerprints`; format 2: the
+    /// manifest's `content`).
     pub content: String,
     pub schema_version: i64,
     pub compression: String,
@@ -40,6 +47,7 @@ const PREFIX: &str = "meterbook-";
 impl StateMeta {
     pub fn to_metadata(&self) -> HashMap<String, String> {
         let mut m: HashMap<String, String> = [
+            ("format", self.format.to_string()),
             ("generation", self.generation.to_string()),
             ("sha256", self.sha256.clone()),
             ("content", self.content.clone()),
@@ -73,7 +81,14 @@ impl StateMeta {
         let pushed_at = DateTime::parse_from_rfc3339(field("pushed-at")?)
             .map_err(|_| format!("its metadata {PREFIX}pushed-at is not a time"))?
             .with_timezone(&Utc);
+        let format = match m.get(&format!("{PREFIX}format")) {
+            None => 1,
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("its metadata {PREFIX}format is not a number"))?,
+        };
         Ok(StateMeta {
+            format,
             generation: number("generation")?,
             sha256: field("sha256")?.to_string(),
             content: field("content")?.to_string(),
@@ -96,6 +111,11 @@ pub struct ObjectInfo {
     pub metadata: HashMap<String, String>,
     /// Stored (compressed) size.
     pub size: i64,
+    pub last_modified: Option<DateTime<Utc>>,
+}
+
+fn to_utc(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<DateTime<Utc>> {
+    t.and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
 }
 
 /// The condition of an upload.
@@ -134,6 +154,7 @@ pub async fn head(client: &Client, bucket: &str, key: &str) -> Result<Option<Obj
             etag: out.e_tag().unwrap_or_default().to_string(),
             metadata: out.metadata().cloned().unwrap_or_default(),
             size: out.content_length().unwrap_or(0),
+            last_modified: to_utc(out.last_modified()),
         })),
         Err(e) => match explain(&e, Op::Head, bucket, key) {
             e if e.kind == S3ErrorKind::NotFound => Ok(None),
@@ -142,40 +163,112 @@ pub async fn head(client: &Client, bucket: &str, key: &str) -> Result<Option<Obj
     }
 }
 
-/// GET into a file; `None` when there is no such object.
-pub async fn download(
+/// GET; `None` when there is no such object.
+async fn get(client: &Client, bucket: &str, key: &str) -> Result<Option<GetObjectOutput>> {
+    match client.get_object().bucket(bucket).key(key).send().await {
+        Ok(out) => Ok(Some(out)),
+        Err(e) => match explain(&e, Op::Get, bucket, key) {
+            e if e.kind == S3ErrorKind::NotFound => Ok(None),
+            e => Err(e.into()),
+        },
+    }
+}
+
+fn info_of(out: &GetObjectOutput) -> ObjectInfo {
+    ObjectInfo {
+        etag: out.e_tag().unwrap_or_default().to_string(),
+        metadata: out.metadata().cloned().unwrap_or_default(),
+        size: out.content_length().unwrap_or(0),
+        last_modified: to_utc(out.last_modified()),
+    }
+}
+
+/// What a state object's body is, told by its first byte: a manifest is JSON (`{`), a format-1
+/// state is a zstd frame.
+pub enum StateBody {
+    /// The manifest's bytes (at most `limit`).
+    Manifest(Vec<u8>),
+    /// Anything else, written to the destination file.
+    Other,
+}
+
+/// GET a state object: a manifest into memory (refused beyond `limit` bytes), anything else into
+/// `dest`; `None` when there is no such object.
+pub async fn get_state(
     client: &Client,
     bucket: &str,
     key: &str,
     dest: &Path,
-) -> Result<Option<ObjectInfo>> {
-    let out = match client.get_object().bucket(bucket).key(key).send().await {
-        Ok(out) => out,
-        Err(e) => {
-            return match explain(&e, Op::Get, bucket, key) {
-                e if e.kind == S3ErrorKind::NotFound => Ok(None),
-                e => Err(e.into()),
-            }
+    limit: usize,
+) -> Result<Option<(ObjectInfo, StateBody)>> {
+    let Some(out) = get(client, bucket, key).await? else {
+        return Ok(None);
+    };
+    let info = info_of(&out);
+    let url = format!("s3://{bucket}/{key}");
+    let mut body = out.body;
+    let first = body
+        .try_next()
+        .await
+        .with_context(|| format!("downloading {url}"))?
+        .unwrap_or_default();
+    if first.first() == Some(&b'{') {
+        let mut bytes = first.to_vec();
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .with_context(|| format!("downloading {url}"))?
+        {
+            bytes.extend_from_slice(&chunk);
+            anyhow::ensure!(
+                bytes.len() <= limit,
+                "{url} is not a meterbook state: it starts like a manifest, but is larger than \
+                 {limit} bytes"
+            );
         }
-    };
-    let info = ObjectInfo {
-        etag: out.e_tag().unwrap_or_default().to_string(),
-        metadata: out.metadata().cloned().unwrap_or_default(),
-        size: out.content_length().unwrap_or(0),
-    };
+        return Ok(Some((info, StateBody::Manifest(bytes))));
+    }
     let mut file = tokio::fs::File::create(dest)
         .await
         .with_context(|| format!("creating {}", dest.display()))?;
-    let mut body = out.body.into_async_read();
     let copied = async {
-        tokio::io::copy(&mut body, &mut file).await?;
+        file.write_all(&first).await?;
+        let mut rest = body.into_async_read();
+        tokio::io::copy(&mut rest, &mut file).await?;
         file.flush().await?;
         file.sync_all().await
     };
     copied
         .await
-        .map_err(|e| io_error(e, dest, &format!("downloading s3://{bucket}/{key} into")))?;
-    Ok(Some(info))
+        .map_err(|e| io_error(e, dest, &format!("downloading {url} into")))?;
+    Ok(Some((info, StateBody::Other)))
+}
+
+/// GET a small object into memory; `None` when there is no such object.
+pub async fn get_bytes(client: &Client, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
+    let Some(out) = get(client, bucket, key).await? else {
+        return Ok(None);
+    };
+    let bytes = out
+        .body
+        .collect()
+        .await
+        .with_context(|| format!("downloading s3://{bucket}/{key}"))?;
+    Ok(Some(bytes.to_vec()))
+}
+
+/// PUT an immutable object (a segment), unconditionally: a segment's key is its content, so
+/// writing it again changes nothing but its age, which keeps it from a concurrent clean-up.
+pub async fn put(client: &Client, bucket: &str, key: &str, body: Vec<u8>) -> Result<()> {
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(ByteStream::from(body))
+        .send()
+        .await
+        .map_err(|e| explain(&e, Op::Put, bucket, key))?;
+    Ok(())
 }
 
 /// PUT a body with a condition. The outer error is a failure to talk to S3; the inner one says
@@ -220,26 +313,44 @@ pub async fn file_body(file: &Path) -> Result<ByteStream> {
 /// The generation numbers kept under the state's generations prefix, ascending.
 pub async fn list_generations(client: &Client, loc: &StateLocation) -> Result<Vec<u64>> {
     let prefix = loc.generations_prefix();
+    let mut found: Vec<u64> = list(client, &loc.bucket, &prefix)
+        .await?
+        .iter()
+        .filter_map(|o| o.key.strip_prefix(&prefix)?.parse().ok())
+        .collect();
+    found.sort_unstable();
+    Ok(found)
+}
+
+/// An object found by a listing.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub key: String,
+    pub size: i64,
+    pub last_modified: Option<DateTime<Utc>>,
+}
+
+/// Every object under `prefix`.
+pub async fn list(client: &Client, bucket: &str, prefix: &str) -> Result<Vec<Listed>> {
     let mut found = Vec::new();
     let mut pages = client
         .list_objects_v2()
-        .bucket(&loc.bucket)
-        .prefix(&prefix)
+        .bucket(bucket)
+        .prefix(prefix)
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| explain(&e, Op::List, &loc.bucket, &prefix))?;
+        let page = page.map_err(|e| explain(&e, Op::List, bucket, prefix))?;
         for object in page.contents() {
-            if let Some(n) = object
-                .key()
-                .and_then(|k| k.strip_prefix(&prefix))
-                .and_then(|n| n.parse().ok())
-            {
-                found.push(n);
+            if let Some(key) = object.key() {
+                found.push(Listed {
+                    key: key.to_string(),
+                    size: object.size().unwrap_or(0),
+                    last_modified: to_utc(object.last_modified()),
+                });
             }
         }
     }
-    found.sort_unstable();
     Ok(found)
 }
 
@@ -262,6 +373,7 @@ mod tests {
     #[test]
     fn metadata_round_trips_and_names_what_is_missing() {
         let meta = StateMeta {
+            format: 2,
             generation: 12,
             sha256: "ab".into(),
             content: "cd".into(),
@@ -274,6 +386,9 @@ mod tests {
         };
         let mut m = meta.to_metadata();
         assert_eq!(StateMeta::from_metadata(&m), Ok(meta));
+        // A state of meterbook before segments has no format: 1.
+        m.remove("meterbook-format");
+        assert_eq!(StateMeta::from_metadata(&m).unwrap().format, 1);
         m.remove("meterbook-sha256");
         assert_eq!(
             StateMeta::from_metadata(&m),

@@ -1,35 +1,31 @@
-//! Snapshot files: taking a checked copy of the ledger, fingerprinting it, compressing it for
-//! upload, unpacking and verifying a downloaded one, and installing it in place of the ledger
-//! (write beside, fsync, rename, fsync the folder). Temporary files live beside the ledger (same
-//! file system, so the final rename is atomic) and are removed when dropped, on every path: a
-//! temporary SQLite file with the journal and log files SQLite may have left beside it.
+//! Local files of a sync: private copies of the ledger (`VACUUM INTO`, for carrying local changes
+//! over, and to fingerprint a ledger the way format 1 did), the format-1 state (one zstd-compressed
+//! snapshot: unpacked and verified), and installing a checked file in place of the ledger (write
+//! beside, fsync, rename, fsync the folder). Temporary files live beside the ledger (same file
+//! system, so the final rename is atomic) and are removed when dropped, on every path: a temporary
+//! SQLite file with the journal and log files SQLite may have left beside it.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use tempfile::TempPath;
 
+use super::segments::zero_volatile_header;
 use crate::ledger::{check_snapshot, checkpoint, DiskFull, Ledger, SnapshotFacts, SnapshotProblem};
 
-/// zstd level: level 3 compresses a ledger about 11:1 at several hundred MB/s.
-const ZSTD_LEVEL: i32 = 3;
-/// The compression recorded in the state's metadata.
+/// The compression of a format-1 state.
 pub const COMPRESSION: &str = "zstd";
 
-/// Header bytes that change when the same content is copied again (file change counter, schema
-/// cookie, SQLite version fields); the content fingerprint ignores them.
-const VOLATILE_HEADER: [std::ops::Range<usize>; 3] = [24..28, 40..44, 92..100];
-
-/// Two digests of a snapshot file, from one read.
+/// Two digests of a snapshot file, from one read: format 1's checksum and content fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fingerprints {
-    /// SHA-256 of the bytes: what `pull` verifies.
+    /// SHA-256 of the bytes: what a format-1 state's metadata records.
     pub sha256: String,
-    /// SHA-256 with the volatile header fields zeroed: equal for copies of the same content, so
-    /// it tells whether a ledger changed since it was last pulled or pushed.
+    /// SHA-256 with the volatile header fields zeroed: equal for copies of the same content (a
+    /// format-1 sync record's `content`).
     pub content: String,
     pub size: u64,
 }
@@ -43,26 +39,32 @@ impl TempDb {
         self.0.as_deref().expect("a temporary file until persisted")
     }
 
-    /// Renames it to `to`.
+    /// Renames it to `to`. The empty `-wal` and `-shm` files a read-only connection to it may
+    /// have left under its temporary name are removed.
     fn persist(mut self, to: &Path) -> Result<()> {
         let temp = self.0.take().expect("a temporary file until persisted");
+        let from = temp.to_path_buf();
         temp.persist(to)
             .with_context(|| format!("replacing ledger {}", to.display()))?;
+        remove_sidecars(&from);
         Ok(())
+    }
+}
+
+/// Removes the `-journal`, `-wal` and `-shm` files SQLite may have left beside `path`.
+fn remove_sidecars(path: &Path) {
+    for suffix in ["-journal", "-wal", "-shm"] {
+        let mut side = path.as_os_str().to_os_string();
+        side.push(suffix);
+        let _ = std::fs::remove_file(side);
     }
 }
 
 impl Drop for TempDb {
     fn drop(&mut self) {
-        let Some(path) = self.0.take() else {
-            return;
-        };
-        for suffix in ["-journal", "-wal", "-shm"] {
-            let mut side = path.as_os_str().to_os_string();
-            side.push(suffix);
-            let _ = std::fs::remove_file(side);
+        if let Some(path) = self.0.take() {
+            remove_sidecars(&path);
         }
-        drop(path);
     }
 }
 
@@ -77,9 +79,9 @@ pub struct Snapshot {
 pub fn take(ledger: &Ledger) -> Result<Snapshot> {
     let path = TempDb(Some(temp_beside(ledger.path(), "snapshot")?));
     ledger.snapshot_into(path.path())?;
-    let facts = check_snapshot(path.path()).map_err(|problem| {
+    let facts = check_snapshot(path.path(), true).map_err(|problem| {
         anyhow::anyhow!(
-            "the snapshot of ledger {} failed its check: {problem}; nothing was uploaded",
+            "the copy of ledger {} failed its check: {problem}; nothing was changed",
             ledger.path().display()
         )
     })?;
@@ -93,35 +95,21 @@ pub fn take(ledger: &Ledger) -> Result<Snapshot> {
 
 /// Reads a file once and returns its digests.
 pub fn fingerprint(path: &Path) -> Result<Fingerprints> {
-    let mut file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut raw = Sha256::new();
     let mut content = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
-    loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        raw.update(&buf[..n]);
-        let start = size as usize;
-        if start < 100 {
-            let mut head = buf[..n].to_vec();
-            for range in VOLATILE_HEADER {
-                for i in range {
-                    if let Some(b) = i.checked_sub(start).and_then(|j| head.get_mut(j)) {
-                        *b = 0;
-                    }
-                }
-            }
+    read_in_pieces(path, 1 << 20, |piece| {
+        raw.update(piece);
+        if size < 100 {
+            let mut head = piece.to_vec();
+            zero_volatile_header(&mut head, size);
             content.update(&head);
         } else {
-            content.update(&buf[..n]);
+            content.update(piece);
         }
-        size += n as u64;
-    }
+        size += piece.len() as u64;
+        Ok(())
+    })?;
     Ok(Fingerprints {
         sha256: hex::encode(raw.finalize()),
         content: hex::encode(content.finalize()),
@@ -129,21 +117,23 @@ pub fn fingerprint(path: &Path) -> Result<Fingerprints> {
     })
 }
 
-/// Compresses a snapshot into a temporary file beside it.
-pub fn compress(snapshot: &Path) -> Result<TempPath> {
-    let out = temp_beside(snapshot, "zst")?;
-    let input = File::open(snapshot).with_context(|| format!("reading {}", snapshot.display()))?;
-    let file = File::create(&out).with_context(|| format!("creating {}", out.display()))?;
-    let run = || -> std::io::Result<()> {
-        let mut encoder = zstd::Encoder::new(BufWriter::new(file), ZSTD_LEVEL)?;
-        encoder.include_checksum(true)?;
-        std::io::copy(&mut BufReader::new(input), &mut encoder)?;
-        let mut writer = encoder.finish()?;
-        writer.flush()?;
-        writer.get_ref().sync_all()
-    };
-    run().map_err(|e| io_error(e, &out, "compressing the snapshot into"))?;
-    Ok(out)
+/// Reads a file from its start, handing it to `each` in pieces of at most `piece` bytes.
+pub fn read_in_pieces(
+    path: &Path,
+    piece: usize,
+    mut each: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut buf = vec![0u8; piece];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            return Ok(());
+        }
+        each(&buf[..n])?;
+    }
 }
 
 /// Why a downloaded state cannot be used.
@@ -159,8 +149,8 @@ pub enum Refusal {
     Snapshot(#[from] SnapshotProblem),
 }
 
-/// Decompresses a downloaded state into a temporary file beside `beside`, and checks it against
-/// its recorded SHA-256, with `PRAGMA integrity_check` and for its schema version. The outer
+/// Decompresses a downloaded format-1 state into a temporary file beside `beside`, and checks it
+/// against its recorded SHA-256, with `PRAGMA integrity_check` and for its schema version. The outer
 /// error is a local failure (disk); the inner one is a refusal of the state itself.
 pub fn unpack(
     compressed: &Path,
@@ -196,7 +186,7 @@ pub fn unpack(
             actual: fingerprints.sha256,
         }));
     }
-    Ok(match check_snapshot(out.path()) {
+    Ok(match check_snapshot(out.path(), true) {
         Ok(facts) => Ok(Snapshot {
             path: out,
             fingerprints,
@@ -204,6 +194,11 @@ pub fn unpack(
         }),
         Err(problem) => Err(problem.into()),
     })
+}
+
+/// A temporary SQLite file beside `ledger`, for a file being assembled or unpacked.
+pub fn temp_db_beside(ledger: &Path, what: &str) -> Result<TempDb> {
+    Ok(TempDb(Some(temp_beside(ledger, what)?)))
 }
 
 /// Replaces the ledger with a checked snapshot: empties the old ledger's write-ahead log first
