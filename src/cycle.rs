@@ -1,8 +1,8 @@
 //! One cycle of `meterbook run`, the whole job under the lease, safe from any host: take the lease,
 //! pull the ledger from S3, ingest what is new, plan what is due, push (so the planned submissions
-//! are durable on S3 before the first request leaves), send, push again, give the lease back. A
-//! crash at any step loses nothing and sends nothing twice (see the README's `meterbook run`). Each
-//! sync's duration and size is recorded for `/metrics`.
+//! are durable on S3 before the first request leaves; skipped when nothing is to be sent), send,
+//! push again, give the lease back. A crash at any step loses nothing and sends nothing twice (see
+//! the README's `meterbook run`). Each sync's duration and size is recorded for `/metrics`.
 
 use std::time::Instant;
 
@@ -106,8 +106,10 @@ async fn steps(
     failpoint::hit("after-plan");
 
     // The outbox must be on S3 before any request leaves: a host that dies after sending is then
-    // reconciled by whichever host runs next.
-    push(client, loc, settings, metrics).await?;
+    // reconciled by whichever host runs next. With nothing to send, one push at the end does.
+    if !planned.sends_nothing() {
+        push(client, loc, settings, metrics).await?;
+    }
     let submitted = planned.send(&settings.ledger).await?;
     push(client, loc, settings, metrics).await?;
     Ok(ingested.and(submitted))

@@ -150,6 +150,33 @@ fn a_run_ingests_submits_and_pushes_and_the_next_sends_nothing() {
     assert!(!out.stderr.contains(SECRET));
 }
 
+/// The generation of the job's state on S3.
+fn remote_generation(host: &TestEnv) -> u64 {
+    let key = "meterbook/state/ledger.sqlite";
+    let manifest: serde_json::Value = serde_json::from_slice(&host.bucket().get(key)).unwrap();
+    manifest["generation"].as_u64().unwrap()
+}
+
+#[test]
+fn a_run_with_something_to_send_pushes_before_and_after_sending_and_an_idle_run_once() {
+    let job = job();
+    run(&job.host, None, &[]).expect_code(0);
+    assert_eq!(
+        remote_generation(&job.host),
+        2,
+        "the outbox, then the answers"
+    );
+    assert_all_accepted_once(&job);
+    let out = run(&job.host, None, &[]).expect_code(0);
+    assert_eq!(
+        remote_generation(&job.host),
+        3,
+        "nothing to send: one push\n{}",
+        out.stderr
+    );
+    assert_all_accepted_once(&job);
+}
+
 #[test]
 fn killed_during_ingest() {
     crash_then_recover("during-ingest", &["--batch-files", "2"]);

@@ -17,6 +17,9 @@ use crate::error::Fatal;
 use crate::period::{format_utc, Period, PeriodKind};
 use crate::source::parse::Quantity;
 
+/// The submissions in the outbox: planned, in flight, or without an answer, with a request to send.
+const IN_OUTBOX: &str = "status IN ('pending', 'sending', 'transient') AND payload IS NOT NULL";
+
 /// A submission as planned, before it is written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewSubmission {
@@ -328,14 +331,20 @@ impl Ledger {
         Ok(ids)
     }
 
+    /// Whether nothing waits to be sent or re-sent (see [`Ledger::outbox`]).
+    pub fn outbox_is_empty(&self) -> Result<bool> {
+        let sql = format!("SELECT NOT EXISTS (SELECT 1 FROM submissions WHERE {IN_OUTBOX})");
+        Ok(self.conn.query_row(&sql, [], |r| r.get(0))?)
+    }
+
     /// Submissions waiting to be sent or re-sent, oldest first; `ids` limits them.
     pub fn outbox(&self, ids: Option<&[i64]>) -> Result<Vec<OutboxItem>> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare(&format!(
             "SELECT id, service_key, contract_id, period_kind, period, payload, status, attempts
              FROM submissions
-             WHERE status IN ('pending', 'sending', 'transient') AND payload IS NOT NULL
-             ORDER BY period, id",
-        )?;
+             WHERE {IN_OUTBOX}
+             ORDER BY period, id"
+        ))?;
         let mut items: Vec<OutboxItem> = stmt
             .query_map([], |r| {
                 Ok(OutboxItem {

@@ -46,6 +46,8 @@ pub struct Planned {
     planned: u64,
     /// Only these submissions are sent (`resubmit`); otherwise the whole outbox.
     only: Option<Vec<i64>>,
+    /// Whether the outbox held nothing to send once planned: no request can leave.
+    nothing_to_send: bool,
     concurrency: usize,
     /// What needs attention already (service keys held back, periods without a marker).
     outcome: Outcome,
@@ -97,6 +99,7 @@ pub async fn prepare(settings: &SubmitSettings, command: &'static str) -> Result
                 run_id,
                 planned: plan.submissions.len() as u64,
                 only: None,
+                nothing_to_send: ledger.outbox_is_empty()?,
                 concurrency: clazar.concurrency,
                 outcome: held.and(no_marker),
                 before_start: plan.before_start,
@@ -119,6 +122,7 @@ pub async fn prepare(settings: &SubmitSettings, command: &'static str) -> Result
             Ok(Prepared::Planned(Box::new(Planned {
                 client,
                 run_id,
+                nothing_to_send: ids.is_empty(),
                 planned: ids.len() as u64,
                 only: Some(ids),
                 concurrency: clazar.concurrency,
@@ -131,6 +135,11 @@ pub async fn prepare(settings: &SubmitSettings, command: &'static str) -> Result
 }
 
 impl Planned {
+    /// Whether sending will send nothing: the outbox was empty once planned.
+    pub fn sends_nothing(&self) -> bool {
+        self.nothing_to_send
+    }
+
     /// Sends the outbox, records every answer and finishes the run; says what needs attention.
     pub async fn send(self, ledger: &LedgerFile) -> Result<Outcome> {
         let ledger = Mutex::new(Ledger::open_for_writing(ledger)?);
