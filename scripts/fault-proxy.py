@@ -3,14 +3,16 @@
 fraction of requests with faults instead of forwarding them.
 
   scripts/fault-proxy.py --upstream http://127.0.0.1:PORT [--error-rate 0.1] [--drop-rate 0.05]
-                         [--stall-rate 0.02 --stall-secs 3] [--answer 403:AccessDenied] [--seed 1]
+                         [--stall-rate 0.02 --stall-secs 3] [--answer 403:AccessDenied]
+                         [--ignore-conditions] [--seed 1]
 
 Faults, drawn independently for each request:
   error  500 InternalError or 503 SlowDown (alternately), with S3's XML error body
   drop   the connection is closed, half the time before any answer, half the time mid-body
   stall  the answer is held back for --stall-secs, then forwarded
 --answer STATUS:CODE answers every request with that S3 error (a permanent error, e.g.
-403:AccessDenied or 301:PermanentRedirect).
+403:AccessDenied or 301:PermanentRedirect). --ignore-conditions forwards every request without its
+If-None-Match and If-Match headers: a store that ignores conditional writes.
 
 Prints "listening on http://127.0.0.1:PORT" on stdout once ready. GET /__fault-proxy/stats answers
 JSON counts: requests, faults by kind, and the prefixes of every ListObjectsV2 request.
@@ -114,7 +116,9 @@ def make_handler(args, stats, rng, rng_lock):
                 time.sleep(args.stall_secs)
             conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
             try:
-                headers = {k: v for k, v in self.headers.items()}
+                headers = {k: v for k, v in self.headers.items()
+                           if not (args.ignore_conditions
+                                   and k.lower() in ("if-none-match", "if-match"))}
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
@@ -148,6 +152,8 @@ def main():
     p.add_argument("--stall-rate", type=float, default=0.0)
     p.add_argument("--stall-secs", type=float, default=3.0)
     p.add_argument("--answer", help="STATUS:CODE for every request, e.g. 403:AccessDenied")
+    p.add_argument("--ignore-conditions", action="store_true",
+                   help="forward writes without If-None-Match/If-Match, as a store that ignores them")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
     stats = Stats()

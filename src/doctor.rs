@@ -15,7 +15,7 @@ use crate::config::{DoctorSettings, SourceSpec};
 use crate::ledger::{binary_schema_version, Ledger};
 use crate::s3::{Op, S3Error};
 use crate::source::MARKER_KEY;
-use crate::sync::remote::{self, Condition, Refused};
+use crate::sync::remote;
 use crate::sync::{lease, state, StateLocation};
 
 /// What a check found.
@@ -290,43 +290,15 @@ async fn conditional_writes(s: &Setup) -> Verdict {
         Ok(l) => l,
         Err(v) => return v,
     };
-    let key = probe_key(loc, "conditional");
-    let put = |condition: Condition| {
-        let key = key.clone();
-        async move {
-            remote::upload(
-                &s.client,
-                &loc.bucket,
-                &key,
-                ByteStream::from_static(b"meterbook doctor"),
-                Default::default(),
-                &condition,
-            )
-            .await
-        }
-    };
-    let verdict = match (
-        put(Condition::Create).await,
-        put(Condition::Create).await,
-        put(Condition::Replace("\"not-the-etag\"".into())).await,
-    ) {
-        (Ok(Ok(_)), Ok(Err(Refused::Changed)), Ok(Err(Refused::Changed))) => {
-            Verdict::Ok("If-None-Match and If-Match are honoured".to_string())
-        }
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-            step_fail(e, "allow s3:PutObject on the state location")
-        }
-        _ => fail(
-            "THE STORE IGNORES CONDITIONAL WRITES (If-None-Match/If-Match): two hosts could \
-             overwrite each other's state and the lease does not exclude anything",
+    match remote::honours_conditions(&s.client, &loc.bucket, &loc.key).await {
+        Ok(true) => Verdict::Ok("If-None-Match and If-Match are honoured".to_string()),
+        Ok(false) => fail(
+            remote::IGNORES_CONDITIONS,
             "use a store that honours conditional writes (AWS S3 does); do not run meterbook \
              on more than one host against this store",
         ),
-    };
-    if let Err(e) = remote::delete(&s.client, &loc.bucket, &key).await {
-        tracing::warn!("could not delete the probe object: {e:#}");
+        Err(e) => step_fail(e, "allow s3:PutObject on the state location"),
     }
-    verdict
 }
 
 async fn state_object(s: &Setup) -> Verdict {

@@ -28,14 +28,14 @@ fn cpu_hours_of_c1(value: i64) -> Vec<u8> {
 }
 
 /// `scripts/fault-proxy.py` in front of the test server; stopped when dropped.
-struct FaultProxy {
+pub(crate) struct FaultProxy {
     _process: Running,
-    url: String,
+    pub(crate) url: String,
     port: u16,
 }
 
 impl FaultProxy {
-    fn start(args: &[&str]) -> FaultProxy {
+    pub(crate) fn start(args: &[&str]) -> FaultProxy {
         let process = python_script("scripts/fault-proxy.py")
             .args(["--upstream", &endpoint()])
             .args(args)

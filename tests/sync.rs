@@ -79,6 +79,34 @@ fn another_host_with_usage(env: &TestEnv, hours: &str) -> TestEnv {
 }
 
 #[test]
+fn a_store_that_ignores_conditional_writes_gets_no_state_and_doctor_says_so() {
+    let env = first_host_with_usage("no-conditions", "2");
+    let proxy = crate::s3_ingest::FaultProxy::start(&["--ignore-conditions"]);
+    let out = env
+        .meterbook(["sync", "push"])
+        .s3_endpoint(&proxy.url)
+        .expect_code(2);
+    assert!(
+        out.stderr.contains("ignores conditional writes"),
+        "{}",
+        out.stderr
+    );
+    // Nothing was written: no manifest, no segment, and the probe object is gone.
+    assert_eq!(env.bucket().keys_under("state"), Vec::<String>::new());
+    let doctor = env
+        .meterbook(["doctor"])
+        .s3_endpoint(&proxy.url)
+        .expect_one_of(&[1, 2]);
+    assert!(
+        doctor.stdout.contains("ignores conditional writes"),
+        "{}",
+        doctor.stdout
+    );
+    // The same store honouring them takes the state.
+    env.meterbook(["sync", "push"]).expect_code(0);
+}
+
+#[test]
 fn push_then_pull_on_another_host_gives_an_identical_ledger() {
     let a = first_host_with_usage("roundtrip", "6");
     a.meterbook(["sync", "push"]).expect_code(0);

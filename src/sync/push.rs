@@ -12,7 +12,7 @@ use chrono::Utc;
 
 use super::local::{self, SyncRecord};
 use super::manifest::{self, Manifest};
-use super::remote::{Condition, Refused, StateMeta};
+use super::remote::{self, Condition, Refused, StateMeta};
 use super::segments::{Hash, Scanner, Spool};
 use super::state::{
     blocking, check_ledger, current, gone, head, moved_on, record_for, record_of, unchanged_since,
@@ -64,6 +64,18 @@ pub async fn push(
     check_ledger(ledger_file).await?;
     let record = local::read(ledger, &loc.to_string())?;
     let current = current(client, loc).await?;
+    // A new state relies on the store's conditional writes from its first generation on: a store
+    // that ignores them is refused before anything is written (once per state: 4 requests).
+    if current.is_none()
+        && record.is_none()
+        && !remote::honours_conditions(client, &loc.bucket, &loc.key).await?
+    {
+        return Err(Fatal::Config(format!(
+            "cannot create the state {loc}: {}; use a store that honours them (AWS S3 does)",
+            remote::IGNORES_CONDITIONS
+        ))
+        .into());
+    }
     let previous = current.as_ref().and_then(|c| c.manifest.as_ref());
     let generation = current.as_ref().map_or(1, |c| c.meta.generation + 1);
     let integrity_check = previous.is_none_or(|p| {

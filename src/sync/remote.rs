@@ -354,6 +354,36 @@ pub async fn list(client: &Client, bucket: &str, prefix: &str) -> Result<Vec<Lis
     Ok(found)
 }
 
+/// What a store that ignores conditional writes is told (by `doctor`, and by the push that would
+/// create a state there).
+pub const IGNORES_CONDITIONS: &str = "the store ignores conditional writes (If-None-Match, \
+     If-Match): two hosts could overwrite each other's state, and the lease would exclude nothing";
+
+/// Whether the store refuses what conditional writes must refuse (a second `If-None-Match: *`,
+/// a wrong `If-Match`), probed with an object of its own beside `key`, deleted afterwards.
+pub async fn honours_conditions(client: &Client, bucket: &str, key: &str) -> Result<bool> {
+    let probe = format!("{key}.conditions-probe-{:08x}", rand::random::<u32>());
+    let put = |condition: Condition| {
+        let probe = probe.clone();
+        async move {
+            let body = ByteStream::from_static(b"meterbook: a probe of conditional writes");
+            upload(client, bucket, &probe, body, HashMap::new(), &condition).await
+        }
+    };
+    let answers = (
+        put(Condition::Create).await,
+        put(Condition::Create).await,
+        put(Condition::Replace("\"not-the-etag\"".into())).await,
+    );
+    if let Err(e) = delete(client, bucket, &probe).await {
+        tracing::warn!("could not delete the probe object {probe}: {e:#}");
+    }
+    Ok(matches!(
+        (answers.0?, answers.1?, answers.2?),
+        (Ok(_), Err(Refused::Changed), Err(Refused::Changed))
+    ))
+}
+
 /// DELETE (unconditional).
 pub async fn delete(client: &Client, bucket: &str, key: &str) -> Result<()> {
     client
