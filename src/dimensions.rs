@@ -47,7 +47,7 @@ pub enum Rounding {
 
 /// Whether an amount within float noise of a whole number is taken as that number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Noise {
+enum Noise {
     /// Within 64 ULPs (and less than 1/1024) of a whole number is that number.
     Snapped,
     /// Taken as it is (a formula's value under floor rounding: Python's `int()`).
@@ -56,7 +56,7 @@ pub enum Noise {
 
 /// Turns an exact amount into the quantity sent, treating float noise as `noise` says; a negative
 /// or non-finite amount, or one too large, is an error.
-pub fn to_quantity(exact: f64, rounding: Rounding, noise: Noise) -> Result<i64, String> {
+fn to_quantity(exact: f64, rounding: Rounding, noise: Noise) -> Result<i64, String> {
     if !exact.is_finite() {
         return Err(format!("{exact} is not a finite number"));
     }
@@ -84,7 +84,7 @@ pub fn to_quantity(exact: f64, rounding: Rounding, noise: Noise) -> Result<i64, 
 }
 
 /// The quantity sent for a value: an int exactly, a float by [`to_quantity`].
-pub fn quantity_of(value: &Value, rounding: Rounding, noise: Noise) -> Result<i64, String> {
+fn quantity_of(value: &Value, rounding: Rounding, noise: Noise) -> Result<i64, String> {
     match value {
         Value::Int(i) if i.is_negative() => Err(format!("{value} is negative")),
         Value::Int(i) => i

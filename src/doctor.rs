@@ -252,16 +252,12 @@ fn state_location(s: &Setup) -> std::result::Result<&StateLocation, Verdict> {
     })
 }
 
-fn probe_key(loc: &StateLocation, what: &str) -> String {
-    format!("{}.doctor-{what}-{:08x}", loc.key, rand::random::<u32>())
-}
-
 async fn state_writable(s: &Setup) -> Verdict {
     let loc = match state_location(s) {
         Ok(l) => l,
         Err(v) => return v,
     };
-    let key = probe_key(loc, "write");
+    let key = remote::probe_key(&loc.key, "write");
     let written = s
         .client
         .put_object()

@@ -359,10 +359,15 @@ pub async fn list(client: &Client, bucket: &str, prefix: &str) -> Result<Vec<Lis
 pub const IGNORES_CONDITIONS: &str = "the store ignores conditional writes (If-None-Match, \
      If-Match): two hosts could overwrite each other's state, and the lease would exclude nothing";
 
+/// A key for a short-lived probe object of `what` beside `key` (deleted by whoever writes it).
+pub fn probe_key(key: &str, what: &str) -> String {
+    format!("{key}.probe-{what}-{:08x}", rand::random::<u32>())
+}
+
 /// Whether the store refuses what conditional writes must refuse (a second `If-None-Match: *`,
 /// a wrong `If-Match`), probed with an object of its own beside `key`, deleted afterwards.
 pub async fn honours_conditions(client: &Client, bucket: &str, key: &str) -> Result<bool> {
-    let probe = format!("{key}.conditions-probe-{:08x}", rand::random::<u32>());
+    let probe = probe_key(key, "conditions");
     let put = |condition: Condition| {
         let probe = probe.clone();
         async move {
