@@ -668,7 +668,8 @@ pub struct ClazarArgs {
     )]
     pub backoff_ms: u64,
 
-    /// Requests in flight at once.
+    /// Requests in flight at once, each for a different contract (a contract's periods are sent
+    /// one after another, oldest first).
     #[arg(
         id = "clazar_concurrency",
         long = "clazar-concurrency",

@@ -68,8 +68,8 @@ impl SendReport {
     }
 }
 
-/// The sending step: posts every outbox submission (all, or those in `only`), `concurrency` at a
-/// time. Each is marked `sending` and committed before its request leaves, and its answer is
+/// The sending step: posts every outbox submission (all, or those in `only`): a contract's in
+/// order, oldest first, and `concurrency` contracts at a time. Each is marked `sending` and committed before its request leaves, and its answer is
 /// recorded when it arrives. Stops with an error only when Clazar refuses the credentials.
 pub async fn send_outbox(
     ledger: &Mutex<Ledger>,
@@ -90,15 +90,24 @@ pub async fn send_outbox(
     let bar = progress_bar(items.len());
     // Set when Clazar refuses the credentials: what has not started yet stays pending.
     let stop = AtomicBool::new(false);
-    let results: Vec<Result<Option<(SubmissionUpdate, usize)>>> = futures::stream::iter(
-        items
-            .into_iter()
-            .map(|item| send_one(ledger, client, item, &stop)),
-    )
-    .buffer_unordered(concurrency.max(1))
-    .inspect(|_| bar.inc(1))
-    .collect()
-    .await;
+    // A contract's submissions go one after another, oldest period first (the outbox's order);
+    // different contracts go `concurrency` at a time.
+    let results: Vec<Result<Option<(SubmissionUpdate, usize)>>> =
+        futures::stream::iter(by_contract(items).into_iter().map(|queue| {
+            let (stop, bar) = (&stop, &bar);
+            async move {
+                let mut done = Vec::with_capacity(queue.len());
+                for item in queue {
+                    done.push(send_one(ledger, client, item, stop).await);
+                    bar.inc(1);
+                }
+                done
+            }
+        }))
+        .buffer_unordered(concurrency.max(1))
+        .flat_map(futures::stream::iter)
+        .collect()
+        .await;
     bar.finish_and_clear();
     let mut report = SendReport::default();
     let mut first_error = None;
@@ -115,6 +124,21 @@ pub async fn send_outbox(
         Some(e) => Err(e),
         None => Ok(report),
     }
+}
+
+/// The outbox split into one queue per contract, each keeping the outbox's order (oldest first).
+fn by_contract(items: Vec<OutboxItem>) -> Vec<Vec<OutboxItem>> {
+    let mut queues: Vec<Vec<OutboxItem>> = Vec::new();
+    let mut index: std::collections::HashMap<(String, String), usize> = Default::default();
+    for item in items {
+        let key = (item.service_key.clone(), item.contract_id.clone());
+        let at = *index.entry(key).or_insert_with(|| {
+            queues.push(Vec::new());
+            queues.len() - 1
+        });
+        queues[at].push(item);
+    }
+    queues
 }
 
 /// A bar on a terminal, nothing otherwise (the summary line says the rest).
@@ -193,5 +217,40 @@ fn report_update(item: &OutboxItem, u: &SubmissionUpdate) {
             "{what}: {status}: {}",
             u.error.as_deref().unwrap_or("no detail")
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: i64, contract: &str, period: &str) -> OutboxItem {
+        OutboxItem {
+            id,
+            service_key: "svc".into(),
+            contract_id: contract.into(),
+            period_kind: crate::period::PeriodKind::Hour,
+            period: period.into(),
+            payload: String::new(),
+            status: SubmissionStatus::Pending,
+            attempts: 0,
+            lines: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_contracts_submissions_form_one_queue_in_the_outbox_order() {
+        let queues = by_contract(vec![
+            item(1, "a", "2025-06-01T00"),
+            item(2, "b", "2025-06-01T00"),
+            item(3, "a", "2025-06-01T01"),
+            item(4, "b", "2025-06-01T01"),
+            item(5, "c", "2025-06-01T02"),
+        ]);
+        let ids: Vec<Vec<i64>> = queues
+            .iter()
+            .map(|q| q.iter().map(|i| i.id).collect())
+            .collect();
+        assert_eq!(ids, [vec![1, 3], vec![2, 4], vec![5]]);
     }
 }
