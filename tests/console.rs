@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::costs::{billing_dir, generate, grants_file};
 use crate::daemon::{cycles, free_port, june_in_bucket, run_every_second, sigterm, wait_for};
 use crate::submit::june;
-use crate::util::{file_digests, http, record, usage_key, Output, Running, TestEnv};
+use crate::util::{file_digests, http, record, rows_as_text, usage_key, Output, Running, TestEnv};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -92,27 +92,7 @@ fn full_ledger() -> TestEnv {
 
 /// Rows of a query on the ledger, every value as text (NULL as "").
 fn db_rows(env: &TestEnv, sql: &str) -> Vec<Vec<String>> {
-    let db = env.db();
-    let mut stmt = db.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let n = stmt.column_count();
-    let rows = stmt
-        .query_map([], |r| {
-            (0..n)
-                .map(|i| {
-                    Ok(match r.get_ref(i)? {
-                        rusqlite::types::ValueRef::Null => String::new(),
-                        rusqlite::types::ValueRef::Integer(v) => v.to_string(),
-                        rusqlite::types::ValueRef::Real(v) => v.to_string(),
-                        rusqlite::types::ValueRef::Text(t) => {
-                            String::from_utf8_lossy(t).into_owned()
-                        }
-                        rusqlite::types::ValueRef::Blob(_) => "<blob>".into(),
-                    })
-                })
-                .collect()
-        })
-        .unwrap();
-    rows.collect::<rusqlite::Result<_>>().unwrap()
+    rows_as_text(&env.db(), sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 /// A number as the console shows it ("1,234.5"), read back.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::emulator::SECRET;
-use crate::util::{Output, TestEnv, SERVICE_KEY};
+use crate::util::{rows_as_text, Output, TestEnv, SERVICE_KEY};
 
 /// A test environment with the emulator started with `args`, fast retries and debug logs.
 fn with_fast_emulator(args: &[&str]) -> TestEnv {
@@ -909,4 +909,98 @@ fn an_unreachable_clazar_is_explained_as_the_url_or_network_not_the_credentials(
         env.count("SELECT COUNT(*) FROM submissions WHERE status = 'transient'"),
         2
     );
+}
+
+/// The statement of `CREATE VIEW name AS ...;` in a migration: the view as it was defined there.
+fn view_as_defined_in(migration: &str, name: &str) -> String {
+    let path = format!("{}/migrations/{migration}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text
+        .find(&format!("CREATE VIEW {name} AS"))
+        .unwrap_or_else(|| panic!("{name} in {path}"));
+    let body = &text[start + format!("CREATE VIEW {name} AS").len()..];
+    body[..body.find(";\n").unwrap()].to_string()
+}
+
+/// `submission_drift` and `pending_periods` read a month's usage from the totals ingest keeps
+/// (V11); they give exactly the rows their definitions over the records gave (V3's and V8's),
+/// with integers, fractions summed in another order, hourly periods, rewrites and waiting months.
+#[test]
+fn drift_and_pending_over_the_kept_totals_are_those_over_the_records() {
+    let env = with_fast_emulator(&[]);
+    let cpu = "cpu_core_hours";
+    june(&env);
+    let tenths = [json!(0.1), json!(0.2), json!(0.3)];
+    let c_hour = |values: &[Value]| {
+        let v: Vec<(&str, Value)> = values.iter().map(|x| (cpu, x.clone())).collect();
+        env.write_hour("2025/06/03/00", "sub-c", "contract-c", &v);
+    };
+    c_hour(&tenths);
+    env.ingest().expect_code(0);
+    run(&env, &["submit"], 0);
+    // July by the hour for contract-d; contract-e's July waits for the export.
+    for h in ["00", "01"] {
+        env.write_hour(
+            &format!("2025/07/01/{h}"),
+            "sub-d",
+            "contract-d",
+            &[(cpu, json!(2))],
+        );
+    }
+    env.write_hour("2025/07/01/02", "sub-e", "contract-e", &[(cpu, json!(1))]);
+    env.write_marker("2025-07-01T01:59:59Z");
+    env.ingest().expect_code(0);
+    run(
+        &env,
+        &["submit", "--period", "hour", "--max-hours-per-run", "2"],
+        0,
+    );
+
+    // Rewrites: contract-b's month and contract-d's first hour change; contract-c's values come
+    // in another order (a float sum that may differ in its last digit, as before V11).
+    env.write_hour("2025/06/01/00", "sub-b", "contract-b", &[(cpu, json!(10))]);
+    env.write_hour(
+        "2025/07/01/00",
+        "sub-d",
+        "contract-d",
+        &[(cpu, json!(5)), ("replica_hours", json!(1))],
+    );
+    let mut reversed = tenths.to_vec();
+    reversed.reverse();
+    c_hour(&reversed);
+    env.ingest().expect_code(0);
+
+    let db = env.db();
+    for (view, migration) in [
+        ("submission_drift", "V3__submissions.sql"),
+        (
+            "pending_periods",
+            "V8__bounded_usage_and_source_problems.sql",
+        ),
+    ] {
+        let now =
+            rows_as_text(&db, &format!("SELECT * FROM {view} ORDER BY 1, 2, 3, 4, 5")).unwrap();
+        let defined = view_as_defined_in(migration, view);
+        let before = rows_as_text(
+            &db,
+            &format!("SELECT * FROM ({defined}) ORDER BY 1, 2, 3, 4, 5"),
+        )
+        .unwrap();
+        assert_eq!(now, before, "{view}");
+        assert!(!now.is_empty(), "{view} has rows to compare");
+    }
+    let drift = rows_as_text(
+        &db,
+        "SELECT contract_id, period, dimension, difference FROM submission_drift ORDER BY 1, 2, 3",
+    )
+    .unwrap();
+    assert!(drift.contains(&vec![
+        "contract-b".into(),
+        "2025-06".into(),
+        cpu.into(),
+        "6".into()
+    ]));
+    assert!(drift
+        .iter()
+        .any(|r| r[0] == "contract-d" && r[2] == "replica_hours"));
 }

@@ -74,12 +74,11 @@ impl TestEnv {
     /// Another host of the same deployment: a folder and ledger of its own, and the same bucket,
     /// emulator and variables.
     pub fn another_host(&self) -> TestEnv {
-        TestEnv {
-            bucket: self.bucket.clone(),
-            emulator: self.emulator.clone(),
-            vars: self.vars.clone(),
-            ..TestEnv::new()
-        }
+        let mut other = TestEnv::new();
+        other.bucket = self.bucket.clone();
+        other.emulator = self.emulator.clone();
+        other.vars = self.vars.clone();
+        other
     }
 
     pub fn bucket(&self) -> &Bucket {
@@ -224,6 +223,63 @@ impl TestEnv {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
     }
+}
+
+/// Every test's ledger ends with the monthly totals ingest keeps (`usage_month_totals`) equal to
+/// their definition, whatever the test did: ingests, rewrites, compaction, pulls, restores.
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let Ok(conn) = Connection::open_with_flags(
+            &self.ledger,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        ) else {
+            return;
+        };
+        let _ = conn.busy_timeout(Duration::from_secs(30));
+        let kept: rusqlite::Result<bool> = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'usage_month_totals')",
+            [],
+            |r| r.get(0),
+        );
+        if !matches!(kept, Ok(true)) {
+            return; // not a ledger, or one from before the totals
+        }
+        let differences = rows_as_text(&conn, meterbook::ledger::MONTH_TOTALS_DIFFERENCES)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "checking the monthly totals of {}: {e}",
+                    self.ledger.display()
+                )
+            });
+        assert!(
+            differences.is_empty(),
+            "the monthly totals of {} differ from their definition: {differences:#?}",
+            self.ledger.display()
+        );
+    }
+}
+
+/// Every row of `sql`, every value as text (NULL as "").
+pub fn rows_as_text(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<Vec<String>>> {
+    let mut stmt = conn.prepare(sql)?;
+    let n = stmt.column_count();
+    let rows = stmt.query_map([], |r| {
+        (0..n)
+            .map(|i| {
+                Ok(match r.get_ref(i)? {
+                    rusqlite::types::ValueRef::Null => String::new(),
+                    rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                    rusqlite::types::ValueRef::Real(v) => v.to_string(),
+                    rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                    rusqlite::types::ValueRef::Blob(_) => "<blob>".into(),
+                })
+            })
+            .collect()
+    })?;
+    rows.collect()
 }
 
 /// The service key of the usage the tests write by hand.

@@ -11,9 +11,7 @@ mod pages;
 pub mod reader;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Result;
 use axum::body::Body;
@@ -48,14 +46,7 @@ pub struct Settings {
 struct Console {
     reader: Reader,
     auth: Auth,
-    /// When a page was last asked for (Unix seconds).
-    last_page: AtomicI64,
 }
-
-/// How often the console looks whether the ledger changed, to compute its aggregates again.
-const REWARM_EVERY: Duration = Duration::from_secs(5);
-/// For how long after the last page it does so (nobody looking: nothing to keep fresh).
-const REWARM_WHILE_VIEWED: i64 = 15 * 60;
 
 type Shared = Arc<Console>;
 
@@ -67,12 +58,10 @@ pub async fn serve(settings: Settings) -> Result<()> {
     let console = Arc::new(Console {
         reader: Reader::new(settings.ledger),
         auth: Auth::new(settings.token),
-        last_page: AtomicI64::new(Utc::now().timestamp()),
     });
     // A ledger that cannot be read is said at once (exit code 2), not on the first page.
     let check = console.clone();
     tokio::task::spawn_blocking(move || check.reader.read(|_| Ok(()))).await??;
-    tokio::spawn(keep_warm(console.clone()));
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| {
@@ -102,41 +91,6 @@ pub async fn serve(settings: Settings) -> Result<()> {
         .with_graceful_shutdown(crate::daemon::shutdown_signal())
         .await?;
     Ok(())
-}
-
-/// Computes the overview and the newest month's usage at start, then, while someone looks at the
-/// console, every aggregate asked for lately again after each change of the ledger: the next
-/// page finds it ready instead of waiting for it.
-async fn keep_warm(console: Shared) {
-    let first = console.clone();
-    let started = tokio::task::spawn_blocking(move || {
-        first.reader.read(|s| {
-            pages::overview(s, &Params::default())?;
-            pages::usage(s, &Params::default())?;
-            Ok(())
-        })
-    })
-    .await;
-    if let Ok(Err(e)) = started {
-        tracing::debug!("console: computing the first pages: {e:#}");
-    }
-    let mut tick = tokio::time::interval(REWARM_EVERY);
-    loop {
-        tick.tick().await;
-        let idle = Utc::now().timestamp() - console.last_page.load(Ordering::Relaxed);
-        if idle > REWARM_WHILE_VIEWED {
-            continue;
-        }
-        let c = console.clone();
-        match tokio::task::spawn_blocking(move || c.reader.rewarm()).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => {
-                tracing::debug!("console: the ledger changed; {n} aggregates computed again")
-            }
-            Ok(Err(e)) => tracing::debug!("console: computing aggregates again: {e:#}"),
-            Err(e) => tracing::debug!("console: computing aggregates again stopped: {e}"),
-        }
-    }
 }
 
 type PageFn = fn(&mut Snapshot<'_>, &Params) -> Result<View>;
@@ -180,7 +134,6 @@ fn router(console: Shared) -> Router {
 /// Renders a page from one snapshot of the ledger.
 async fn show(c: Shared, p: Params, f: PageFn) -> Response {
     let signed_in = c.auth.required();
-    c.last_page.store(Utc::now().timestamp(), Ordering::Relaxed);
     let result = tokio::task::spawn_blocking(move || {
         c.reader.read(|s| {
             let view = f(s, &p)?;

@@ -397,7 +397,7 @@ pub fn usage(s: &mut Snapshot<'_>, p: &Params) -> Result<View> {
     };
     let content = html! {
         h1 { "Usage" }
-        p.subtitle { "Usage per contract and dimension (the " code { "monthly_usage" } " view), beside the quantity Clazar accepted for it and the status of its lines (those not since retried). A contract opens its hours and files." }
+        p.subtitle { "Usage per contract and dimension (the " code { "monthly_usage_totals" } " view: " code { "monthly_usage" } "'s rows from the totals ingest keeps), beside the quantity Clazar accepted for it and the status of its lines (those not since retried). A contract opens its hours and files." }
         (usage_tabs("month"))
         form.filters method="get" action="/usage" {
             label { "Month"

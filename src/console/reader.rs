@@ -3,10 +3,11 @@
 //! ledger's path is replaced (`sync pull` renames a new file over it). Each request reads in one
 //! read transaction, so its numbers agree with each other while other processes ingest or submit.
 //!
-//! Aggregates over every usage record take most of a second on a month of a hundred
-//! subscriptions; their results are kept while SQLite's `data_version` on this connection says
-//! nothing was committed since (any commit by any process changes it), so a ledger that does not
-//! change is aggregated once, and a changed one is never shown from before the change.
+//! The results of the queries marked expensive (the month's usage, pending periods, drift,
+//! unattributed usage: a few milliseconds each since migration V11 keeps monthly totals) are kept
+//! while SQLite's `data_version` on this connection says nothing was committed since (any commit
+//! by any process changes it): a long table is paged from one result, and a changed ledger is
+//! never shown from before the change.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -20,10 +21,6 @@ use crate::ledger::{binary_schema_version, Ledger, LedgerFile};
 
 /// Rows of expensive results kept at most (all entries together); a larger result is not kept.
 const MAX_CACHED_ROWS: usize = 200_000;
-
-/// Expensive queries remembered across a change of the ledger, to compute again ahead of the
-/// next request ([`Reader::rewarm`]).
-const MAX_WANTED: usize = 32;
 
 pub struct Reader {
     file: LedgerFile,
@@ -51,19 +48,12 @@ struct Cache {
     version: Option<(u64, i64)>,
     entries: HashMap<Query, Arc<Rows>>,
     rows: usize,
-    /// The expensive queries used lately (the least recently used first), remembered across
-    /// changes of the ledger.
-    wanted: Vec<Query>,
-    /// The version the last [`Reader::rewarm`] saw.
-    rewarm_saw: Option<(u64, i64)>,
 }
 
 /// One request's consistent view of the ledger.
 pub struct Snapshot<'a> {
     ledger: &'a Ledger,
     cache: &'a mut Cache,
-    /// (opening, data_version) of this snapshot.
-    version: (u64, i64),
     /// The ledger's file, for pages that say what they read.
     pub path: String,
 }
@@ -91,14 +81,6 @@ impl Reader {
 
     pub fn file(&self) -> &LedgerFile {
         &self.file
-    }
-
-    /// After the ledger changed and then stayed unchanged since the last call (a run still
-    /// ingesting or submitting changes it all the time: computing then would only compete with
-    /// it), computes again the expensive results that requests asked for lately, ahead of the
-    /// next request. Returns how many it computed.
-    pub fn rewarm(&self) -> Result<usize> {
-        self.read(|s| s.rewarm())
     }
 
     /// Runs `f` over one read transaction of the ledger. Requests take turns on the one
@@ -144,7 +126,6 @@ impl Reader {
             let mut snapshot = Snapshot {
                 ledger,
                 cache,
-                version: now,
                 path: self.file.path.display().to_string(),
             };
             f(&mut snapshot)
@@ -175,50 +156,15 @@ impl Snapshot<'_> {
     /// is unchanged.
     pub fn rows(&mut self, q: &Query) -> Result<Arc<Rows>> {
         if let Some(rows) = self.cache.entries.get(q) {
-            let rows = rows.clone();
-            let wanted = &mut self.cache.wanted;
-            if let Some(at) = wanted.iter().position(|w| w == q) {
-                let used = wanted.remove(at);
-                wanted.push(used);
-            }
-            return Ok(rows);
+            return Ok(rows.clone());
         }
         let rows = Arc::new(self.ledger.console_rows(q)?);
         let cache = &mut *self.cache;
         if q.expensive && cache.rows + rows.rows.len() <= MAX_CACHED_ROWS {
             cache.rows += rows.rows.len();
             cache.entries.insert(q.clone(), rows.clone());
-            if !cache.wanted.contains(q) {
-                if cache.wanted.len() == MAX_WANTED {
-                    cache.wanted.remove(0);
-                }
-                cache.wanted.push(q.clone());
-            }
         }
         Ok(rows)
-    }
-
-    /// Computes the expensive queries asked for lately that are not kept for this state of the
-    /// ledger (it changed since), so that the next request finds them.
-    fn rewarm(&mut self) -> Result<usize> {
-        let settled = self.cache.rewarm_saw == Some(self.version);
-        self.cache.rewarm_saw = Some(self.version);
-        if !settled {
-            return Ok(0);
-        }
-        // The most recently used first: the page someone is looking at.
-        let missing: Vec<Query> = self
-            .cache
-            .wanted
-            .iter()
-            .rev()
-            .filter(|q| !self.cache.entries.contains_key(*q))
-            .cloned()
-            .collect();
-        for q in &missing {
-            self.rows(q)?;
-        }
-        Ok(missing.len())
     }
 
     /// Rows `offset..offset + limit` of `q`: sliced from the kept result of an expensive query,
@@ -307,30 +253,6 @@ mod tests {
         add_run(&file.path, "a");
         assert_eq!(sources(&reader), [SqlValue::Text("a".into())]);
         add_run(&file.path, "b");
-        assert_eq!(
-            sources(&reader),
-            [SqlValue::Text("a".into()), SqlValue::Text("b".into())]
-        );
-    }
-
-    #[test]
-    fn after_a_change_the_results_asked_for_lately_are_computed_again_ahead_of_requests() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = ledger_file(&dir, "ledger.sqlite");
-        let reader = Reader::new(file.clone());
-        assert_eq!(reader.rewarm().unwrap(), 0, "nothing asked for yet");
-        sources(&reader);
-        assert_eq!(reader.rewarm().unwrap(), 0, "unchanged: still kept");
-        add_run(&file.path, "a");
-        assert_eq!(
-            reader.rewarm().unwrap(),
-            0,
-            "changed: waits until it settles"
-        );
-        add_run(&file.path, "b");
-        assert_eq!(reader.rewarm().unwrap(), 0, "still changing");
-        assert_eq!(reader.rewarm().unwrap(), 1, "settled");
-        assert_eq!(reader.rewarm().unwrap(), 0);
         assert_eq!(
             sources(&reader),
             [SqlValue::Text("a".into()), SqlValue::Text("b".into())]

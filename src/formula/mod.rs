@@ -15,6 +15,8 @@ mod parser;
 use std::cmp::Ordering;
 use std::fmt;
 
+/// Exact float helpers, also used for the ledger's exact sums (`ledger::month_totals`).
+pub(crate) use number::{float_parts, ratio_to_f64};
 pub use number::{EvalError, Value};
 use parser::{BinOp, Builtin, Node};
 

@@ -322,7 +322,7 @@ fn float_to_int(x: f64) -> Result<Value> {
 }
 
 /// A finite float as mantissa x 2^exponent, exactly.
-fn float_parts(x: f64) -> (BigInt, i64) {
+pub(crate) fn float_parts(x: f64) -> (BigInt, i64) {
     let bits = x.to_bits();
     let biased = ((bits >> 52) & 0x7ff) as i64;
     let fraction = bits & ((1 << 52) - 1);

@@ -227,12 +227,13 @@ FROM usage_files
 WHERE hour IS NOT NULL
 ORDER BY month DESC";
 
-/// A month's usage per contract and dimension (`monthly_usage`), beside what was sent for it:
+/// A month's usage per contract and dimension (`monthly_usage_totals`: `monthly_usage`'s rows,
+/// from the totals ingest keeps), beside what was sent for it:
 /// the quantity Clazar accepted and the statuses of the lines not since retried.
 pub const MONTH_USAGE: &str = "
 WITH usage AS (
     SELECT service_key, contract_id, dimension, value, amount, records, files, hours
-    FROM monthly_usage
+    FROM monthly_usage_totals
     WHERE month = ?1
 ),
 sent AS (

@@ -2,9 +2,9 @@
 //! ledger changed after its last sync (a crashed run, a manual command) converges without an
 //! operator. Every table is in one of three classes:
 //!
-//! - **from the export** ([`FROM_THE_EXPORT`]): usage files, records, problems, runs, markers, and
-//!   the totals of compacted months. Any ingest rebuilds them from Omnistrate's export, so local
-//!   changes are dropped (and counted). Compacted totals are not rebuilt by an ingest, but they
+//! - **from the export** ([`FROM_THE_EXPORT`]): usage files, records, problems, runs, markers,
+//!   the totals of compacted months, and the monthly totals ingest keeps. Any ingest rebuilds them
+//!   from Omnistrate's export, so local changes are dropped (and counted). Compacted totals are not rebuilt by an ingest, but they
 //!   are the state's own files' records in another form (`compacted_usage` rows point at
 //!   `usage_files` rows), so they must come from the same side as the files: a month compacted
 //!   only here keeps the state's records (the same numbers; `compact` can run again), and a
@@ -35,7 +35,7 @@ use crate::period::PeriodKind;
 
 /// Tables every ingest rebuilds from the export, and the compacted totals of those files (see the
 /// module documentation).
-const FROM_THE_EXPORT: [&str; 11] = [
+const FROM_THE_EXPORT: [&str; 12] = [
     "usage_files",
     "usage_records",
     "ingest_problems",
@@ -47,6 +47,7 @@ const FROM_THE_EXPORT: [&str; 11] = [
     "source_problems",
     "compacted_usage",
     "compacted_months",
+    "usage_month_totals",
 ];
 
 /// Tables that record what was sent to Clazar or imported from the predecessor.

@@ -7,6 +7,7 @@ pub mod console;
 mod costs;
 mod markers;
 mod merge;
+mod month_totals;
 mod open;
 mod predecessor;
 mod query;
@@ -29,6 +30,7 @@ pub use costs::{
 };
 pub use markers::MarkerRead;
 pub use merge::{carry_over, empty_cost_tables, Carried, DroppedCosts, LeftOut};
+pub use month_totals::MONTH_TOTALS_DIFFERENCES;
 pub use open::LedgerFile;
 use open::{inspect, migrate, Found, MigrationFailed, MigrationLock, ReaderSidecars};
 pub use predecessor::ImportCounts;

@@ -360,6 +360,11 @@ mod tests {
             "compacted_usage",
             "6345980c916715d4eb46392d4dd0b5d01fae57750216b1b0b0fbc48e657aa510",
         ),
+        (
+            11,
+            "maintained_month_totals",
+            "6443a6a6aa577968fc7d786a2ec3b681f153ee9c2c4c8e5f4fd0c42ae91d4a73",
+        ),
     ];
 
     #[test]

@@ -9,6 +9,10 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, Transaction};
 
+use super::month_totals::{self, MonthTotals};
+// Looked up per record: a fast hash, seeded per process (keys come from usage files).
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
+
 use super::Ledger;
 use crate::period::{format_utc, parse_timestamp, Month};
 use crate::source::parse::{Problem, UsageRecord, MAX_VALUE, PROBLEMS_KEPT_PER_FILE};
@@ -68,7 +72,7 @@ pub struct Stored {
 /// dropped beyond [`MAX_CACHED_TOTALS`] groups, and loaded again when touched again.
 #[derive(Debug, Default)]
 pub struct HourTotals {
-    hours: HashMap<(String, String), CachedHour>,
+    hours: FastMap<(String, String), CachedHour>,
     groups: usize,
     tick: u64,
 }
@@ -77,8 +81,19 @@ pub struct HourTotals {
 struct CachedHour {
     used: u64,
     /// Per contract (or none), per dimension; looked up without building a key per record.
-    totals: HashMap<Option<String>, HashMap<String, f64>>,
+    totals: FastMap<Option<String>, FastMap<String, f64>>,
     groups: usize,
+}
+
+/// What [`HourTotals::admit`] took of a file's records.
+#[derive(Debug, Default)]
+struct Admitted<'r> {
+    /// The records to store, in file order.
+    records: Vec<&'r UsageRecord>,
+    /// Problems for the others.
+    refused: Vec<Problem>,
+    /// Contracts and dimensions of these records that the hour had no records of before.
+    new_in_hour: FastSet<(&'r str, &'r str)>,
 }
 
 /// Groups kept in [`HourTotals`] at most: a few megabytes.
@@ -97,29 +112,21 @@ impl HourTotals {
 
     /// Splits `records` into those that keep every group of the hour within [`MAX_VALUE`] (the
     /// totals now count them) and problems for the others, in file order.
+    /// Also says which contracts and dimensions had no records in the hour before.
     fn admit<'r>(
         &mut self,
         tx: &Transaction,
         service_key: &str,
         hour: &str,
         records: &'r [UsageRecord],
-    ) -> Result<(Vec<&'r UsageRecord>, Vec<Problem>)> {
+    ) -> Result<Admitted<'r>> {
+        let mut out = Admitted::default();
         if records.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(out);
         }
-        self.tick += 1;
-        let key = (service_key.to_string(), hour.to_string());
-        let cached = match self.hours.entry(key) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let loaded = load_hour_totals(tx, service_key, hour)?;
-                self.groups += loaded.groups;
-                e.insert(loaded)
-            }
-        };
-        cached.used = self.tick;
-        let mut admitted = Vec::with_capacity(records.len());
-        let mut refused = Vec::new();
+        let cached = self.hour(tx, service_key, hour)?;
+        let mut new_groups = 0;
+        out.records.reserve(records.len());
         for r in records {
             let dimensions = match cached.totals.get_mut(&r.contract_id) {
                 Some(d) => d,
@@ -128,7 +135,7 @@ impl HourTotals {
             let total = dimensions.get(r.dimension.as_str()).copied().unwrap_or(0.0);
             let after = total + r.value.as_f64();
             if after > MAX_VALUE as f64 {
-                refused.push(Problem {
+                out.refused.push(Problem {
                     record_index: Some(r.record_index),
                     reason: format!(
                         "value {} of contract {} dimension {} would bring the hour's total to \
@@ -146,13 +153,52 @@ impl HourTotals {
                 None => {
                     dimensions.insert(r.dimension.clone(), after);
                     cached.groups += 1;
-                    self.groups += 1;
+                    new_groups += 1;
+                    if let Some(contract) = &r.contract_id {
+                        out.new_in_hour
+                            .insert((contract.as_str(), r.dimension.as_str()));
+                    }
                 }
             }
-            admitted.push(r);
+            out.records.push(r);
         }
+        self.groups += new_groups;
         self.evict();
-        Ok((admitted, refused))
+        Ok(out)
+    }
+
+    /// Whether the hour's stored records include some of `contract` and `dimension`.
+    fn holds(
+        &mut self,
+        tx: &Transaction,
+        service_key: &str,
+        hour: &str,
+        contract: &str,
+        dimension: &str,
+    ) -> Result<bool> {
+        let holds = self
+            .hour(tx, service_key, hour)?
+            .totals
+            .get(&Some(contract.to_string()))
+            .is_some_and(|d| d.contains_key(dimension));
+        self.evict();
+        Ok(holds)
+    }
+
+    /// The hour's cached totals, loaded from the ledger if they are not kept.
+    fn hour(&mut self, tx: &Transaction, service_key: &str, hour: &str) -> Result<&mut CachedHour> {
+        self.tick += 1;
+        let key = (service_key.to_string(), hour.to_string());
+        let cached = match self.hours.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let loaded = load_hour_totals(tx, service_key, hour)?;
+                self.groups += loaded.groups;
+                e.insert(loaded)
+            }
+        };
+        cached.used = self.tick;
+        Ok(cached)
     }
 
     /// Drops the least recently used hours until at most half the budget is used.
@@ -192,7 +238,7 @@ fn load_hour_totals(tx: &Transaction, service_key: &str, hour: &str) -> Result<C
     let mut rows = stmt.query([service_key, hour])?;
     let mut hour = CachedHour {
         used: 0,
-        totals: HashMap::new(),
+        totals: FastMap::default(),
         groups: 0,
     };
     while let Some(r) = rows.next()? {
@@ -486,11 +532,13 @@ impl Ledger {
                 r.get(0)
             })?;
         let mut stored = Vec::with_capacity(files.len());
+        let mut month_totals = MonthTotals::default();
         for file in files {
-            let s = store_file(&tx, file, &now, totals, path_problems)
+            let s = store_file(&tx, file, &now, totals, &mut month_totals, path_problems)
                 .with_context(|| format!("storing {}", file.key))?;
             stored.push(s);
         }
+        month_totals.apply(&tx)?;
         if let Err(e) = tx.commit() {
             // Totals of uncommitted records must not outlive them.
             *totals = HourTotals::default();
@@ -505,6 +553,7 @@ fn store_file(
     f: &FileVersion,
     now: &str,
     totals: &mut HourTotals,
+    month_totals: &mut MonthTotals,
     path_problems: bool,
 ) -> Result<Stored> {
     let existing: Option<(i64, String, StoredPeriod)> = tx
@@ -545,9 +594,19 @@ fn store_file(
         _ => {}
     }
     if let Some((id, _, period)) = &existing {
+        let left = match period {
+            (Some(service_key), Some(hour)) => {
+                month_totals::stored_contributions(tx, *id, service_key, hour)?
+            }
+            _ => Vec::new(),
+        };
         keep_replaced_version(tx, *id, period, now)?;
         if let (Some(service_key), Some(hour)) = period {
             totals.forget(service_key, hour);
+            for (contract, dimension, c) in &left {
+                let hour_left = !totals.holds(tx, service_key, hour, contract, dimension)?;
+                month_totals.remove(service_key, hour, (contract, dimension), c, hour_left);
+            }
         }
     }
     // A path problem of an earlier run (unreadable, too large) is over now that it is stored.
@@ -555,9 +614,13 @@ fn store_file(
         tx.prepare_cached("DELETE FROM source_problems WHERE source = ?1 AND path = ?2")?
             .execute(params![f.source, f.key])?;
     }
-    let (records, refused) = match (&f.service_key, &hour) {
+    let Admitted {
+        records,
+        refused,
+        new_in_hour,
+    } = match (&f.service_key, &hour) {
         (Some(service_key), Some(hour)) => totals.admit(tx, service_key, hour, &f.records)?,
-        _ => (Vec::new(), Vec::new()),
+        _ => Admitted::default(),
     };
     let problem_count = f.problems.len() as u64 + f.more_problems + refused.len() as u64;
     let status = match (problem_count, records.is_empty()) {
@@ -637,6 +700,13 @@ fn store_file(
                 r.instance_type,
                 r.timestamp
             ])?;
+        }
+        let added = month_totals::contributions(records.iter().map(|r| {
+            let contract = r.contract_id.as_deref();
+            (contract, r.dimension.as_str(), r.value, r.price_per_unit)
+        }));
+        for (group, c) in added {
+            month_totals.add(service_key, hour, group, &c, new_in_hour.contains(&group));
         }
         super::compact::keep_as_totals_if_compacted(tx, file_id, service_key, hour)?;
     }
@@ -731,6 +801,7 @@ mod tests {
     use super::*;
     use crate::ingest::{file_version, legacy_fingerprint};
     use crate::ledger::LedgerFile;
+    use crate::ledger::MONTH_TOTALS_DIFFERENCES;
     use crate::source::{classify_key, ObjectMeta};
     use std::time::Duration;
 
@@ -998,5 +1069,170 @@ mod tests {
             ),
             0
         );
+    }
+
+    /// The monthly totals ingest keeps equal their definition after every batch of new, rewritten,
+    /// unchanged and partly refused files (random, replayable with METERBOOK_TOTALS_SEED).
+    #[test]
+    fn monthly_totals_follow_every_stored_and_replaced_file() {
+        let seed: u64 = std::env::var("METERBOOK_TOTALS_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        let mut state = seed | 1;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open_for_writing(&LedgerFile::new(
+            dir.path().join("l.sqlite"),
+            Duration::from_secs(5),
+        ))
+        .unwrap();
+        let mut totals = HourTotals::default();
+        let mut versions: HashMap<String, u32> = HashMap::new();
+        let recomputed_before = month_totals::RECOMPUTED.load(std::sync::atomic::Ordering::SeqCst);
+        for batch in 0..40 {
+            let mut files = Vec::new();
+            for _ in 0..1 + next(8) {
+                // Hours across two months, a few subscriptions: rewrites and shared hours.
+                let key = format!(
+                    "omnistrate-metering/pg/PROD/pt-1/2025/0{}/0{}/0{}/sub-{}.json",
+                    6 + next(2),
+                    1 + next(2),
+                    next(3),
+                    next(4)
+                );
+                let mut records = Vec::new();
+                for _ in 0..next(6) {
+                    let contract = match next(5) {
+                        0 => String::new(),
+                        n => format!(r#""externalPayerId":"C{}","#, n % 3),
+                    };
+                    let value = match next(6) {
+                        0 => format!("{}.5", next(100)),
+                        1 => format!("{}.0", next(100)),
+                        2 => format!("{}", MAX_VALUE - next(3) as i64),
+                        _ => format!("{}", next(1000)),
+                    };
+                    let price = match next(3) {
+                        0 => format!(r#","pricePerUnit":0.{}"#, 1 + next(9)),
+                        _ => String::new(),
+                    };
+                    records.push(format!(
+                        r#"{{{contract}"dimension":"d{}","value":{value}{price}}}"#,
+                        next(2)
+                    ));
+                }
+                // The same key again with the same content (unchanged) or new content.
+                let version = versions.entry(key.clone()).or_insert(0);
+                if next(4) != 0 {
+                    *version += 1;
+                }
+                let body = format!("[{}]", records.join(","));
+                let meta = ObjectMeta {
+                    key: key.clone(),
+                    size: body.len() as u64,
+                    etag: None,
+                    last_modified: None,
+                };
+                let mut f = file_version("test", meta, classify_key(&key), body.as_bytes(), false);
+                f.fingerprint = format!("v{version}");
+                files.push(f);
+            }
+            if next(5) == 0 {
+                // A later run: the hours are loaded from the ledger again.
+                totals = HourTotals::default();
+            }
+            ledger.store_files(&files, &mut totals).unwrap();
+            let mut stmt = ledger.conn.prepare(MONTH_TOTALS_DIFFERENCES).unwrap();
+            let differences: Vec<String> = stmt
+                .query_map([], |r| {
+                    Ok((0..20)
+                        .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                        .collect::<Vec<_>>()
+                        .join(" "))
+                })
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert!(
+                differences.is_empty(),
+                "seed {seed}, batch {batch}: {differences:#?}"
+            );
+        }
+        // Integer values give monthly_usage's very rows.
+        let integer_rows_differ = count(
+            &ledger,
+            "SELECT COUNT(*) FROM (
+                 SELECT service_key, month, contract_id, dimension, value, records, files, hours
+                 FROM monthly_usage_totals t
+                 WHERE NOT EXISTS (SELECT 1 FROM usage_month_totals u
+                                   WHERE u.service_key = t.service_key AND u.month = t.month
+                                     AND u.contract_id = t.contract_id
+                                     AND u.dimension = t.dimension AND u.real_files > 0)
+                 EXCEPT
+                 SELECT service_key, month, contract_id, dimension, value, records, files, hours
+                 FROM monthly_usage)",
+        );
+        assert_eq!(integer_rows_differ, 0, "seed {seed}");
+        assert!(count(&ledger, "SELECT COUNT(*) FROM usage_month_totals") > 0);
+        assert_eq!(
+            month_totals::RECOMPUTED.load(std::sync::atomic::Ordering::SeqCst),
+            recomputed_before,
+            "seed {seed}: kept right without computing a row again"
+        );
+
+        // A row changed by hand is computed again the next time a file touches it.
+        let (month, contract, dimension): (String, String, String) = ledger
+            .conn
+            .query_row(
+                "SELECT month, contract_id, dimension FROM usage_month_totals LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        ledger
+            .conn
+            .execute_batch("UPDATE usage_month_totals SET files = 0, hours = 7")
+            .unwrap();
+        let key = format!(
+            "omnistrate-metering/pg/PROD/pt-1/{}/01/00/sub-9.json",
+            month.replace('-', "/")
+        );
+        let body =
+            format!(r#"[{{"externalPayerId":"{contract}","dimension":"{dimension}","value":0}}]"#);
+        let meta = ObjectMeta {
+            key: key.clone(),
+            size: body.len() as u64,
+            etag: None,
+            last_modified: None,
+        };
+        let f = file_version("test", meta, classify_key(&key), body.as_bytes(), false);
+        ledger.store_files(&[f], &mut totals).unwrap();
+        assert_eq!(
+            month_totals::RECOMPUTED.load(std::sync::atomic::Ordering::SeqCst),
+            recomputed_before + 1
+        );
+        let differing: i64 = ledger
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT COUNT(*) FROM ({MONTH_TOTALS_DIFFERENCES})
+                     WHERE month = ?1 AND contract_id = ?2 AND dimension = ?3"
+                ),
+                [&month, &contract, &dimension],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(differing, 0, "the row is right again");
     }
 }
