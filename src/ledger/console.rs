@@ -12,8 +12,9 @@ use super::{Ledger, SqlValue, SubmissionFilter};
 pub struct Query {
     pub sql: String,
     pub params: Vec<Param>,
-    /// Reads every usage record (an aggregate over `usage_records`): worth keeping while the
-    /// ledger is unchanged, see [`Query::expensive`].
+    /// An aggregate (a month's usage, pending periods, drift, unattributed usage): its whole
+    /// result is kept while the ledger is unchanged and paged from there, see
+    /// [`Query::expensive`].
     pub expensive: bool,
 }
 
@@ -34,7 +35,7 @@ impl Query {
         }
     }
 
-    /// A query that aggregates usage records.
+    /// A query that aggregates: read whole once per state of the ledger.
     pub fn expensive(sql: &str, params: Vec<Param>) -> Query {
         Query {
             expensive: true,

@@ -7,12 +7,11 @@ use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
+// Looked up per record: a fast hash, seeded per process (keys come from usage files).
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::month_totals::{self, MonthTotals};
-// Looked up per record: a fast hash, seeded per process (keys come from usage files).
-use foldhash::{HashMap as FastMap, HashSet as FastSet};
-
 use super::Ledger;
 use crate::period::{format_utc, parse_timestamp, Month};
 use crate::source::parse::{Problem, UsageRecord, MAX_VALUE, PROBLEMS_KEPT_PER_FILE};
