@@ -572,4 +572,36 @@ mod tests {
         assert_eq!(kept.to_f64(), 504.2);
         assert_eq!(ExactSum::stored(None, 2.5), ExactSum::of(2.5));
     }
+
+    #[test]
+    fn a_sum_whose_last_file_leaves_is_zero_even_if_taken_back_as_summed_otherwise() {
+        let mut totals = MonthTotals::default();
+        let added = Contribution {
+            records: 3,
+            value: Quantity::Real(0.1 + 0.2 + 0.3),
+            amount: Some(0.6),
+        };
+        // A compacted file comes back as SQLite summed it: the last bit may differ.
+        let taken = Contribution {
+            value: Quantity::Real(0.6),
+            amount: Some(0.6000000000000001),
+            ..added.clone()
+        };
+        totals.add("sk", "2025-06-01T00:00:00Z", ("C", "d"), &added, true);
+        let kept = Totals::default()
+            .plus(&totals.changes.drain().next().unwrap().1)
+            .unwrap();
+        totals.remove("sk", "2025-06-01T00:00:00Z", ("C", "d"), &taken, true);
+        let left = kept
+            .plus(&totals.changes.drain().next().unwrap().1)
+            .expect("consistent");
+        assert_eq!(left, Totals::default());
+        // Counts that go below zero are not.
+        let mut again = MonthTotals::default();
+        again.remove("sk", "2025-06-01T00:00:00Z", ("C", "d"), &taken, true);
+        assert_eq!(
+            Totals::default().plus(&again.changes.drain().next().unwrap().1),
+            None
+        );
+    }
 }
