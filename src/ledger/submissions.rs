@@ -200,20 +200,19 @@ impl Ledger {
     }
 
     /// Service keys and periods that hold attributed usage of a contract with no submission yet
-    /// for that period (or an overlapping one of the other kind).
+    /// for that period (or an overlapping one of the other kind). Months are read from the
+    /// monthly totals ingest keeps (a row per contract-month with usage), so that planning does
+    /// not read every record of the ledger's history on each run; hours from the records.
     pub fn periods_with_unplanned_usage(&self, kind: PeriodKind) -> Result<Vec<(String, String)>> {
         let sql = match kind {
             PeriodKind::Month => {
-                "SELECT DISTINCT u.service_key, u.period FROM (
-                     SELECT service_key, substr(hour, 1, 7) AS period, contract_id
-                     FROM usage_records WHERE contract_id IS NOT NULL
-                     GROUP BY 1, 2, 3) u
+                "SELECT DISTINCT u.service_key, u.month AS period FROM usage_month_totals u
                  WHERE NOT EXISTS (
                      SELECT 1 FROM submissions s
                      WHERE s.service_key = u.service_key AND s.contract_id = u.contract_id
-                       AND ((s.period_kind = 'month' AND s.period = u.period)
-                            OR (s.period_kind = 'hour' AND s.period >= u.period
-                                AND s.period < u.period || '~')))
+                       AND ((s.period_kind = 'month' AND s.period = u.month)
+                            OR (s.period_kind = 'hour' AND s.period >= u.month
+                                AND s.period < u.month || '~')))
                  ORDER BY 2, 1"
             }
             PeriodKind::Hour => {
@@ -234,11 +233,16 @@ impl Ledger {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Every dimension the ledger has usage of (formulas may read any of them).
+    /// Every dimension the ledger has usage of (formulas may read any of them): those of the
+    /// monthly totals (attributed usage, compacted months included) and of unattributed records
+    /// (read through their partial index).
     pub fn dimensions_in_usage(&self) -> Result<Vec<String>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT DISTINCT dimension FROM usage_records ORDER BY 1")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT dimension FROM usage_month_totals
+             UNION
+             SELECT dimension FROM usage_records WHERE contract_id IS NULL
+             ORDER BY 1",
+        )?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
