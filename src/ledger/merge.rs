@@ -4,11 +4,11 @@
 //!
 //! - **from the export** ([`FROM_THE_EXPORT`]): usage files, records, problems, runs, markers,
 //!   the totals of compacted months, and the monthly totals ingest keeps. Any ingest rebuilds them
-//!   from Omnistrate's export, so local changes are dropped (and counted). Compacted totals are not rebuilt by an ingest, but they
-//!   are the state's own files' records in another form (`compacted_usage` rows point at
-//!   `usage_files` rows), so they must come from the same side as the files: a month compacted
-//!   only here keeps the state's records (the same numbers; `compact` can run again), and a
-//!   month compacted in the state stays compacted.
+//!   from Omnistrate's export, so local changes are dropped (and counted). Compacted totals are
+//!   not rebuilt by an ingest, but they are the state's own files' records in another form
+//!   (`compacted_usage` rows point at `usage_files` rows), so they must come from the same side
+//!   as the files: a month compacted only here keeps the state's records (the same numbers;
+//!   `compact` can run again), and a month compacted in the state stays compacted.
 //! - **what was sent or imported** ([`SUBMISSION_TABLES`]): submissions, their lines, inputs and
 //!   runs, predecessor imports. A local submission the state does not have (matched by content,
 //!   not by row id: two hosts number their rows independently) is copied in with new ids, its

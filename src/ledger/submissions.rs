@@ -200,20 +200,13 @@ impl Ledger {
     }
 
     /// Service keys and periods that hold attributed usage of a contract with no submission yet
-    /// for that period (or an overlapping one of the other kind). Months are read from the
-    /// monthly totals ingest keeps (a row per contract-month with usage), so that planning does
-    /// not read every record of the ledger's history on each run; hours from the records.
+    /// for that period (or an overlapping one of the other kind). Months are those of the
+    /// `pending_periods` view (it reads the monthly totals ingest keeps, so planning does not read
+    /// every record of the ledger's history on each run); hours are read from the records.
     pub fn periods_with_unplanned_usage(&self, kind: PeriodKind) -> Result<Vec<(String, String)>> {
         let sql = match kind {
             PeriodKind::Month => {
-                "SELECT DISTINCT u.service_key, u.month AS period FROM usage_month_totals u
-                 WHERE NOT EXISTS (
-                     SELECT 1 FROM submissions s
-                     WHERE s.service_key = u.service_key AND s.contract_id = u.contract_id
-                       AND ((s.period_kind = 'month' AND s.period = u.month)
-                            OR (s.period_kind = 'hour' AND s.period >= u.month
-                                AND s.period < u.month || '~')))
-                 ORDER BY 2, 1"
+                "SELECT DISTINCT service_key, month AS period FROM pending_periods ORDER BY 2, 1"
             }
             PeriodKind::Hour => {
                 "SELECT DISTINCT u.service_key, u.period FROM (

@@ -69,8 +69,9 @@ impl SendReport {
 }
 
 /// The sending step: posts every outbox submission (all, or those in `only`): a contract's in
-/// order, oldest first, and `concurrency` contracts at a time. Each is marked `sending` and committed before its request leaves, and its answer is
-/// recorded when it arrives. Stops with an error only when Clazar refuses the credentials.
+/// order, oldest first, and `concurrency` contracts at a time. Each is marked `sending` and
+/// committed before its request leaves, and its answer is recorded when it arrives. Stops with
+/// an error only when Clazar refuses the credentials.
 pub async fn send_outbox(
     ledger: &Mutex<Ledger>,
     client: &Client,
